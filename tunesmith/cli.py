@@ -1,0 +1,137 @@
+"""The `tunesmith` command: one table from verb to the function that does it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tunesmith.records import TunesmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a pretrained LLM to your domain, and prove with numbers whether it was worth it.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML run config")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: section.key=value (repeatable)")]
+
+
+def _config(config: Path | None, overrides: list[str] | None, data: str | None = None):
+    from tunesmith.config import load_config
+
+    base = {"data": {"train": data}} if data else None
+    if config is None and not data:
+        raise TunesmithError("give a config file, or --data FILE")
+    return load_config(config, overrides or [], base=base)
+
+
+@app.command("train")
+def train_cmd(config: ConfigArg = None, overrides: SetOpt = None,
+              resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False):
+    """Fine-tune a model as the config says."""
+    from tunesmith.train.run import train
+
+    train(_config(config, overrides), resume=resume)
+
+
+@app.command("generate")
+def generate_cmd(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder (base model + its adapter)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder (default: the embedded SmolLM2)")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="File of prompts: JSONL (messages/prompt) or lines")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
+    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+):
+    """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0)."""
+    import json
+
+    from tunesmith.generate import generate_chat, load_for_inference, read_prompts
+
+    conversations = [[{"role": "user", "content": p}] for p in prompt or []]
+    if input:
+        conversations += read_prompts(input)
+    if not conversations:
+        raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
+    if system:
+        conversations = [[{"role": "system", "content": system}] + c for c in conversations]
+    model_obj, tokenizer = load_for_inference(run, model)
+    answers = generate_chat(model_obj, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            temperature=temperature, top_p=top_p, seed=seed)
+    for conv, answer in zip(conversations, answers):
+        print(json.dumps({"prompt": conv[-1]["content"], "answer": answer}, ensure_ascii=False))
+
+
+@app.command("chat")
+def chat_cmd(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
+    system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+):
+    """Talk to a model in the terminal; the conversation is kept; empty line or Ctrl-D ends."""
+    from tunesmith.generate import generate_chat, load_for_inference
+
+    model_obj, tokenizer = load_for_inference(run, model)
+    history = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
+                              temperature=temperature, show_progress=False)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+@app.command("merge")
+def merge_cmd(run: Path, out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/merged)")] = None):
+    """Merge a run's adapter into its base model and save a plain transformers folder (safetensors)."""
+    from tunesmith.export import merge_run
+
+    path = merge_run(run, out)
+    console.print(f"[green]Merged model written to {path}[/]; load it with AutoModelForCausalLM.from_pretrained('{path}')")
+
+
+@data_app.command("show")
+def data_show_cmd(config: ConfigArg = None, overrides: SetOpt = None,
+                  data: Annotated[Optional[str], typer.Option(help="A data file (instead of a config)")] = None,
+                  n: Annotated[int, typer.Option("-n", help="Examples to render")] = 3):
+    """Render examples as the trainer sees them: trained tokens highlighted, with length and masking stats."""
+    from tunesmith.data.show import show
+
+    show(_config(config, overrides, data), n=n)
+
+
+def _register_data_prep() -> None:
+    try:
+        from tunesmith.data.prep.cli import register
+    except ImportError:
+        return
+    register(data_app)
+
+
+_register_data_prep()
+
+
+def main() -> None:
+    try:
+        app()
+    except TunesmithError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: checkpoints already written are complete; continue with --resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Step one of the data path: files → rows → chat `Example`s, validated before any model is loaded.
+
+Every row is checked, and every problem is collected with its file and line; the caller decides whether
+that is fatal (`on_bad_rows: error`) or whether bad rows are skipped and reported (`skip`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import DataConfig
+from tunesmith.records import DataIssue, Example, Message, SourceRef
+
+ROLES = {"system", "user", "assistant"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAPES = ("messages", "alpaca", "prompt_completion", "text")
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[SourceRef, dict[str, Any] | DataIssue]]:
+    """Yield (where, row) for every record, or (where, issue) for records that cannot be parsed."""
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        yield SourceRef(name), DataIssue(SourceRef(name), "file not found")
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = SourceRef(name, line=lineno)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield where, DataIssue(where, f"not valid JSON ({e.msg} at column {e.colno})")
+                    continue
+                yield where, row if isinstance(row, dict) else DataIssue(where, "expected a JSON object per line")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            yield SourceRef(name, line=e.lineno), DataIssue(SourceRef(name, line=e.lineno), f"not valid JSON ({e.msg})")
+            return
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"data": [...]} style
+        if not isinstance(data, list):
+            yield SourceRef(name), DataIssue(SourceRef(name), "expected a JSON array of objects")
+            return
+        for i, row in enumerate(data):
+            where = SourceRef(name, item=i)
+            yield where, row if isinstance(row, dict) else DataIssue(where, "expected an object")
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield SourceRef(name, line=reader.line_num), dict(row)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield SourceRef(name, item=i), row
+    else:
+        yield SourceRef(name), DataIssue(SourceRef(name), f"unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet)")
+
+
+def detect_shape(row: dict[str, Any]) -> str | None:
+    if "messages" in row or "conversations" in row:
+        return "messages"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+class _RowFormatter(string.Formatter):
+    """str.format over a row's columns; lists render space-separated (e.g. DBLP-QuAD's entity URIs)."""
+
+    def get_value(self, key, args, kwargs):
+        if key not in kwargs:
+            raise KeyError(key)
+        value = kwargs[key]
+        return " ".join(map(str, value)) if isinstance(value, list) else value
+
+
+_FORMATTER = _RowFormatter()
+
+
+def fill_template(template: str, row: dict[str, Any]) -> str:
+    return _FORMATTER.format(template, **row)
+
+
+def template_fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def row_to_example(row: dict[str, Any], where: SourceRef, shape: str, cfg: DataConfig) -> Example | DataIssue:
+    """Turn one row into an Example, or a DataIssue saying exactly what is wrong with it."""
+    try:
+        if shape == "template":
+            assert cfg.template is not None
+            missing = sorted((template_fields(cfg.template.prompt) | template_fields(cfg.template.completion)) - row.keys())
+            if missing:
+                return DataIssue(where, f"missing field(s) {', '.join(missing)} used by data.template")
+            messages: list[Message] = []
+            if cfg.template.system:
+                messages.append({"role": "system", "content": fill_template(cfg.template.system, row)})
+            messages += [
+                {"role": "user", "content": fill_template(cfg.template.prompt, row)},
+                {"role": "assistant", "content": fill_template(cfg.template.completion, row)},
+            ]
+        elif shape == "messages":
+            messages_or_issue = _parse_messages(row, where)
+            if isinstance(messages_or_issue, DataIssue):
+                return messages_or_issue
+            messages = messages_or_issue
+        elif shape == "alpaca":
+            for key in ("instruction", "output"):
+                if not isinstance(row.get(key), str):
+                    return DataIssue(where, f"field {key!r} must be a string, got {type(row.get(key)).__name__}")
+            extra = row.get("input") or ""
+            if not isinstance(extra, str):
+                return DataIssue(where, "field 'input' must be a string")
+            prompt = row["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+            if isinstance(row.get("system"), str) and row["system"].strip():
+                messages.insert(0, {"role": "system", "content": row["system"]})
+        elif shape == "prompt_completion":
+            for key in ("prompt", "completion"):
+                if not isinstance(row.get(key), str):
+                    return DataIssue(where, f"field {key!r} must be a string, got {type(row.get(key)).__name__}")
+            messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        elif shape == "text":
+            text = row.get("text")
+            if not isinstance(text, str) or not text.strip():
+                return DataIssue(where, "field 'text' must be a non-empty string")
+            return Example(messages=[], source=where, meta=_meta(row, {"text"}), text=text)
+        else:
+            raise ValueError(shape)
+    except (KeyError, IndexError, ValueError) as e:
+        return DataIssue(where, f"cannot fill data.template: {e!r}")
+
+    if cfg.system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if not assistants:
+        return DataIssue(where, "no assistant message: nothing to train on")
+    if not any(m["content"].strip() for m in assistants):
+        return DataIssue(where, "empty target: the assistant message is empty")
+    return Example(messages=messages, source=where, meta=_meta(row, {"messages", "conversations"}))
+
+
+def _meta(row: dict[str, Any], exclude: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in exclude and isinstance(v, (str, int, float, bool))}
+
+
+def _parse_messages(row: dict[str, Any], where: SourceRef) -> list[Message] | DataIssue:
+    raw = row.get("messages", row.get("conversations"))
+    if not isinstance(raw, list) or not raw:
+        return DataIssue(where, "'messages' must be a non-empty list")
+    messages: list[Message] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            return DataIssue(where, f"message {i} must be an object with role and content")
+        if "from" in m and "value" in m:  # ShareGPT
+            role = SHAREGPT_ROLES.get(m["from"])
+            content = m["value"]
+        else:
+            role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            return DataIssue(where, f"message {i} has role {m.get('role', m.get('from'))!r}; expected one of {sorted(ROLES)}")
+        if not isinstance(content, str):
+            return DataIssue(where, f"message {i} content must be a string, got {type(content).__name__}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], list[DataIssue]]:
+    """Read every row of `path` into Examples; problems are returned, not raised, so all are reported at once."""
+    examples: list[Example] = []
+    issues: list[DataIssue] = []
+    shape = None if cfg.format == "auto" else cfg.format
+    for where, row in read_rows(path):
+        if isinstance(row, DataIssue):
+            issues.append(row)
+            continue
+        if cfg.limit is not None and len(examples) >= cfg.limit:
+            break
+        row_shape = shape or detect_shape(row)
+        if row_shape is None:
+            issues.append(DataIssue(where, f"cannot tell the row's shape from its fields {sorted(row)}; expected one of "
+                                    "messages / instruction+output / prompt+completion / text, or set data.template"))
+            continue
+        shape = shape or row_shape  # the first good row fixes the shape: mixed files are reported, not guessed
+        result = row_to_example(row, where, shape, cfg)
+        (issues if isinstance(result, DataIssue) else examples).append(result)
+    return examples, issues

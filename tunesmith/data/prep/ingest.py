@@ -1,0 +1,211 @@
+"""`tunesmith data ingest`: files → documents with provenance → topic chunks.
+
+Each reader turns one file format into plain text in which headings are written the Markdown way
+(`## Title`), so that one chunker cuts every format by its headings first and by token budget second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tunesmith.config import Strict
+from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
+from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
+
+CODE_SUFFIXES = {
+    ".py", ".js", ".ts", ".tsx", ".jsx", ".java", ".kt", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".hpp",
+    ".cs", ".rb", ".php", ".swift", ".scala", ".sh", ".sql", ".sparql", ".rq", ".ttl", ".yaml", ".yml", ".toml",
+}
+TEXT_SUFFIXES = {".txt", ".rst"}
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
+HTML_SUFFIXES = {".html", ".htm"}
+SUPPORTED = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | CODE_SUFFIXES | {".pdf", ".docx", ".json", ".jsonl"}
+JSON_TEXT_FIELDS = ("text", "content", "body")
+
+
+class IngestConfig(Strict):
+    chunking: ChunkingConfig = ChunkingConfig()
+    on_error: Literal["error", "skip"] = Field(
+        "error", description="Unreadable files: stop listing all of them, or skip them and list them in the manifest"
+    )
+    json_text_field: str | None = Field(None, description="Field holding the text in JSON/JSONL records (default: text/content/body)")
+
+
+@dataclass
+class Document:
+    doc_id: str  # stable across runs: the path relative to the input root (+ #item for JSON records)
+    source: SourceRef
+    text: str
+    format: str
+
+
+class UnreadableFile(Exception):
+    """Raised by a reader with a message that says why and what to do."""
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableFile(f"not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+
+
+def _read_html(path: Path) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(_read_utf8(path), "html.parser")
+    for tag in soup(["script", "style", "nav", "footer", "head"]):
+        tag.decompose()
+    for level in range(1, 7):
+        for heading in soup.find_all(f"h{level}"):
+            heading.replace_with(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n")
+    for block in soup.find_all(["p", "li", "pre", "tr", "div", "br"]):
+        block.insert_after("\n")
+    lines = [line.strip() for line in soup.get_text().splitlines()]
+    return "\n".join(lines)
+
+
+def _read_pdf(path: Path) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise UnreadableFile("the PDF is encrypted; save an unencrypted copy")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except PdfReadError as e:
+        raise UnreadableFile(f"not a readable PDF ({e})") from None
+    text = "\n\n".join(pages).strip()
+    if not text:
+        raise UnreadableFile("the PDF has no extractable text (scanned images need OCR first)")
+    return text
+
+
+def _read_docx(path: Path) -> str:
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, KeyError, ValueError) as e:
+        raise UnreadableFile(f"not a readable .docx file ({e})") from None
+    lines = []
+    for paragraph in document.paragraphs:
+        style = (paragraph.style.name if paragraph.style is not None else "") or ""
+        text = paragraph.text.strip()
+        if not text:
+            continue
+        if style == "Title":
+            lines.append(f"# {text}")
+        elif style.startswith("Heading ") and style.split()[-1].isdigit():
+            lines.append(f"{'#' * min(int(style.split()[-1]), 6)} {text}")
+        else:
+            lines.append(text)
+    return "\n\n".join(lines)
+
+
+def _record_text(record: Any, text_field: str | None) -> str:
+    if isinstance(record, dict):
+        for name in (text_field,) if text_field else JSON_TEXT_FIELDS:
+            if isinstance(record.get(name), str):
+                return record[name]
+    return json.dumps(record, ensure_ascii=False, indent=1)
+
+
+def _read_json_records(path: Path, doc_id: str, text_field: str | None) -> list[Document]:
+    text = _read_utf8(path)
+    name = str(path)
+    if path.suffix.lower() == ".jsonl":
+        documents, bad_lines = [], []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad_lines.append(f"line {lineno}: {e.msg}")
+                continue
+            documents.append(Document(f"{doc_id}:{lineno}", SourceRef(name, line=lineno), _record_text(record, text_field), "jsonl"))
+        if bad_lines:
+            raise UnreadableFile("not valid JSONL (" + "; ".join(bad_lines[:5]) + ")")
+        return documents
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UnreadableFile(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, list):
+        return [Document(f"{doc_id}[{i}]", SourceRef(name, item=i), _record_text(r, text_field), "json") for i, r in enumerate(data)]
+    return [Document(doc_id, SourceRef(name), _record_text(data, text_field), "json")]
+
+
+def read_document(path: Path, doc_id: str, config: IngestConfig) -> list[Document]:
+    suffix = path.suffix.lower()
+    name = str(path)
+    try:
+        if suffix in {".json", ".jsonl"}:
+            return _read_json_records(path, doc_id, config.json_text_field)
+        if suffix == ".pdf":
+            return [Document(doc_id, SourceRef(name), _read_pdf(path), "pdf")]
+        if suffix == ".docx":
+            return [Document(doc_id, SourceRef(name), _read_docx(path), "docx")]
+        if suffix in HTML_SUFFIXES:
+            return [Document(doc_id, SourceRef(name), _read_html(path), "html")]
+        if suffix in MARKDOWN_SUFFIXES:
+            return [Document(doc_id, SourceRef(name), _read_utf8(path), "markdown")]
+        if suffix in CODE_SUFFIXES:
+            return [Document(doc_id, SourceRef(name), _read_utf8(path), "code")]
+        return [Document(doc_id, SourceRef(name), _read_utf8(path), "text")]
+    except PermissionError:
+        raise UnreadableFile("permission denied; make the file readable (chmod +r)") from None
+    except IsADirectoryError:
+        raise UnreadableFile("is a directory") from None
+
+
+def collect_files(inputs: Iterable[str | Path]) -> tuple[list[tuple[Path, str]], list[DataIssue]]:
+    """(file, doc_id) for every supported file under the inputs, sorted so runs are reproducible."""
+    found: list[tuple[Path, str]] = []
+    issues: list[DataIssue] = []
+    for raw in inputs:
+        root = Path(raw)
+        if root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if path.suffix.lower() in SUPPORTED:
+                    found.append((path, path.relative_to(root).as_posix()))
+        elif root.is_file():
+            if root.suffix.lower() in SUPPORTED:
+                found.append((root, root.name))
+            else:
+                issues.append(DataIssue(SourceRef(str(root)), f"unsupported file type {root.suffix!r}; supported: {', '.join(sorted(SUPPORTED))}"))
+        else:
+            issues.append(DataIssue(SourceRef(str(root)), "no such file or folder"))
+    return found, issues
+
+
+def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[dict[str, Any]], list[Path], list[DataIssue]]:
+    """Read every file and chunk it. Returns (chunk rows, files read, issues for files that were skipped)."""
+    files, issues = collect_files(inputs)
+    if not files and not issues:
+        raise TunesmithError("no supported files found in the inputs (.txt .md .html .pdf .docx .json .jsonl and source code)")
+    chunks: list[dict[str, Any]] = []
+    read: list[Path] = []
+    for path, doc_id in files:
+        try:
+            documents = read_document(path, doc_id, config)
+        except UnreadableFile as e:
+            issues.append(DataIssue(SourceRef(str(path)), str(e)))
+            continue
+        read.append(path)
+        for document in documents:
+            chunks.extend(chunk_document(document.doc_id, str(document.source), document.format, document.text, config.chunking))
+        if progress is not None:
+            progress()
+    if issues and config.on_error == "error":
+        raise DataError(issues, hint="Fix or remove these files, or pass --on-error skip to leave them out.")
+    return chunks, read, issues

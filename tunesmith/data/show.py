@@ -1,0 +1,65 @@
+"""`tunesmith data show`: the examples exactly as the trainer sees them, every token coloured by whether it
+is trained on, and the counts that tell whether the data is what you meant (lengths, % trained, truncation)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from tunesmith.config import RunConfig
+from tunesmith.data.dataset import prepare_data
+from tunesmith.models.loading import load_tokenizer, resolve_model
+from tunesmith.records import IGNORE_INDEX, TokenizedExample
+
+
+def render_tokens(tokenizer, example: TokenizedExample) -> Text:
+    text = Text()
+    for tok, label in zip(example.input_ids, example.labels):
+        piece = tokenizer.decode([tok])
+        if label == IGNORE_INDEX:
+            text.append(piece, style="dim")
+        else:
+            text.append(piece, style="bold black on green")
+    return text
+
+
+def length_histogram(lengths: list[int], bins: int = 8, width: int = 40) -> Table:
+    table = Table(title="sequence length (tokens)", show_header=True, box=None)
+    table.add_column("range", justify="right")
+    table.add_column("count", justify="right")
+    table.add_column("")
+    lo, hi = min(lengths), max(lengths)
+    step = max(1, -(-(hi - lo + 1) // bins))
+    counts = Counter((n - lo) // step for n in lengths)
+    top = max(counts.values())
+    for b in range(bins):
+        if lo + b * step > hi:
+            break
+        c = counts.get(b, 0)
+        table.add_row(f"{lo + b * step}-{lo + (b + 1) * step - 1}", str(c), "█" * round(width * c / top))
+    return table
+
+
+def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
+    console = console or Console()
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
+    data = prepare_data(cfg.data.train, cfg.data, tokenizer)
+    for example in data.tokenized[:n]:
+        title = f"{example.source} · {len(example)} tokens, {example.n_trained} trained" + (" · TRUNCATED" if example.truncated else "")
+        console.print(Panel(render_tokens(tokenizer, example), title=title, title_align="left"))
+    console.print(Text.assemble(("trained", "bold black on green"), "  ", ("not trained (prompt, template, padding)", "dim")))
+    summary = data.summary()
+    table = Table(title="data summary", box=None)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), f"{value:.1%}" if key == "trained_fraction" else f"{value:,}")
+    console.print(table)
+    console.print(length_histogram([len(t) for t in data.tokenized]))
+    for issue in data.skipped[:20]:
+        console.print(f"[yellow]skipped[/] {issue}")
+    return summary
