@@ -102,8 +102,16 @@ def template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
+REQUIRED = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
+
+
 def row_to_example(row: dict[str, Any], where: SourceRef, shape: str, cfg: DataConfig) -> Example | DataIssue:
     """Turn one row into an Example, or a DataIssue saying exactly what is wrong with it."""
+    missing = [k for k in REQUIRED.get(shape, ()) if k not in row]
+    if shape == "messages" and "messages" not in row and "conversations" not in row:
+        missing = ["messages"]
+    if missing:
+        return DataIssue(where, f"missing field(s) {', '.join(missing)} (rows of this file are {shape!r}: fields {sorted(row)})")
     try:
         if shape == "template":
             assert cfg.template is not None

@@ -94,6 +94,28 @@ def evaluate_loss(loss_module: TrainedTokenLoss, examples: list[TokenizedExample
     return total / max(count, 1)
 
 
+def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator) -> tuple[float, int]:
+    """Backward over one optimizer step's micro-batches; returns (summed loss, trained tokens) of this process.
+
+    The loss is normalised by the trained tokens of the whole step, across micro-batches and processes, so
+    batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same gradient (a mean of per-micro-batch
+    means would weight the tokens of short micro-batches more). DDP averages gradients over processes,
+    hence the factor `world`.
+    """
+    world = accelerator.num_processes
+    local_tokens = sum(b.n_trained for b in window)
+    step_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum")
+    summed = 0.0
+    for j, batch in enumerate(window):
+        sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(loss_module)
+        with sync, accelerator.autocast():
+            loss_sum, _ = loss_module(batch.to(accelerator.device))
+            loss = loss_sum * world / step_tokens
+        accelerator.backward(loss)
+        summed += loss_sum.item()
+    return summed, local_tokens
+
+
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -153,7 +175,6 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 
     # ---- run ----
     pad_id = tokenizer.pad_token_id
-    world = accelerator.num_processes
     window_loss = window_tokens = 0.0
     tokens_seen = trained_seen = 0
     t0 = time.perf_counter()
@@ -166,20 +187,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, total_steps):
             window = [collate(examples, rows, pad_id, cfg.train.pack) for rows in stream[step * accum:(step + 1) * accum]]
-            # Normalise by the trained tokens of the whole step, across micro-batches and processes: batch 8 ×
-            # accumulation 1 and batch 1 × accumulation 8 then give the same gradient (a mean of per-micro-batch
-            # means would weight short examples more). DDP averages gradients over processes, hence × world.
-            step_tokens = accelerator.reduce(torch.tensor(sum(b.n_trained for b in window), device=accelerator.device), "sum")
-            step_loss = 0.0
-            for j, batch in enumerate(window):
-                sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(loss_module)
-                with sync, accelerator.autocast():
-                    loss_sum, _ = loss_module(batch.to(accelerator.device))
-                    loss = loss_sum * world / step_tokens
-                accelerator.backward(loss)
-                step_loss += float(loss_sum)
-                tokens_seen += batch.n_tokens
-                trained_seen += batch.n_trained
+            step_loss, step_tokens = accumulate_gradients(loss_module, window, accelerator)
+            tokens_seen += sum(b.n_tokens for b in window)
+            trained_seen += sum(b.n_trained for b in window)
             if cfg.train.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
             else:
@@ -188,9 +198,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_value = step_loss / max(float(step_tokens) / world, 1)
+            loss_value = step_loss / max(step_tokens, 1)
             window_loss += step_loss
-            window_tokens += float(step_tokens) / world
+            window_tokens += step_tokens
             done = step + 1
             elapsed = time.perf_counter() - t0
             progress.update(task, completed=done, loss=f"{loss_value:.3f}", tps=f"{tokens_seen / elapsed:,.0f}")

@@ -278,21 +278,24 @@ class LocalTeacher(Teacher):
         if self._model is None:
             self._model, self._tokenizer = load_model_and_tokenizer(self.config.model, device=self.config.device)
         replies: list[str | TeacherFailure] = []
-        size = self.config.batch_size
-        for start in range(0, len(conversations), size):
-            batch = conversations[start : start + size]
+        # Several batches per call: generate_chat sorts a call's prompts by length, so larger calls pad less;
+        # smaller than everything at once so the progress bar moves.
+        step = self.config.batch_size * 4
+        for start in range(0, len(conversations), step):
+            part = conversations[start : start + step]
             replies.extend(
                 generate_chat(
                     self._model,
                     self._tokenizer,
-                    batch,
+                    part,
                     max_new_tokens=self.config.max_tokens,
-                    batch_size=size,
+                    batch_size=self.config.batch_size,
                     temperature=self.config.temperature,
+                    show_progress=False,  # the prep step draws its own bar; rich allows one live display
                 )
             )
             if on_done:
-                on_done(len(batch))
+                on_done(len(part))
         return replies
 
 

@@ -1,0 +1,66 @@
+import pytest
+
+from tunesmith.config import ConfigError, LoraMethod, load_config
+
+GOOD = """\
+data:
+  train: data.jsonl
+method:
+  name: lora
+  r: 8
+train:
+  lr: 1.0e-4
+"""
+
+
+def test_good_config_and_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert isinstance(cfg.method, LoraMethod) and cfg.method.r == 8
+    assert cfg.train.lr == 1e-4 and cfg.model.name == "smollm2-135m-instruct"
+
+
+def test_unknown_keys_and_bad_values_reported_together_with_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train: x.jsonl\n  trian_on: all\nmethod:\n  name: lora\n  r: 0\ntrain:\n  lr: fast\nextra: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "4 problem(s)" in text
+    assert f"{path}:3: data.trian_on: unknown key" in text
+    assert f"{path}:6: method.r" in text
+    assert f"{path}:8: train.lr" in text
+    assert f"{path}:9: extra: unknown key" in text
+
+
+def test_overrides_from_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    cfg = load_config(path, ["train.lr=3e-4", "method.r=32", "train.pack=false", "output.dir=/tmp/x"])
+    assert cfg.train.lr == 3e-4 and cfg.method.r == 32 and cfg.train.pack is False and cfg.output.dir == "/tmp/x"
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(path, ["train.nonsense=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(path, ["train.lr"])
+
+
+def test_method_switch_rejects_keys_of_other_method(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train: x.jsonl\nmethod:\n  name: full\n  r: 8\n")
+    with pytest.raises(ConfigError, match="method.r: unknown key"):
+        load_config(path)
+
+
+def test_template_format_needs_template():
+    with pytest.raises(ConfigError, match="needs a `template:`"):
+        load_config(None, ["data.train=x.jsonl", "data.format=template"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

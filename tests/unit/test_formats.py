@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from tunesmith.config import DataConfig, TemplateConfig
+from tunesmith.data.dataset import prepare_data
+from tunesmith.data.formats import load_examples
+from tunesmith.records import DataError
+
+
+def write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("row,expected_user,expected_assistant", [
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "hi", "yo"),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, "hi", "yo"),
+    ({"instruction": "Add", "input": "1 2", "output": "3"}, "Add\n\n1 2", "3"),
+    ({"instruction": "Say yo", "input": "", "output": "yo"}, "Say yo", "yo"),
+    ({"prompt": "p", "completion": "c"}, "p", "c"),
+])
+def test_common_shapes_become_chat(tmp_path, row, expected_user, expected_assistant):
+    examples, issues = load_examples(write(tmp_path / "d.jsonl", [row]), DataConfig(train="x"))
+    assert not issues
+    assert examples[0].messages[-2:] == [{"role": "user", "content": expected_user},
+                                         {"role": "assistant", "content": expected_assistant}]
+
+
+def test_text_rows_and_field_template(tmp_path):
+    examples, _ = load_examples(write(tmp_path / "t.jsonl", [{"text": "raw document"}]), DataConfig(train="x"))
+    assert examples[0].text == "raw document" and not examples[0].is_chat
+    cfg = DataConfig(train="x", format="template",
+                     template=TemplateConfig(prompt="{question}\nEntities: {entities}", completion="{sparql}"))
+    row = {"question": "Q?", "entities": ["<a>", "<b>"], "sparql": "ASK {}", "query_type": "BOOLEAN"}
+    examples, _ = load_examples(write(tmp_path / "d.jsonl", [row]), cfg)
+    assert examples[0].messages == [{"role": "user", "content": "Q?\nEntities: <a> <b>"},
+                                    {"role": "assistant", "content": "ASK {}"}]
+    assert examples[0].meta["query_type"] == "BOOLEAN"
+
+
+def test_system_prompt_only_when_asked(tmp_path):
+    path = write(tmp_path / "d.jsonl", [{"prompt": "p", "completion": "c"}])
+    assert load_examples(path, DataConfig(train="x"))[0][0].messages[0]["role"] == "user"
+    examples, _ = load_examples(path, DataConfig(train="x", system_prompt="Be terse."))
+    assert examples[0].messages[0] == {"role": "system", "content": "Be terse."}
+
+
+def test_every_bad_row_reported_at_once_with_line(tmp_path):
+    path = write(tmp_path / "bad.jsonl", [
+        {"prompt": "ok", "completion": "fine"},
+        '{"prompt": "broken json", ',
+        {"prompt": "no completion"},
+        {"prompt": "p", "completion": 5},
+        {"prompt": "p", "completion": "   "},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "only a question"}]},
+        "[1, 2]",
+    ])
+    examples, issues = load_examples(path, DataConfig(train="x"))
+    assert len(examples) == 1
+    lines = {i.source.line: i.reason for i in issues}
+    assert set(lines) == {2, 3, 4, 5, 6, 7, 8}
+    assert "not valid JSON" in lines[2]
+    assert "missing field(s) completion" in lines[3]  # the first row fixed prompt/completion
+    assert "'completion' must be a string" in lines[4]
+    assert "empty target" in lines[5]
+    assert "missing field(s) prompt, completion" in lines[6]
+    assert "expected a JSON object" in lines[8]
+    assert all(str(i).startswith(f"{path}:") for i in issues)
+
+
+def test_missing_template_fields_named(tmp_path):
+    cfg = DataConfig(train="x", format="template", template=TemplateConfig(prompt="{question}", completion="{sparql}"))
+    _, issues = load_examples(write(tmp_path / "d.jsonl", [{"question": "q"}]), cfg)
+    assert "missing field(s) sparql" in issues[0].reason and issues[0].source.line == 1
+
+
+def test_prepare_raises_all_or_skips_with_report(tmp_path, tiny_tokenizer):
+    path = write(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, "{oops", {"prompt": "c", "completion": ""}])
+    with pytest.raises(DataError) as err:
+        prepare_data(str(path), DataConfig(train="x"), tiny_tokenizer)
+    assert len(err.value.issues) == 2 and "on_bad_rows=skip" in str(err.value)
+    data = prepare_data(str(path), DataConfig(train="x", on_bad_rows="skip"), tiny_tokenizer)
+    assert len(data.tokenized) == 1 and len(data.skipped) == 2
+
+
+def test_csv_json_parquet_readers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.csv").write_text("prompt,completion\nhello,world\n\"multi\nline\",x\n")
+    examples, issues = load_examples(tmp_path / "d.csv", DataConfig(train="x"))
+    assert not issues and examples[1].messages[0]["content"] == "multi\nline" and examples[1].source.line == 4
+    (tmp_path / "d.json").write_text(json.dumps([{"prompt": "a", "completion": "b"}, 3]))
+    examples, issues = load_examples(tmp_path / "d.json", DataConfig(train="x"))
+    assert len(examples) == 1 and issues[0].source.item == 1
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "completion": "b"}]), tmp_path / "d.parquet")
+    examples, _ = load_examples(tmp_path / "d.parquet", DataConfig(train="x"))
+    assert examples[0].messages[1]["content"] == "b"
+    _, issues = load_examples(tmp_path / "nope.jsonl", DataConfig(train="x"))
+    assert "file not found" in issues[0].reason

@@ -1,0 +1,93 @@
+from collections import Counter
+
+import pytest
+
+from tunesmith.data.prep.split import SplitConfig, split_rows
+from tunesmith.records import DataError, SourceRef
+
+
+def make_rows(n_docs=20, per_doc=5, label=None):
+    rows = []
+    for d in range(n_docs):
+        for k in range(per_doc):
+            row = {
+                "messages": [
+                    {"role": "user", "content": f"Question {k} about document number {d} with words {d * 7 + k} unique {d}-{k}?"},
+                    {"role": "assistant", "content": f"Answer {d}.{k}"},
+                ],
+                "doc_id": f"doc{d}",
+            }
+            if label:
+                row["kind"] = label(d)
+            rows.append((SourceRef("in.jsonl", line=len(rows) + 1), row))
+    return rows
+
+
+def groups(rows):
+    return {r["doc_id"] for r in rows}
+
+
+def test_groups_never_cross_splits_and_ratios_are_close():
+    parts, report = split_rows(make_rows(), SplitConfig())
+    train, valid, test = groups(parts["train"]), groups(parts["valid"]), groups(parts["test"])
+    assert not (train & valid or train & test or valid & test)
+    assert report["rows"] == {"train": 80, "valid": 10, "test": 10}
+    assert report["groups"] == {"train": 16, "valid": 2, "test": 2}
+
+
+def test_split_is_seeded():
+    first, _ = split_rows(make_rows(), SplitConfig(seed=1))
+    again, _ = split_rows(make_rows(), SplitConfig(seed=1))
+    other, _ = split_rows(make_rows(), SplitConfig(seed=2))
+    assert first == again
+    assert first != other
+
+
+def test_stratification_keeps_label_balance():
+    rows = make_rows(n_docs=40, per_doc=2, label=lambda d: "sparql" if d % 4 == 0 else "free")
+    parts, report = split_rows(rows, SplitConfig(train=0.5, valid=0.25, test=0.25, stratify_by="kind"))
+    for split in ("train", "valid", "test"):
+        counts = Counter(r["kind"] for r in parts[split])
+        assert counts["sparql"] / sum(counts.values()) == pytest.approx(0.25, abs=0.05), split
+    assert sum(report["strata"]["test"].values()) == report["rows"]["test"]
+
+
+def test_near_duplicates_across_splits_are_reported_and_dropped():
+    rows = make_rows(n_docs=10, per_doc=2)
+    question = rows[0][1]["messages"][0]["content"]
+    # The same question under seven different documents: grouping cannot see this leak, MinHash can.
+    for i in range(6):
+        rows.append((SourceRef("in.jsonl", line=100 + i), {"messages": [{"role": "user", "content": question + " "}, {"role": "assistant", "content": "Answer 0.0"}], "doc_id": f"copy{i}"}))
+    config = SplitConfig(train=0.5, valid=0.25, test=0.25, seed=3)
+    parts, report = split_rows(rows, config)
+    in_train = sum(r["messages"][0]["content"].strip() == question for r in parts["train"])
+    elsewhere = sum(r["messages"][0]["content"].strip() == question for s in ("valid", "test") for r in parts[s])
+    assert in_train and elsewhere  # seed 3 spreads the copies over both sides
+    assert report["near_duplicates"]["found"] >= elsewhere
+    pair = report["near_duplicates"]["pairs"][0]
+    assert pair["jaccard"] >= 0.8 and pair["split"] in ("valid", "test")
+    dropped_parts, dropped_report = split_rows(rows, config.model_copy(update={"on_near_duplicate": "drop"}))
+    assert dropped_report["near_duplicates"]["dropped"] == elsewhere
+    assert not any(r["messages"][0]["content"].strip() == question for s in ("valid", "test") for r in dropped_parts[s])
+
+
+def test_missing_group_key_lists_every_row():
+    rows = make_rows(n_docs=2, per_doc=1)
+    for _, row in rows:
+        del row["doc_id"]
+    with pytest.raises(DataError) as caught:
+        split_rows(rows, SplitConfig())
+    assert "in.jsonl:1: has no 'doc_id'" in str(caught.value) and "in.jsonl:2" in str(caught.value)
+
+
+def test_too_few_groups_warns_and_row_split_works():
+    rows = make_rows(n_docs=1, per_doc=10)
+    _, report = split_rows(rows, SplitConfig())
+    assert any("group by a finer field" in w for w in report["warnings"])
+    parts, report = split_rows(rows, SplitConfig(group_by=None))
+    assert report["rows"] == {"train": 8, "valid": 1, "test": 1} and report["warnings"] == []
+
+
+def test_ratios_must_sum_to_one():
+    with pytest.raises(ValueError, match="must be 1"):
+        SplitConfig(train=0.8, valid=0.3, test=0.1)

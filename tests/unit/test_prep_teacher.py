@@ -1,0 +1,136 @@
+import logging
+import socket
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "prep"))
+from fake_teacher import FakeTeacher, Scripted  # noqa: E402
+
+from tunesmith.data.prep.teacher import (  # noqa: E402
+    LocalTeacher,
+    OpenAICompatibleTeacher,
+    TeacherConfig,
+    TeacherFailure,
+    TeacherUnavailable,
+)
+from tunesmith.records import TunesmithError  # noqa: E402
+
+HELLO = [[{"role": "user", "content": "Say hi"}]]
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, timeout_s=2.0)
+
+
+@pytest.fixture
+def server():
+    with FakeTeacher() as fake:
+        fake.always = Scripted(content="hi there")
+        yield fake
+
+
+def teacher_for(server, tmp_path, **overrides) -> OpenAICompatibleTeacher:
+    return OpenAICompatibleTeacher(TeacherConfig(base_url=server.base_url, cache=str(tmp_path / "cache.sqlite"), **{**FAST, **overrides}))
+
+
+def test_answers_and_sends_the_key_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+    teacher = teacher_for(server, tmp_path)
+    assert teacher.complete(HELLO) == ["hi there"]
+    assert server.headers_seen[0]["Authorization"] == "Bearer sk-test-123"
+    assert server.requests[0]["messages"] == HELLO[0]
+
+
+def test_base_url_comes_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_TEACHER_URL", server.base_url)
+    teacher = OpenAICompatibleTeacher(TeacherConfig(base_url_env="MY_TEACHER_URL", cache=None, **FAST))
+    assert teacher.complete(HELLO) == ["hi there"]
+    monkeypatch.delenv("MY_TEACHER_URL")
+    with pytest.raises(TunesmithError, match=r"set \$MY_TEACHER_URL"):
+        OpenAICompatibleTeacher(TeacherConfig(base_url_env="MY_TEACHER_URL", cache=None))
+
+
+def test_rate_limit_is_retried_with_backoff(server, tmp_path, caplog):
+    server.fail_next(Scripted(status=429, headers={"Retry-After": "0"}), Scripted(status=429))
+    with caplog.at_level(logging.WARNING, logger="tunesmith.prep.teacher"):
+        assert teacher_for(server, tmp_path).complete(HELLO) == ["hi there"]
+    assert len(server.requests) == 3
+    assert "rate limited (HTTP 429)" in caplog.text
+
+
+def test_server_errors_and_timeouts_are_retried(server, tmp_path):
+    server.fail_next(Scripted(status=503), Scripted(delay_s=0.6))
+    assert teacher_for(server, tmp_path, timeout_s=0.3).complete(HELLO) == ["hi there"]
+    assert len(server.requests) == 3
+
+
+def test_retries_run_out_into_a_failure_not_a_crash(server, tmp_path):
+    server.always = Scripted(status=429)
+    [reply] = teacher_for(server, tmp_path, max_retries=2).complete(HELLO)
+    assert isinstance(reply, TeacherFailure) and "after 2 retries: rate limited" in reply.reason
+    assert len(server.requests) == 3
+
+
+def test_malformed_response_is_a_failure(server, tmp_path):
+    server.fail_next(Scripted(body="<html>gateway</html>"), Scripted(body='{"choices": []}'))
+    replies = teacher_for(server, tmp_path, concurrency=1).complete(HELLO + [[{"role": "user", "content": "again"}]])
+    assert all(isinstance(r, TeacherFailure) and "malformed teacher response" in r.reason for r in replies)
+    assert len(server.requests) == 2  # not retried: the same request would get the same answer
+
+
+def test_teacher_down_stops_with_advice(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    teacher = OpenAICompatibleTeacher(TeacherConfig(base_url=f"http://127.0.0.1:{port}/v1", cache=None, **FAST))
+    with pytest.raises(TeacherUnavailable, match="unreachable.*start the server"):
+        teacher.complete(HELLO)
+
+
+def test_bad_key_is_reported_without_the_key(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
+    server.always = Scripted(status=401, body='{"error": "bad key"}')
+    with caplog.at_level(logging.DEBUG), pytest.raises(TeacherUnavailable) as caught:
+        teacher_for(server, tmp_path).complete(HELLO)
+    assert "check $OPENAI_API_KEY" in str(caught.value)
+    assert "sk-very-secret" not in str(caught.value) and "sk-very-secret" not in caplog.text
+
+
+def test_cache_makes_a_rerun_free(server, tmp_path):
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(5)]
+    first = teacher_for(server, tmp_path)
+    assert first.complete(conversations) == ["hi there"] * 5
+    first.close()
+    again = teacher_for(server, tmp_path)
+    assert again.complete(conversations) == ["hi there"] * 5
+    assert len(server.requests) == 5 and again.calls == 0 and again.cache_hits == 5
+    other = teacher_for(server, tmp_path, temperature=0.1)  # different sampling → a different request
+    other.complete(conversations[:1])
+    assert len(server.requests) == 6
+
+
+def test_failures_are_not_cached(server, tmp_path):
+    server.fail_next(Scripted(body="garbage"))
+    teacher = teacher_for(server, tmp_path)
+    assert isinstance(teacher.complete(HELLO)[0], TeacherFailure)
+    assert teacher.complete(HELLO) == ["hi there"]
+
+
+def test_local_teacher_uses_the_local_model_in_batches(tmp_path, monkeypatch):
+    calls = []
+    loading = types.ModuleType("tunesmith.models.loading")
+    loading.load_model_and_tokenizer = lambda name, device="auto": (f"model:{name}", "tokenizer")
+    generate = types.ModuleType("tunesmith.generate")
+
+    def generate_chat(model, tokenizer, conversations, max_new_tokens=256, batch_size=16, temperature=0.0, show_progress=True):
+        calls.append((model, len(conversations), batch_size, show_progress))
+        return [c[-1]["content"].upper() for c in conversations]
+
+    generate.generate_chat = generate_chat
+    monkeypatch.setitem(sys.modules, "tunesmith.models.loading", loading)
+    monkeypatch.setitem(sys.modules, "tunesmith.generate", generate)
+    teacher = LocalTeacher(TeacherConfig(kind="local", batch_size=2, cache=str(tmp_path / "c.sqlite")))
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(10)]
+    assert teacher.complete(conversations) == [f"Q{i}" for i in range(10)]
+    assert [n for _, n, _, _ in calls] == [8, 2] and all(c[0] == "model:smollm2-135m-instruct" and c[3] is False for c in calls)
+    assert teacher.complete(conversations) == [f"Q{i}" for i in range(10)] and len(calls) == 2  # cached

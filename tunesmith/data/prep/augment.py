@@ -1,0 +1,135 @@
+"""`tunesmith data augment`: more phrasings of the same prompts, where data is scarce.
+
+Paraphrases come from the teacher (each asked in a different style, so even greedy decoding gives
+distinct variants); template variation wraps the prompt in user-given templates (`{prompt}`). Every
+variant keeps its original's fields (doc_id, topic, ...), so a grouped split keeps a prompt and all its
+variants on the same side.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from tunesmith.config import Strict
+from tunesmith.data.prep.progress import Progress
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
+
+PARAPHRASE_STYLES = (
+    "in different words",
+    "more formally",
+    "more briefly",
+    "as a casual user would type it",
+    "with a different sentence structure",
+)
+
+
+class AugmentConfig(Strict):
+    teacher: TeacherConfig = TeacherConfig()
+    paraphrases_per_row: int = Field(1, ge=0, le=len(PARAPHRASE_STYLES))
+    templates: list[str] = Field(default_factory=list, description='Prompt templates with a {prompt} placeholder, e.g. "Quick question: {prompt}"')
+    keep_original: bool = True
+    max_length_ratio: float = Field(3.0, gt=1, description="Paraphrases longer than this times the original are rejected")
+
+    @field_validator("templates")
+    @classmethod
+    def _has_placeholder(cls, templates: list[str]) -> list[str]:
+        missing = [t for t in templates if "{prompt}" not in t]
+        if missing:
+            raise ValueError(f"every template needs a {{prompt}} placeholder; missing in {missing}")
+        return templates
+
+
+def _last_user_index(row: dict[str, Any]) -> int | None:
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], dict) and messages[i].get("role") == "user":
+            return i
+    return None
+
+
+def _with_prompt(row: dict[str, Any], index: int, prompt: str, how: str, origin: int) -> dict[str, Any]:
+    variant = copy.deepcopy(row)
+    variant["messages"][index]["content"] = prompt
+    variant["augmented"] = how
+    variant["augmented_from"] = origin
+    return variant
+
+
+def paraphrase_prompt(prompt: str, style: str) -> list[dict[str, str]]:
+    return [
+        {
+            "role": "user",
+            "content": f"Rewrite this question {style}, keeping its meaning. Reply with the rewritten question only.\n\nQuestion: {prompt}",
+        }
+    ]
+
+
+def _clean_paraphrase(reply: str) -> str:
+    line = next((line.strip() for line in reply.strip().splitlines() if line.strip()), "")
+    return re.sub(r"^(?:rewritten question|question)\s*:\s*", "", line, flags=re.I).strip().strip('"')
+
+
+def _normalized(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def augment_rows(
+    rows: list[dict[str, Any]], config: AugmentConfig, teacher: Teacher | None, progress: Progress | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(original + variant rows, rejected variants with reasons)."""
+    progress = progress or Progress()
+    out: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    targets: list[tuple[int, int, str]] = []  # (row number, message index, prompt)
+    for number, row in enumerate(rows):
+        index = _last_user_index(row)
+        if index is None:
+            rejects.append({"reason": "row has no user message to vary", "row": number})
+            if config.keep_original:
+                out.append(row)
+            continue
+        prompt = row["messages"][index]["content"]
+        seen.add(_normalized(prompt))
+        targets.append((number, index, prompt))
+        if config.keep_original:
+            out.append(row)
+
+    for number, index, prompt in targets:
+        for t, template in enumerate(config.templates):
+            varied = template.replace("{prompt}", prompt)
+            if _normalized(varied) in seen:
+                continue
+            seen.add(_normalized(varied))
+            out.append(_with_prompt(rows[number], index, varied, f"template:{t}", number))
+
+    if config.paraphrases_per_row and teacher is not None:
+        jobs = [(n, i, p, style) for n, i, p in targets for style in PARAPHRASE_STYLES[: config.paraphrases_per_row]]
+        progress.phase("augment: paraphrasing", len(jobs))
+        replies = teacher.complete([paraphrase_prompt(p, style) for _, _, p, style in jobs], progress.advance)
+        for (number, index, prompt, style), reply in zip(jobs, replies):
+            if isinstance(reply, TeacherFailure):
+                rejects.append({"reason": reply.reason, "row": number, "prompt": prompt})
+                continue
+            paraphrase = _clean_paraphrase(reply)
+            key = _normalized(paraphrase)
+            if not key:
+                reason = "malformed teacher output (empty paraphrase)"
+            elif key in seen:
+                reason = "duplicate of an existing prompt"
+            elif len(paraphrase) > config.max_length_ratio * max(len(prompt), 1):
+                reason = f"paraphrase longer than {config.max_length_ratio:g}x the original"
+            else:
+                reason = None
+            if reason:
+                rejects.append({"reason": reason, "row": number, "prompt": prompt, "paraphrase": paraphrase})
+                continue
+            seen.add(key)
+            out.append(_with_prompt(rows[number], index, paraphrase, f"paraphrase:{style}", number))
+    return out, rejects

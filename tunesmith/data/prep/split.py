@@ -1,0 +1,176 @@
+"""`tunesmith data split`: a seeded train/valid/test split that nothing leaks across.
+
+Rows are grouped by a key (source document, topic, template, API name, ...) and whole groups are dealt
+to the splits, so no group appears on two sides; optionally within strata of a field, so each split
+keeps its label balance. Afterwards MinHash (datasketch) finds valid/test rows that are near-duplicates
+of training rows — leakage a grouping key cannot see — and reports them, or drops them when asked.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import field_value, iter_texts
+from tunesmith.records import DataError, DataIssue, SourceRef
+
+SPLITS = ("train", "valid", "test")
+
+
+class SplitConfig(Strict):
+    train: float = Field(0.8, ge=0, le=1)
+    valid: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+    group_by: str | None = Field("doc_id", description="Field (dotted path) whose rows stay together; None: every row alone")
+    stratify_by: str | None = Field(None, description="Field whose value distribution each split keeps")
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that counts as near-duplicate")
+    on_near_duplicate: Literal["report", "drop"] = Field("report", description="drop: remove such valid/test rows")
+    num_perm: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> SplitConfig:
+        if abs(self.train + self.valid + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1 (is {self.train + self.valid + self.test:g})")
+        return self
+
+
+def _group_keys(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig) -> list[str]:
+    if config.group_by is None:
+        return [str(i) for i in range(len(rows))]
+    keys, issues = [], []
+    for where, row in rows:
+        value = field_value(row, config.group_by)
+        if value is None:
+            issues.append(DataIssue(where, f"has no {config.group_by!r} field to group by"))
+        keys.append(str(value))
+    if issues:
+        raise DataError(issues, hint="Choose a group_by field every row has (e.g. doc_id, topic), or group_by=null to split row by row.")
+    return keys
+
+
+def assign_groups(sizes: dict[str, int], ratios: dict[str, float], rng: random.Random) -> dict[str, str]:
+    """Deal whole groups to splits so each split's row count approaches its share."""
+    order = sorted(sizes)
+    rng.shuffle(order)
+    wanted = [s for s in SPLITS if ratios[s] > 0]
+    total = sum(sizes.values())
+    assigned = {s: 0 for s in SPLITS}
+    result: dict[str, str] = {}
+    # With enough groups, every split that should exist gets at least one (the smaller splits first).
+    if len(order) >= len(wanted):
+        for split in sorted(wanted, key=lambda s: ratios[s]):
+            if split == "train" and len(wanted) > 1:
+                continue
+            group = order.pop()
+            result[group] = split
+            assigned[split] += sizes[group]
+    for group in order:
+        split = max(wanted, key=lambda s: (ratios[s] * total - assigned[s], s == "train"))
+        result[group] = split
+        assigned[split] += sizes[group]
+    return result
+
+
+def _shingles(text: str) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < 3:
+        return set(words) or {text}
+    return {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    return "\n".join(iter_texts(row))
+
+
+def find_near_duplicates(split_rows: dict[str, list[dict[str, Any]]], threshold: float, num_perm: int) -> list[dict[str, Any]]:
+    from datasketch import MinHash, MinHashLSH
+
+    def signature(row: dict[str, Any]) -> MinHash:
+        minhash = MinHash(num_perm=num_perm, seed=1)
+        minhash.update_batch([s.encode("utf-8") for s in _shingles(_row_text(row))])
+        return minhash
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    train_signatures = []
+    for i, row in enumerate(split_rows["train"]):
+        sig = signature(row)
+        train_signatures.append(sig)
+        lsh.insert(str(i), sig)
+    found = []
+    for split in ("valid", "test"):
+        for i, row in enumerate(split_rows[split]):
+            sig = signature(row)
+            for key in lsh.query(sig):
+                similarity = sig.jaccard(train_signatures[int(key)])
+                if similarity >= threshold:
+                    found.append(
+                        {
+                            "split": split,
+                            "row": i,
+                            "train_row": int(key),
+                            "jaccard": round(similarity, 3),
+                            "text": _row_text(row)[:120],
+                            "train_text": _row_text(split_rows["train"][int(key)])[:120],
+                        }
+                    )
+    return found
+
+
+def split_rows(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """(rows per split, report)."""
+    keys = _group_keys(rows, config)
+    strata: dict[str, str] = {}
+    if config.stratify_by:
+        by_group: dict[str, Counter[str]] = defaultdict(Counter)
+        for key, (_, row) in zip(keys, rows):
+            by_group[key][str(field_value(row, config.stratify_by))] += 1
+        strata = {key: counts.most_common(1)[0][0] for key, counts in by_group.items()}
+    sizes_by_stratum: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for key in keys:
+        sizes_by_stratum[strata.get(key, "")][key] += 1
+
+    ratios = {"train": config.train, "valid": config.valid, "test": config.test}
+    rng = random.Random(config.seed)
+    group_split: dict[str, str] = {}
+    for stratum in sorted(sizes_by_stratum):
+        group_split.update(assign_groups(dict(sizes_by_stratum[stratum]), ratios, rng))
+
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    groups_per_split: dict[str, set[str]] = {s: set() for s in SPLITS}
+    for key, (_, row) in zip(keys, rows):
+        out[group_split[key]].append(row)
+        groups_per_split[group_split[key]].add(key)
+
+    near = find_near_duplicates(out, config.near_duplicate_threshold, config.num_perm)
+    dropped = 0
+    if config.on_near_duplicate == "drop" and near:
+        for split in ("valid", "test"):
+            leaking = {d["row"] for d in near if d["split"] == split}
+            out[split] = [row for i, row in enumerate(out[split]) if i not in leaking]
+            dropped += len(leaking)
+
+    warnings = [
+        f"{split} is empty: only {len(group_split)} group(s) of {config.group_by!r}; group by a finer field (e.g. chunk_id or topic)"
+        for split in SPLITS
+        if ratios[split] > 0 and not out[split]
+    ]
+    report = {
+        "rows": {s: len(out[s]) for s in SPLITS},
+        "groups": {s: len(groups_per_split[s]) for s in SPLITS},
+        "group_by": config.group_by,
+        "groups_on_two_sides": 0,  # true by construction: each group is dealt to exactly one split
+        "strata": {
+            s: dict(Counter(str(field_value(r, config.stratify_by)) for r in out[s])) for s in SPLITS
+        }
+        if config.stratify_by
+        else None,
+        "near_duplicates": {"threshold": config.near_duplicate_threshold, "found": len(near), "dropped": dropped, "pairs": near[:200]},
+        "warnings": warnings,
+    }
+    return out, report
