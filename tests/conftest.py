@@ -43,7 +43,8 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True,
+                         initializer_range=0.3)  # large init: a random model that says varied things
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
     model.save_pretrained(directory)
@@ -104,6 +105,7 @@ def write_config(tmp_path: Path, model_dir: Path, data: Path, **sections) -> Pat
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

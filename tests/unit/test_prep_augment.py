@@ -34,15 +34,18 @@ def test_template_needs_placeholder():
 
 def test_paraphrases_through_the_teacher_with_rejects(tmp_path):
     with FakeTeacher() as server:
-        server.fail_next(Scripted(content="How long are messages kept?"), Scripted(content="   "))
+        server.fail_next(Scripted(content="How long are messages kept?"), Scripted(content="   "), Scripted(content="Messages are kept for seven days."))
         teacher = OpenAICompatibleTeacher(TeacherConfig(base_url=server.base_url, cache=None, concurrency=1))
         out, rejects = augment_rows(ROWS, AugmentConfig(paraphrases_per_row=2), teacher)
     paraphrased = [r for r in out if str(r.get("augmented", "")).startswith("paraphrase")]
-    assert len(paraphrased) == 2  # 4 asked, 2 rejected
-    assert {r["reason"] for r in rejects} == {"duplicate of an existing prompt", "malformed teacher output (empty paraphrase)"}
+    assert len(paraphrased) == 1  # 4 asked, 3 rejected
+    assert {r["reason"] for r in rejects} == {
+        "duplicate of an existing prompt",
+        "malformed teacher output (empty paraphrase)",
+        "not a question (the teacher answered instead of rephrasing)",
+    }
     assert all(r["messages"][0]["content"].startswith("Could you tell me") for r in paraphrased)
-    styles = {r["augmented"] for r in paraphrased}
-    assert styles == {"paraphrase:in different words", "paraphrase:more formally"}
+    assert paraphrased[0]["augmented"] == "paraphrase:more formally" and paraphrased[0]["augmented_from"] == 1
 
 
 def test_rows_without_user_turn_are_reported():

@@ -140,3 +140,27 @@ def test_bad_validator_paths_fail_early():
         PairFilter(GenerateConfig(task=TaskConfig(validator="nowhere_pkg.mod:check")))
     with pytest.raises(TunesmithError, match="has no function 'missing'"):
         PairFilter(GenerateConfig(task=TaskConfig(validator="tunesmith.data.prep.validators:missing")))
+
+
+def test_question_for_sentence_uses_chunk_sentences_as_answers(server, tmp_path):
+    config = GenerateConfig(pairs_per_chunk=3, strategy="question_for_sentence")
+    accepted, rejects = generate_pairs(CHUNKS, config, make_teacher(server, tmp_path))
+    answers = [r["messages"][1]["content"] for r in accepted if r["doc_id"] == "a.md"]
+    # two sentences in the chunk: the third pair reuses the first sentence with another question word
+    assert answers == [
+        "Lumen Queue keeps messages for seven days.",
+        "Payloads above 256 kilobytes are rejected by the broker.",
+        "Lumen Queue keeps messages for seven days.",
+    ]
+    questions = [r["messages"][0]["content"].split()[0] for r in accepted if r["doc_id"] == "a.md"]
+    assert questions[0] != questions[2]
+    assert len(server.requests) == 6 and rejects == []
+    assert "Sentence: Payloads above 256 kilobytes" in server.requests[1]["messages"][0]["content"]
+
+
+def test_question_for_sentence_rejects_non_questions_and_empty_chunks(server, tmp_path):
+    server.always = Scripted(content="Messages are kept for seven days.")
+    chunks = CHUNKS[:1] + [{"chunk_id": "c#0", "doc_id": "c", "text": "# Only a heading"}]
+    accepted, rejects = generate_pairs(chunks, GenerateConfig(pairs_per_chunk=1, strategy="question_for_sentence"), make_teacher(server, tmp_path))
+    assert accepted == []
+    assert sorted(r["reason"].split(" (")[0] for r in rejects) == ["chunk has no sentence to ask about", "malformed teacher output"]

@@ -123,6 +123,8 @@ def augment_rows(
                 reason = "malformed teacher output (empty paraphrase)"
             elif key in seen:
                 reason = "duplicate of an existing prompt"
+            elif prompt.rstrip().endswith("?") and not paraphrase.endswith("?"):
+                reason = "not a question (the teacher answered instead of rephrasing)"
             elif len(paraphrase) > config.max_length_ratio * max(len(prompt), 1):
                 reason = f"paraphrase longer than {config.max_length_ratio:g}x the original"
             else:

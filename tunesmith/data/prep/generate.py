@@ -1,8 +1,10 @@
 """`tunesmith data generate`: a teacher writes question/answer pairs about each chunk.
 
-Two prompting strategies: `json_list` asks for all N pairs of a chunk in one JSON reply (capable
-teachers), `question_then_answer` asks for one question per call, each opening with a different
-question word, and then for its answer (small local teachers, which cannot keep JSON well-formed).
+Three prompting strategies: `json_list` asks for all N pairs of a chunk in one JSON reply (capable
+teachers); `question_then_answer` asks for one question per call, each opening with a different
+question word, and then for its answer; `question_for_sentence` picks a sentence of the chunk as the
+answer and asks only for a question it answers — extractive, so grounded by construction, which is
+what a very small local teacher (SmolLM2-135M) can do reliably.
 Every pair passes the same filters; each one that fails is written to the rejects file with its reason.
 """
 
@@ -52,7 +54,7 @@ class GenerateConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
     task: TaskConfig = TaskConfig()
     pairs_per_chunk: int = Field(3, ge=1)
-    strategy: Literal["json_list", "question_then_answer"] = "json_list"
+    strategy: Literal["json_list", "question_then_answer", "question_for_sentence"] = "json_list"
     question_starts: list[str] = Field(["What", "How", "Which", "Why", "When", "Where", "Who"], min_length=1)
     min_question_chars: int = Field(10, ge=1)
     max_question_chars: int = Field(400, ge=1)
@@ -89,6 +91,32 @@ def question_prompt(chunk: str, start: str, config: GenerateConfig) -> list[dict
             ),
         }
     ]
+
+
+def sentence_question_prompt(chunk: str, sentence: str, start: str, config: GenerateConfig) -> list[dict[str, str]]:
+    return [
+        {
+            "role": "user",
+            "content": (
+                f"Text:\n{chunk}\n\nSentence: {sentence}\n\nWrite one question that starts with \"{start}\" and is answered by "
+                f"the sentence above. {config.task.instructions} Reply with the question only."
+            ),
+        }
+    ]
+
+
+# A sentence ends at . ! ? before whitespace and a capital/digit, or at a line break; headings are not answers.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
+
+
+def answer_sentences(chunk: str, min_words: int = 5) -> list[str]:
+    """Candidate answers: the chunk's sentences with enough words, headings and list markers removed."""
+    sentences = []
+    for piece in _SENTENCE_END.split(chunk):
+        piece = piece.strip().lstrip("-*• ").strip()
+        if piece and not piece.startswith("#") and len(piece.split()) >= min_words:
+            sentences.append(piece)
+    return sentences
 
 
 def answer_prompt(chunk: str, question: str, config: GenerateConfig) -> list[dict[str, str]]:
@@ -289,6 +317,27 @@ def generate_pairs(
                 continue
             for pair in pairs[: config.pairs_per_chunk]:
                 candidates.append((chunk_row, pair["question"], clean_answer(pair["answer"], config.task.kind)))
+    elif config.strategy == "question_for_sentence":
+        starts = config.question_starts
+        jobs_s: list[tuple[dict[str, Any], str, str]] = []  # (chunk, answer sentence, question start)
+        for chunk_row in chunks:
+            sentences = answer_sentences(chunk_row["text"])
+            if not sentences:
+                rejects.append(_reject("chunk has no sentence to ask about", chunk_row))
+                continue
+            for i in range(min(config.pairs_per_chunk, len(sentences) * len(starts))):
+                jobs_s.append((chunk_row, sentences[i % len(sentences)], starts[(i // len(sentences) + i) % len(starts)]))
+        progress.phase("generate: questions", len(jobs_s))
+        replies = teacher.complete([sentence_question_prompt(c["text"], sent, s, config) for c, sent, s in jobs_s], progress.advance)
+        for (chunk_row, sentence, _), reply in zip(jobs_s, replies):
+            if isinstance(reply, TeacherFailure):
+                rejects.append(_reject(reply.reason, chunk_row, answer=sentence))
+                continue
+            question = clean_question(reply)
+            if not question.endswith("?"):
+                rejects.append(_reject(f"malformed teacher output (not a question): {reply[:160]!r}", chunk_row, question=question, answer=sentence))
+                continue
+            candidates.append((chunk_row, question, sentence))
     else:
         starts = config.question_starts
         jobs = [(c, starts[i % len(starts)]) for c in chunks for i in range(config.pairs_per_chunk)]

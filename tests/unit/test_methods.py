@@ -1,0 +1,77 @@
+"""One battery for every registered method (the PEFT way): same checks, one table."""
+
+import pytest
+import torch
+
+from tunesmith.config import FullMethod, LoraMethod
+from tunesmith.data.batching import collate
+from tunesmith.methods.base import count_parameters, get_method
+from tunesmith.models.loading import load_model
+from tunesmith.train.loss import TrainedTokenLoss
+
+METHOD_CONFIGS = {"lora": LoraMethod(r=4, alpha=8), "full": FullMethod()}
+
+
+def one_step(model, batch):
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss_sum, n = TrainedTokenLoss(model)(batch)
+    (loss_sum / n).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch.input_ids, attention_mask=torch.ones_like(batch.input_ids)).logits
+
+
+@pytest.fixture()
+def batch(make_examples, tiny_model):
+    examples = make_examples(4, tiny_model.config.vocab_size)
+    return collate(examples, [[0], [1], [2], [3]], pad_id=2, pack=False)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_method_battery(name, tiny_model_dir, batch, tmp_path):
+    method = get_method(name)
+    model = method.apply(load_model(tiny_model_dir, device="cpu"), METHOD_CONFIGS[name])
+    trainable, total = count_parameters(model)
+    assert 0 < trainable <= total
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    one_step(model, batch)
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    trainable_names = {n for n, p in after.items() if p.requires_grad}
+    assert changed, "training changed nothing"
+    assert changed <= trainable_names, f"frozen parameters changed: {sorted(changed - trainable_names)[:3]}"
+    if name == "lora":
+        assert all("lora_" in n for n in changed)
+
+    trained_logits = logits(model, batch)
+    method.save(model, tmp_path / "out")
+    reloaded = method.load(load_model(tiny_model_dir, device="cpu"), tmp_path / "out")
+    torch.testing.assert_close(logits(reloaded, batch), trained_logits, rtol=0, atol=0)
+
+    merged = method.merge(reloaded)
+    assert not hasattr(merged, "peft_config")
+    torch.testing.assert_close(logits(merged, batch), trained_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, batch, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    method = get_method("lora")
+    model = method.apply(load_model(tiny_model_dir, device="cpu"), METHOD_CONFIGS["lora"])
+    one_step(model, batch)
+    method.save(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
+    torch.testing.assert_close(logits(plain, batch), logits(model, batch), rtol=0, atol=0)
+
+
+def test_unknown_method():
+    with pytest.raises(KeyError, match="known: full, lora"):
+        get_method("magic")
