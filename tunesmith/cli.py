@@ -47,6 +47,7 @@ def generate_cmd(
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="File of prompts: JSONL (messages/prompt) or lines")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
     max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
 ):
     """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0)."""
     import json
@@ -62,7 +63,7 @@ def generate_cmd(
         conversations = [[{"role": "system", "content": system}] + c for c in conversations]
     model_obj, tokenizer = load_for_inference(run, model)
     answers = generate_chat(model_obj, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            temperature=temperature, top_p=top_p, seed=seed)
+                            temperature=temperature, top_p=top_p, seed=seed, precision=precision)
     for conv, answer in zip(conversations, answers):
         print(json.dumps({"prompt": conv[-1]["content"], "answer": answer}, ensure_ascii=False))
 
