@@ -65,7 +65,9 @@ def paraphrase_prompt(prompt: str, style: str) -> list[dict[str, str]]:
     return [
         {
             "role": "user",
-            "content": f"Rewrite this question {style}, keeping its meaning. Reply with the rewritten question only.\n\nQuestion: {prompt}",
+            # The question comes first and "do not answer" is explicit: small teachers otherwise answer it.
+            "content": f"Question: {prompt}\n\nRewrite the question above {style}, keeping its meaning. Do not answer it. "
+            "Reply with only the rewritten question.",
         }
     ]
 

@@ -214,8 +214,8 @@ def anonymize_command(
     settings = cfg.model_dump(mode="json")
     mapping = mapping or out.with_name(out.stem + ".mapping.private.json")
     audit = audit or out.with_name(out.stem + ".audit.jsonl")
-    if mapping.resolve() == out.resolve() or mapping.resolve().parent == out.resolve():
-        raise TunesmithError("--mapping must be a separate file from the anonymized output")
+    if mapping.resolve() in (out.resolve(), audit.resolve(), input.resolve()):
+        raise TunesmithError("--mapping must be a file of its own, apart from the data (it holds the real values)")
     if _up_to_date(out, "anonymize", settings, [input], force):
         return
     rows = artifacts.read_jsonl(input)

@@ -100,6 +100,34 @@ def read_identities(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def read_conll_persons(path: str | Path) -> list[LabelledText]:
+    """Sentences of a CoNLL file (token TAG per line, blank line between sentences), PER entities as PERSON.
+
+    Real running text, unlike the templates: it shows how the NER handles names it was not fed in a pattern.
+    """
+    examples = []
+    for number, block in enumerate(Path(path).read_text(encoding="utf-8").split("\n\n")):
+        text, spans, current = "", [], None
+        for line in block.strip().splitlines():
+            token, _, tag = line.rpartition(" ")
+            if text:
+                text += " "
+            start = len(text)
+            text += token
+            if tag.endswith("PER"):
+                if current is not None and not tag.startswith("B-"):
+                    current = Span(current.start, len(text), "PERSON", "PER")
+                    spans[-1] = current
+                else:
+                    current = Span(start, len(text), "PERSON", "PER")
+                    spans.append(current)
+            else:
+                current = None
+        if text:
+            examples.append(LabelledText(text, spans, number))
+    return examples
+
+
 def _overlaps(a: Span, b: Span) -> bool:
     return a.start < b.end and b.start < a.end
 
