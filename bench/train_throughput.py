@@ -43,7 +43,7 @@ def run_trainer(n_examples: int, out: Path) -> dict:
         r=cfg.method.r, lora_alpha=cfg.method.alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
-        lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=5, save_strategy="no", report_to=[],
+        lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=5, save_strategy="no", report_to=[],
         bf16=bf16_available(torch.device("cpu")), use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))

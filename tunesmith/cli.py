@@ -112,15 +112,12 @@ def data_show_cmd(config: ConfigArg = None, overrides: SetOpt = None,
     show(_config(config, overrides, data), n=n)
 
 
-def _register_data_prep() -> None:
-    try:
-        from tunesmith.data.prep.cli import register
-    except ImportError:
-        return
-    register(data_app)
+# Plug-in verbs: each package adds its own commands (`tunesmith data ingest ...`, `tunesmith eval`).
+from tunesmith.data.prep.cli import register as _register_data_prep  # noqa: E402
+from tunesmith.eval.cli import register as _register_eval  # noqa: E402
 
-
-_register_data_prep()
+_register_data_prep(data_app)
+_register_eval(app)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ def merge_run(run: str | Path, out: str | Path | None = None) -> Path:
     run = Path(run)
     out = Path(out) if out else run / "merged"
     cfg = load_config(run / "config.yaml")
-    model, tokenizer = load_for_inference(run, device="cpu")
+    model, tokenizer = load_for_inference(run, device="cpu", merge=False)
     merged = get_method(cfg.method.name).merge(model)
     if hasattr(merged, "peft_config"):
         raise TunesmithError("merge left peft wrappers in place; cannot export")

@@ -21,8 +21,13 @@ from tunesmith.records import Message, TunesmithError
 console = Console(stderr=True)
 
 
-def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto"):
-    """(model, tokenizer) for a run folder (base + its trained output), or a model name/folder as is."""
+def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto",
+                       merge: bool = True):
+    """(model, tokenizer) for a run folder (base + its trained output), or a model name/folder as is.
+
+    A run's adapter is merged into the base weights in memory by default: the same function (merged == unmerged is
+    tested) without the adapter's extra matmuls on every generated token.
+    """
     if run is None:
         path = resolve_model(model or DEFAULT_MODEL)
         return load_model(path, device=device).eval(), load_tokenizer(path)
@@ -37,7 +42,10 @@ def load_for_inference(run: str | Path | None = None, model: str | None = None, 
     if not final.exists():
         raise TunesmithError(f"{run} has no trained output yet ({final} missing): did training finish?")
     base = load_model(resolve_model(cfg.model.name), device=device)
-    trained = get_method(cfg.method.name).load(base, final)
+    method = get_method(cfg.method.name)
+    trained = method.load(base, final)
+    if merge:
+        trained = method.merge(trained)
     return trained.eval(), load_tokenizer(final)
 
 

@@ -68,3 +68,4 @@ def test_packing_without_position_restart_would_leak(tiny_model, make_examples):
     batch.position_ids = torch.arange(batch.input_ids.shape[1]).unsqueeze(0)
     leaked, _ = loss(batch)
     assert abs(float(right) - float(leaked)) / n > 1e-4
+

@@ -15,7 +15,8 @@ METHOD_CONFIGS = {"lora": LoraMethod(r=4, alpha=8), "full": FullMethod()}
 def one_step(model, batch):
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    loss_sum, n = TrainedTokenLoss(model)(batch)
+    loss_module = TrainedTokenLoss(model)
+    loss_sum, n = loss_module(batch)
     (loss_sum / n).backward()
     opt.step()
     opt.zero_grad()

@@ -39,7 +39,10 @@ class TrainedTokenLoss(nn.Module):
         backbone = getattr(lm, lm.base_model_prefix)
         hidden = backbone(
             input_ids=batch.input_ids, position_ids=batch.position_ids,
-            attention_mask=batch.attention_mask, use_cache=False,  # a cache would disable packed-sequence masking
+            # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
+            # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
+            attention_mask=batch.attention_mask,
+            use_cache=False,  # a cache would disable packed-sequence masking
         ).last_hidden_state
         trained = batch.targets != IGNORE_INDEX
         logits = lm.get_output_embeddings()(hidden[trained]).float()

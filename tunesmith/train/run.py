@@ -153,6 +153,8 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     method = get_method(cfg.method.name)
     model = method.apply(load_model(model_path, device=str(device)), cfg.method)
     model.config.use_cache = False
+    if mixed == "bf16":
+        store_frozen_linear_weights_in(model, torch.bfloat16)
     trainable, total = count_parameters(model)
     loss_module = TrainedTokenLoss(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
@@ -243,6 +245,22 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
                   + f"). Next: tunesmith generate --run {run_dir} --prompt '...'")
     return result
+
+
+def store_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Keep frozen Linear weights in the autocast dtype, so autocast stops re-casting them on every forward.
+
+    The matmuls see exactly the values autocast would give them (same numerics), and memory drops. Only Linear
+    weights: norms, embeddings (tied to the LM head) and every trainable tensor stay fp32. Measured on SmolLM2
+    LoRA, 2-core CPU with AMX: +8% to +20% tokens/s.
+    """
+    tied = {id(p) for p in model.get_input_embeddings().parameters()}
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and id(module.weight) not in tied:
+            module.weight.data = module.weight.data.to(dtype)
+            n += 1
+    return n
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:

@@ -1,0 +1,105 @@
+"""`tunesmith eval` end to end on the tiny model: base, few-shot, RAG, a tuned run and tuned+RAG in one report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from conftest import DBLP_ROWS, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def eval_app() -> typer.Typer:
+    from tunesmith.eval.cli import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")  # typer runs a single-command app without its name; keep `eval` a named command
+    def _noop():
+        pass
+
+    return app
+
+
+def test_eval_writes_the_full_report(tmp_path, tiny_model_dir, eval_app):
+    from tunesmith.config import load_config
+    from tunesmith.train.run import train
+
+    train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train_rows = DBLP_ROWS[:20] + DBLP_ROWS[24:30]
+    test_rows = DBLP_ROWS[20:24] + DBLP_ROWS[30:32] + [DBLP_ROWS[0]]  # the last one leaks from training
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    test_file.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    run_dir = tmp_path / "run"
+    train(load_config(write_config(tmp_path / "train-cfg", tiny_model_dir, train_file, output={"dir": str(run_dir)})))
+
+    cfg = {
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"test": str(test_file), "train": str(train_file), "format": "template", "max_seq_len": 128,
+                 "template": {"prompt": "{question}\nEntities: {entities}", "completion": "{sparql}"}},
+        "variants": [{"kind": "base"}, {"kind": "few_shot", "k": 2}, {"kind": "rag", "name": "rag"},
+                     {"kind": "tuned", "run": str(run_dir)}, {"kind": "tuned", "run": str(run_dir), "rag": True}],
+        "generation": {"max_new_tokens": 12, "batch_size": 4, "precision": "fp32"},
+        "metrics": {"use": ["exact_match", "sparql_match", "token_f1", "bleu", "chrf", "rouge_l"],
+                    "headline": "token_f1", "breakdown_by": ["query_type"], "bootstrap": {"samples": 200}},
+        "retrieval": {"k": 2, "cache_dir": str(tmp_path / "cache"), "max_prompt_tokens": 400},
+        "forgetting": {"n": 3, "max_new_tokens": 6},
+        "report": {"dir": str(tmp_path / "report"), "worst": 3},
+    }
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    result = CliRunner().invoke(eval_app, ["eval", str(config)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    out = tmp_path / "report"
+    report = json.loads((out / "report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["base", "few-shot", "rag", "tuned (run)", "tuned (run) + rag"]
+    for v in report["variants"]:
+        assert len(v["predictions"]) == 7 and set(v["scores"]) == {"exact_match", "sparql_match", "sparql_valid",
+                                                                    "token_f1", "bleu", "chrf", "rouge_l"}
+        low, high = v["headline_ci"]
+        assert low <= v["scores"]["token_f1"] + 1e-9 and v["scores"]["token_f1"] <= high + 1e-9
+        assert v["reference_perplexity"] > 1 and v["seconds_per_item"] > 0 and v["peak_rss_mb"] > 0
+        assert set(v["breakdown"]["query_type"]) == {"SINGLE_FACT", "BOOLEAN"}
+    by_name = {v["name"]: v for v in report["variants"]}
+    # few-shot and RAG prompts are longer than zero-shot: the cost column must show it
+    assert by_name["few-shot"]["prompt_tokens_mean"] > by_name["base"]["prompt_tokens_mean"]
+    assert by_name["rag"]["prompt_tokens_mean"] > by_name["base"]["prompt_tokens_mean"]
+    tuned = by_name["tuned (run)"]
+    assert tuned["cost"]["trainable_parameters"] > 0 and tuned["cost"]["train_seconds"] > 0
+    assert tuned["loss_curve"]["step"] == [1, 2, 3, 4]
+    assert tuned["forgetting"]["verdict"]["kl_from_base"] > 0
+    assert report["forgetting_base"]["text_perplexity"] > 1
+    assert report["leakage"]["exact_prompts"][0]["test"] == 6 and not report["leakage"]["clean"]
+
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert html.count("data:image/png;base64,") == 3  # headline, all metrics, loss curve; nothing external
+    assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html
+    assert "1 of 7 test items overlap the training data" in md and "Leakage check" in html
+    assert "| tuned (run) + rag |" in md and "## token F1 by query_type" in md
+    assert "Worst failures" in md and "Forgetting" in md
+    assert (out / "plots" / "loss.png").stat().st_size > 1000
+    assert "Report" in result.output
+
+
+def test_eval_config_errors_point_at_the_line(tmp_path, eval_app):
+    config = tmp_path / "eval.yaml"
+    config.write_text("data:\n  test: t.jsonl\n  train: t.jsonl\nvariants:\n  - kind: tuned\n    runn: x\n")
+    from tunesmith.eval.config import load_eval_config
+    from tunesmith.records import TunesmithError
+
+    with pytest.raises(TunesmithError) as err:
+        load_eval_config(config)
+    message = str(err.value)
+    assert f"{config}:6: variants.0.runn: unknown key" in message
+    assert "variants.0.run: Field required" in message

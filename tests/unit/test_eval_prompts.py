@@ -1,0 +1,110 @@
+"""Few-shot and RAG prompt builders, the vector index cache, and the leakage check."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.eval.leakage import check_leakage
+from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, training_pairs_as_passages
+from tunesmith.eval.retrieval import VectorIndex, load_corpus, split_passages
+from tunesmith.records import Example, SourceRef
+
+
+def chat(question: str, answer: str, **meta) -> Example:
+    return Example([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                   SourceRef("x.jsonl", line=1), meta=meta)
+
+
+POOL = [
+    chat("Who wrote the paper on graph neural networks?", "SELECT ?a WHERE { <gnn> <authoredBy> ?a }"),
+    chat("What is the capital city of France?", "Paris"),
+    chat("When was the paper on graph neural networks published?", "SELECT ?y WHERE { <gnn> <year> ?y }"),
+    chat("How do I bake sourdough bread at home?", "Feed the starter, then ..."),
+    chat("Which river flows through Paris?", "The Seine"),
+]
+
+
+def test_few_shot_similar_picks_the_nearest_examples_as_earlier_turns(tiny_tokenizer, tmp_path):
+    test = chat("Who are the authors of the paper about graph neural networks?", "gold")
+    builder = FewShotBuilder(POOL, tiny_tokenizer, k=2, select="similar", cache_dir=str(tmp_path))
+    [built] = builder.build([test])
+    assert set(built.shown) == {0, 2}  # the two graph-neural-network questions
+    conv = built.conversation
+    assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant", "user"]
+    assert conv[-1]["content"] == test.messages[0]["content"]
+    assert conv[-2]["content"] == POOL[built.shown[0]].messages[1]["content"]  # most similar is nearest the question
+    assert "gold" not in str(conv)
+
+
+def test_few_shot_never_shows_the_test_question_itself(tiny_tokenizer, tmp_path):
+    leaked = chat(POOL[1].messages[0]["content"], "Paris")
+    [built] = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).build([leaked])
+    assert 1 not in built.shown and len(built.shown) == 3
+
+
+def test_few_shot_random_is_seeded_and_differs_per_item(tiny_tokenizer):
+    tests = [chat(f"question {i}", "a") for i in range(4)]
+    a = FewShotBuilder(POOL, tiny_tokenizer, k=2, select="random", seed=1).build(tests)
+    b = FewShotBuilder(POOL, tiny_tokenizer, k=2, select="random", seed=1).build(tests)
+    assert [x.shown for x in a] == [x.shown for x in b]
+    assert len({tuple(x.shown) for x in a}) > 1
+
+
+def test_prompt_length_guard_drops_least_similar_first(tiny_tokenizer, tmp_path):
+    test = chat("Who wrote the paper about graph neural networks?", "gold")
+    full = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).build([test])[0]
+    zero = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).guard.n_tokens(test.messages[:1])
+    guarded = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path), max_prompt_tokens=zero + 40).build([test])[0]
+    assert guarded.dropped >= 1 and guarded.shown == full.shown[: len(guarded.shown)]
+    assert FewShotBuilder(POOL, tiny_tokenizer).guard.n_tokens(guarded.conversation) <= zero + 40 or not guarded.shown
+
+
+def test_rag_puts_top_passages_above_the_question(tiny_tokenizer, tmp_path):
+    passages = ["The Seine flows through Paris and Rouen.", "Sourdough needs a starter.", "Paris is the capital of France."]
+    builder = RagBuilder(passages, tiny_tokenizer, k=2, template="Context:\n{context}\n\nQ: {prompt}", cache_dir=str(tmp_path))
+    [built] = builder.build([chat("Which river flows through Paris?", "The Seine")])
+    content = built.conversation[-1]["content"]
+    assert content.startswith("Context:\n[1] The Seine flows") and content.endswith("Q: Which river flows through Paris?")
+    assert "Sourdough" not in content and built.shown[0] == 0
+
+
+def test_rag_over_training_pairs_skips_the_items_own_pair(tiny_tokenizer, tmp_path):
+    passages = training_pairs_as_passages(POOL)
+    assert passages[1] == "Question: What is the capital city of France?\nAnswer: Paris"
+    [built] = RagBuilder(passages, tiny_tokenizer, k=2, cache_dir=str(tmp_path)).build([chat(POOL[1].messages[0]["content"], "Paris")])
+    assert 1 not in built.shown
+
+
+def test_vector_index_is_cached_by_content(tmp_path):
+    first = VectorIndex.build(["alpha text", "beta text"], tmp_path)
+    again = VectorIndex.build(["alpha text", "beta text"], tmp_path)
+    other = VectorIndex.build(["alpha text", "gamma text"], tmp_path)
+    assert not first.from_cache and again.from_cache and not other.from_cache
+    assert first.key == again.key != other.key
+    assert again.search(["beta"], 1)[0][0][0] == 1
+
+
+def test_corpus_from_jsonl_and_folder(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "one two"}\n{"text": "three"}\n')
+    assert load_corpus(tmp_path / "c.jsonl") == ["one two", "three"]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("para one\n\npara two")
+    assert load_corpus(docs, passage_words=2) == ["para one", "para two"]
+    assert split_passages(" ".join(["w"] * 25), 10) == [" ".join(["w"] * 10)] * 2 + [" ".join(["w"] * 5)]
+
+
+def test_leakage_finds_exact_near_duplicate_and_shared_targets():
+    train = [chat("What are the papers written by the person Ada Lovelace in the year 1843?", "Q1"),
+             chat("Which venue did Alan Turing publish in?", "Q2"),
+             chat("Completely unrelated question about bread", "SELECT shared")]
+    test = [chat("which venue did alan turing   publish in?", "other"),  # exact after normalisation
+            chat("What are the papers written by the person Ada Lovelace in the year 1843 ?!", "x"),  # near-duplicate
+            chat("A fresh question", "SELECT shared"),  # shared target
+            chat("Something else entirely", "unique")]
+    report = check_leakage(train, test, threshold=0.7)
+    assert [d["test"] for d in report.exact_prompts] == [0]
+    assert [d["test"] for d in report.near_duplicate_prompts] == [1] and report.near_duplicate_prompts[0]["train"] == 0
+    assert [d["test"] for d in report.shared_targets] == [2]
+    assert report.leaked_items == {0, 1, 2} and not report.clean
+    assert check_leakage(train, test[3:]).clean

@@ -1,0 +1,82 @@
+"""Held-out loss, KL between models, the forgetting judgement and the training probe, on the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.eval.forgetting import GeneralScores, judge_forgetting, load_general_tasks
+from tunesmith.eval.probe import GenerationProbe, ProbeConfig
+from tunesmith.eval.scoring import mean_kl, reference_loss, tokenize_references
+from tunesmith.records import IGNORE_INDEX, Example, SourceRef
+
+CHATS = [
+    [{"role": "user", "content": "Which venue did Alan Turing publish in?"}, {"role": "assistant", "content": "ICML"}],
+    [{"role": "user", "content": "the quick brown fox"}, {"role": "assistant", "content": "jumps over the lazy dog"}],
+]
+
+
+def test_reference_loss_is_cross_entropy_of_the_answer_tokens_only(tiny_model, tiny_tokenizer):
+    result = reference_loss(tiny_model, tiny_tokenizer, chats=CHATS, precision="fp32")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for tok in tokenize_references(tiny_tokenizer, CHATS):
+            ids = torch.tensor([tok.input_ids])
+            logits = tiny_model(ids).logits[0, :-1]
+            targets = torch.tensor(tok.labels[1:])
+            keep = targets != IGNORE_INDEX
+            total += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
+            count += int(keep.sum())
+    assert result.n_tokens == count and 0 < count < sum(len(t) for t in tokenize_references(tiny_tokenizer, CHATS))
+    assert result.loss == pytest.approx(total / count, rel=1e-4)
+    assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_few_shot_turns_are_context_not_scored(tiny_model, tiny_tokenizer):
+    shot = CHATS[1] + CHATS[0]  # an earlier solved example, then the scored item
+    assert reference_loss(tiny_model, tiny_tokenizer, chats=[shot]).n_tokens == \
+        reference_loss(tiny_model, tiny_tokenizer, chats=[CHATS[0]]).n_tokens
+
+
+def test_kl_is_zero_for_the_same_model_and_positive_after_a_change(tiny_model_dir, tiny_tokenizer):
+    from tunesmith.models.loading import load_model
+
+    base, other = load_model(tiny_model_dir, device="cpu"), load_model(tiny_model_dir, device="cpu")
+    assert mean_kl(base, other, tiny_tokenizer, chats=CHATS, precision="fp32") == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    assert mean_kl(base, other, tiny_tokenizer, chats=CHATS, texts=["the quick brown fox"], precision="fp32") > 1e-4
+
+
+def test_shipped_general_tasks_load():
+    tasks = load_general_tasks(n=5)
+    assert len(tasks) == 5 and tasks[0].prompt[0]["role"] == "user" and tasks[0].answer
+    assert "Night : Day" in tasks[1].prompt[0]["content"]  # instruction + input
+
+
+def test_forgetting_flags_only_beyond_thresholds():
+    base = GeneralScores(10.0, 8.0, 40.0, None, [], 0.0)
+    mild = GeneralScores(10.5, 8.2, 38.0, 0.05, [], 0.0)
+    bad = GeneralScores(14.0, 8.2, 20.0, 0.9, [], 0.0)
+    ok = judge_forgetting(base, mild, max_perplexity_increase=0.10, max_kl=0.25, max_chrf_drop=5)
+    assert not ok.flagged and ok.text_perplexity_change == pytest.approx(0.05)
+    flagged = judge_forgetting(base, bad, max_perplexity_increase=0.10, max_kl=0.25, max_chrf_drop=5)
+    assert flagged.flagged and len(flagged.reasons) == 3  # perplexity, chrF and KL; answer perplexity is within
+
+
+def test_generation_probe_scores_restores_mode_and_tracks_best(tiny_model, tiny_tokenizer):
+    examples = [Example(c, SourceRef("v", line=i)) for i, c in enumerate(CHATS)]
+    probe = GenerationProbe(ProbeConfig(n=2, max_new_tokens=4, batch_size=2, patience=2), examples)
+    tiny_model.train()
+    tiny_model.config.use_cache = False
+    scores = probe(tiny_model, tiny_tokenizer)
+    assert set(scores) == {"probe/exact_match", "probe/token_f1"} and 0 <= scores["probe/token_f1"] <= 100
+    assert tiny_model.training and tiny_model.config.use_cache is False
+    assert probe.update(10, {"probe/exact_match": 20.0}) == (True, False)
+    assert probe.update(20, {"probe/exact_match": 30.0}) == (True, False)
+    assert probe.update(30, {"probe/exact_match": 30.0}) == (False, False)
+    assert probe.update(40, {"probe/exact_match": 10.0}) == (False, True)
+    assert probe.state.best_step == 20

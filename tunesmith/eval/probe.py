@@ -1,0 +1,82 @@
+"""Generation-based evaluation during training: every N steps, answer a small validation subset and score it.
+
+The training loop owns the schedule; this module owns what happens at a probe: batched greedy generation with
+the inference path (`generate_chat`), the same metrics as `tunesmith eval`, and the bookkeeping for keeping the
+best checkpoint and stopping early. Loss alone is a poor guide for generation tasks (a lower loss can come with
+more malformed queries), which is why the probe scores what the model actually generates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from tunesmith.config import Strict
+from tunesmith.eval.metrics import Normalizer, build_metrics
+from tunesmith.eval.prompts import prompt_of, reference_of
+from tunesmith.generate import generate_chat
+from tunesmith.records import Example, TunesmithError
+
+
+class ProbeConfig(Strict):
+    every: int = Field(50, ge=1, description="Probe every N optimizer steps")
+    n: int = Field(32, ge=1, description="Validation items generated at each probe (the first N)")
+    metric: str = Field("exact_match", description="The metric that picks the best checkpoint")
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
+    min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
+
+
+@dataclass
+class ProbeState:
+    best: float | None = None
+    best_step: int | None = None
+    probes_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class GenerationProbe:
+    """probe(model, tokenizer) -> {"probe/exact_match": 41.0, ...}; probe.update(step, scores) -> (is_best, stop)."""
+
+    def __init__(self, cfg: ProbeConfig, examples: list[Example]):
+        if not examples:
+            raise TunesmithError("the generation probe needs validation examples (data.valid)")
+        self.cfg = cfg
+        self.examples = examples[: cfg.n]
+        self.prompts = [prompt_of(ex) for ex in self.examples]
+        self.references = [reference_of(ex) for ex in self.examples]
+        names = list(dict.fromkeys(cfg.metrics + [cfg.metric]))
+        self.metrics = build_metrics(names, Normalizer())
+        self.state = ProbeState()
+
+    def __call__(self, model, tokenizer) -> dict[str, float]:
+        was_training = model.training
+        config = getattr(model, "config", None)
+        cached = getattr(config, "use_cache", None)
+        model.eval()
+        if config is not None:
+            config.use_cache = True  # training turns the KV cache off; generation without it is quadratic
+        try:
+            predictions = generate_chat(model, tokenizer, self.prompts, max_new_tokens=self.cfg.max_new_tokens,
+                                        batch_size=self.cfg.batch_size, show_progress=False)
+        finally:
+            if config is not None:
+                config.use_cache = cached
+            model.train(was_training)
+        return {f"probe/{m.name}": m.score_corpus(predictions, self.references) for m in self.metrics}
+
+    def update(self, step: int, scores: dict[str, float]) -> tuple[bool, bool]:
+        """Record a probe; returns (this is the best so far: save it, patience exhausted: stop training)."""
+        value = scores[f"probe/{self.cfg.metric}"]
+        s = self.state
+        s.history.append({"step": step, **scores})
+        improved = s.best is None or value > s.best + self.cfg.min_delta
+        if improved:
+            s.best, s.best_step, s.probes_without_improvement = value, step, 0
+        else:
+            s.probes_without_improvement += 1
+        stop = self.cfg.patience is not None and s.probes_without_improvement >= self.cfg.patience
+        return improved, stop

