@@ -110,7 +110,7 @@ def test_teacher_down_fails_with_advice(app, tmp_path):
         port = probe.getsockname()[1]
     code, out = run(app, ["generate", "-i", tmp_path / "chunks.jsonl", "-o", tmp_path / "pairs.jsonl", "-s", "teacher.cache=null"],
                     {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"})
-    assert code == 1 and "unreachable" in out and "Traceback" not in out
+    assert code == 2 and "unreachable" in out and "Traceback" not in out
     assert not (tmp_path / "pairs.jsonl").exists()
 
 
@@ -131,7 +131,7 @@ def test_config_file_errors_point_at_the_line(app, tmp_path):
     (tmp_path / "prep.yaml").write_text("generate:\n  pairs_per_chunk: 2\n  teacher:\n    concurency: 4\n")
     (tmp_path / "chunks.jsonl").write_text("{}\n")
     code, out = run(app, ["generate", "-i", tmp_path / "chunks.jsonl", "-o", tmp_path / "p.jsonl", "-c", tmp_path / "prep.yaml"])
-    assert code == 1 and "prep.yaml:4" in out and "teacher.concurency" in out and "unknown key" in out
+    assert code == 2 and "prep.yaml:4" in out and "teacher.concurency" in out and "unknown key" in out
 
 
 def test_unreadable_input_files_are_listed(app, tmp_path):
@@ -139,10 +139,10 @@ def test_unreadable_input_files_are_listed(app, tmp_path):
     (tmp_path / "docs" / "bad.pdf").write_bytes(b"not a pdf")
     (tmp_path / "docs" / "bad.txt").write_bytes(b"\xff\xfe\xfa")
     code, out = run(app, ["ingest", tmp_path / "docs", "-o", tmp_path / "chunks.jsonl"])
-    assert code == 1 and "bad.pdf" in out and "bad.txt" in out and "2 problem(s)" in out
+    assert code == 2 and "bad.pdf" in out and "bad.txt" in out and "2 problem(s)" in out
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
     code, out = run(app, ["split", "-i", tmp_path / "bad.jsonl", "-o", tmp_path / "split"])
-    assert code == 1 and "bad.jsonl:2: not valid JSON" in out
+    assert code == 2 and "bad.jsonl:2: not valid JSON" in out
 
 
 def test_verbs_are_wired_into_the_tunesmith_command():

@@ -155,7 +155,8 @@ def test_question_for_sentence_uses_chunk_sentences_as_answers(server, tmp_path)
     questions = [r["messages"][0]["content"].split()[0] for r in accepted if r["doc_id"] == "a.md"]
     assert questions[0] != questions[2]
     assert len(server.requests) == 6 and rejects == []
-    assert "Sentence: Payloads above 256 kilobytes" in server.requests[1]["messages"][0]["content"]
+    # requests run concurrently, so their order is not fixed
+    assert any("Sentence: Payloads above 256 kilobytes" in r["messages"][0]["content"] for r in server.requests)
 
 
 def test_question_for_sentence_rejects_non_questions_and_empty_chunks(server, tmp_path):

@@ -94,7 +94,13 @@ def evaluate_loss(loss_module: TrainedTokenLoss, examples: list[TokenizedExample
     return total / max(count, 1)
 
 
-def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator) -> tuple[float, int]:
+def autocast_for(device: torch.device, mixed: str):
+    """bf16 autocast, or a no-op. Ours rather than accelerate's: accelerate fixes mixed precision once per
+    process (a second train() with another precision would fail), and on CPU it is the same torch.autocast."""
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16")
+
+
+def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator, autocast=nullcontext) -> tuple[float, int]:
     """Backward over one optimizer step's micro-batches; returns (summed loss, trained tokens) of this process.
 
     The loss is normalised by the trained tokens of the whole step, across micro-batches and processes, so
@@ -108,7 +114,7 @@ def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator) -> 
     summed = 0.0
     for j, batch in enumerate(window):
         sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(loss_module)
-        with sync, accelerator.autocast():
+        with sync, autocast():
             loss_sum, _ = loss_module(batch.to(accelerator.device))
             loss = loss_sum * world / step_tokens
         accelerator.backward(loss)
@@ -135,7 +141,8 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 
     device = pick_device(cfg.model.device)
     mixed = precision_of(cfg, device)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    autocast = autocast_for(device, mixed)
     set_seed(cfg.train.seed)
     model_path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
@@ -189,7 +196,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-")
         for step in range(start_step, total_steps):
             window = [collate(examples, rows, pad_id, cfg.train.pack) for rows in stream[step * accum:(step + 1) * accum]]
-            step_loss, step_tokens = accumulate_gradients(loss_module, window, accelerator)
+            step_loss, step_tokens = accumulate_gradients(loss_module, window, accelerator, autocast)
             tokens_seen += sum(b.n_tokens for b in window)
             trained_seen += sum(b.n_trained for b in window)
             if cfg.train.max_grad_norm:
@@ -219,7 +226,6 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     train_seconds = elapsed_before + time.perf_counter() - t0
 
     # ---- save ----
-    autocast = accelerator.autocast
     valid_loss = evaluate_loss(loss_module, valid_data.tokenized, cfg, pad_id, accelerator.device, autocast) if valid_data else None
     accelerator.wait_for_everyone()
     out_dir = run_dir / "final"
