@@ -87,6 +87,19 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, ge=1)
 
 
+class ProbeConfig(Strict):
+    """Generation-based evaluation during training (tunesmith/eval/probe.py): needs data.valid."""
+
+    every: int = Field(50, ge=1, description="Probe every N optimizer steps")
+    n: int = Field(32, ge=1, description="Validation items generated at each probe (the first N)")
+    metric: str = Field("exact_match", description="The metric that picks the best checkpoint")
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
+    min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
+
+
 class OutputConfig(Strict):
     dir: str = "runs/latest"
     merge: bool = Field(False, description="Also write the merged model as safetensors")
@@ -97,7 +110,14 @@ class RunConfig(Strict):
     data: DataConfig
     method: MethodConfig = LoraMethod()
     train: TrainConfig = TrainConfig()
+    probe: ProbeConfig | None = None
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _probe_needs_valid(self) -> RunConfig:
+        if self.probe is not None and not self.data.valid:
+            raise ValueError("probe: generation-based evaluation needs a validation file (data.valid)")
+        return self
 
 
 class ConfigError(TunesmithError):

@@ -10,24 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import Field
-
-from tunesmith.config import Strict
+from tunesmith.config import ProbeConfig
 from tunesmith.eval.metrics import Normalizer, build_metrics
 from tunesmith.eval.prompts import prompt_of, reference_of
 from tunesmith.generate import generate_chat
 from tunesmith.records import Example, TunesmithError
-
-
-class ProbeConfig(Strict):
-    every: int = Field(50, ge=1, description="Probe every N optimizer steps")
-    n: int = Field(32, ge=1, description="Validation items generated at each probe (the first N)")
-    metric: str = Field("exact_match", description="The metric that picks the best checkpoint")
-    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "token_f1"])
-    max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(16, ge=1)
-    patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
-    min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
 
 
 @dataclass

@@ -171,10 +171,17 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
 
+    probe = None
+    if cfg.probe is not None:
+        from tunesmith.eval.probe import GenerationProbe, ProbeState
+
+        probe = GenerationProbe(cfg.probe, valid_data.examples)
     start_step, elapsed_before = 0, 0.0
     if resume and (last := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(last, model, optimizer, scheduler)
         start_step, elapsed_before = state["step"], state.get("train_seconds", 0.0)
+        if probe is not None and state.get("probe"):
+            probe.state = ProbeState(**state["probe"])
         console.print(f"[bold]Resuming[/] from {last} (step {start_step}/{total_steps})")
     metrics = MetricsLog(run_dir, resume_step=start_step) if accelerator.is_main_process else None
     console.print(
@@ -218,11 +225,20 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                             grad_norm=grad_norm, tokens_per_second=tokens_seen / elapsed,
                             trained_tokens=trained_seen, epoch=done * accum / max(len(stream) / max(cfg.train.epochs, 1e-9), 1))
                 window_loss = window_tokens = 0.0
+            stop = False
+            if probe is not None and (done % cfg.probe.every == 0 or done == total_steps):
+                stop = _run_probe(probe, done, model, tokenizer, method, run_dir, accelerator, metrics)
             if cfg.train.save_every and done % cfg.train.save_every == 0 and done < total_steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(ckpt_dir, done, model, optimizer, scheduler,
-                                    {"train_seconds": elapsed_before + elapsed}, cfg.train.keep_last)
+                                    {"train_seconds": elapsed_before + elapsed,
+                                     "probe": asdict(probe.state) if probe else None}, cfg.train.keep_last)
+            if stop:
+                console.print(f"[yellow]Stopping early[/] at step {done}: no probe improvement in "
+                              f"{cfg.probe.patience} probes; best step {probe.state.best_step} is in {run_dir / 'best'}")
+                total_steps = done
+                break
     train_seconds = elapsed_before + time.perf_counter() - t0
 
     # ---- save ----
@@ -251,6 +267,22 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
                   + f"). Next: tunesmith generate --run {run_dir} --prompt '...'")
     return result
+
+
+def _run_probe(probe, step: int, model, tokenizer, method, run_dir: Path, accelerator, metrics) -> bool:
+    """Generate on the validation subset, log the scores, keep the best model in run_dir/best; True: stop early."""
+    stop = False
+    if accelerator.is_main_process:
+        scores = probe(model, tokenizer)
+        if metrics:
+            metrics.log(step, **scores)
+        is_best, stop = probe.update(step, scores)
+        if is_best:
+            _atomic_dir(run_dir / "best", lambda d: (method.save(model, d), tokenizer.save_pretrained(d)))
+            (run_dir / "best.json").write_text(json.dumps(
+                {"step": step, "metric": probe.cfg.metric, "value": scores[f"probe/{probe.cfg.metric}"]}))
+    flag = accelerator.reduce(torch.tensor(int(stop), device=accelerator.device), "sum")
+    return bool(flag.item())
 
 
 def store_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> int:

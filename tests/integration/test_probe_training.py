@@ -1,0 +1,30 @@
+import json
+
+from tunesmith.config import load_config
+from tunesmith.train.run import train
+
+from conftest import write_config
+
+
+def test_generation_probe_keeps_best_and_stops_early(tmp_path, tiny_model_dir, dblp_file):
+    cfg = load_config(write_config(
+        tmp_path, tiny_model_dir, dblp_file,
+        train={"max_steps": 12, "precision": "fp32", "lr": 1e-9},  # lr ~0: nothing improves, so patience runs out
+    ), [f"data.valid={dblp_file}", "probe.every=2", "probe.n=3", "probe.max_new_tokens=4", "probe.patience=2", "probe.metric=token_f1"])
+    result = train(cfg)
+    run = tmp_path / "run"
+    probes = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "probe/token_f1" in l]
+    assert [p["step"] for p in probes] == [2, 4, 6]  # best at 2, then two probes without improvement: stop
+    assert result.steps == 6
+    best = json.loads((run / "best.json").read_text())
+    assert best["step"] == 2 and best["metric"] == "token_f1"
+    assert (run / "best" / "adapter_model.safetensors").exists()
+
+
+def test_probe_needs_validation_data(tmp_path, tiny_model_dir, dblp_file):
+    import pytest
+
+    from tunesmith.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a validation file"):
+        load_config(write_config(tmp_path, tiny_model_dir, dblp_file), ["probe.every=2"])
