@@ -179,13 +179,14 @@ def format_validation_errors(err: ValidationError, source: str, lines: dict[tupl
     return f"{len(out)} problem(s) in the config:\n" + "\n".join(out)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
-    """Read a YAML config (or start from `base`), apply `section.key=value` overrides, validate everything."""
+def read_config_data(path: str | Path | None, overrides: list[str] | None, base: dict | None,
+                     sections: str) -> tuple[dict[str, Any], str, str]:
+    """A YAML file (if any) over `base`, then `section.key=value` overrides: (data, the file's text, its name)."""
     text, source = "", "<command line>"
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         text, source = path.read_text(), str(path)
         try:
@@ -193,9 +194,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections (model, data, method, train, output)")
+            raise ConfigError(f"{source}: the top level must be a mapping of sections ({sections})")
         data.update(loaded or {})
-    data = apply_overrides(data, overrides or [])
+    return apply_overrides(data, overrides or []), text, source
+
+
+def import_callable(dotted: str, what: str):
+    """`package.module:function` named in a config (validators, metrics) → the function, or a clear error."""
+    import importlib
+
+    module_name, sep, attr = dotted.partition(":")
+    if not sep or not module_name or not attr:
+        raise TunesmithError(f"{what} {dotted!r} must look like package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TunesmithError(f"{what} {dotted!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise TunesmithError(f"{what} {dotted!r}: {module_name} has no function {attr!r}")
+    return function
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Read a YAML config (or start from `base`), apply `section.key=value` overrides, validate everything."""
+    data, text, source = read_config_data(path, overrides, base, "model, data, method, train, probe, output")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from tunesmith.eval.leakage import check_leakage
 from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, training_pairs_as_passages

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from tunesmith.config import (
-    ConfigError, DataConfig, ModelConfig, Strict, apply_overrides, format_validation_errors, yaml_line_index,
+    ConfigError, DataConfig, ModelConfig, Strict, format_validation_errors, read_config_data, yaml_line_index,
 )
 
 
@@ -165,21 +164,7 @@ def variant_label(variant: Any) -> str:
 
 
 def load_eval_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> EvalConfig:
-    text, source = "", "<command line>"
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"eval config {path} not found")
-        text, source = path.read_text(), str(path)
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections (model, data, variants, ...)")
-        data.update(loaded or {})
-    data = apply_overrides(data, overrides or [])
+    data, text, source = read_config_data(path, overrides, base, "model, data, variants, ...")
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as e:

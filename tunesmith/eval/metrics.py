@@ -7,7 +7,7 @@ normalisation that must be configurable) and label accuracy.
 
 from __future__ import annotations
 
-import importlib
+
 import json
 import re
 import string
@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from tunesmith.records import TunesmithError
+from tunesmith.config import import_callable
 
 ItemScore = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 100]
 
@@ -186,16 +186,7 @@ def build_metrics(names: list[str], normalize: Normalizer, custom: dict[str, str
 
 def user_metric(dotted: str) -> ItemScore:
     """`package.module:function`, called as function(prediction, reference) -> score in [0, 1]; shown x100."""
-    module_name, sep, attr = dotted.partition(":")
-    if not sep or not module_name or not attr:
-        raise TunesmithError(f"custom metric {dotted!r} must look like package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise TunesmithError(f"custom metric {dotted!r}: cannot import {module_name} ({e})") from None
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise TunesmithError(f"custom metric {dotted!r}: {module_name} has no function {attr!r}")
+    func = import_callable(dotted, "custom metric")
     return lambda pred, ref: 100.0 * float(func(pred, ref))
 
 

@@ -10,7 +10,6 @@ Every pair passes the same filters; each one that fails is written to the reject
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from tunesmith.config import Strict
+from tunesmith.config import Strict, import_callable
 from tunesmith.data.prep.progress import Progress
 from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
 from tunesmith.records import TunesmithError
@@ -192,15 +191,7 @@ def grounding(answer: str, chunk: str) -> float:
 
 
 def load_validator(dotted: str) -> Validator:
-    module_name, _, function_name = dotted.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise TunesmithError(f"task.validator {dotted!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?") from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise TunesmithError(f"task.validator {dotted!r}: {module_name} has no function {function_name!r}")
-    return function
+    return import_callable(dotted, "task.validator")
 
 
 def schema_validator(schema_path: str) -> Validator:
