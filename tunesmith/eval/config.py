@@ -83,7 +83,7 @@ class BootstrapConfig(Strict):
 class MetricsConfig(Strict):
     use: list[str] = Field(
         default_factory=lambda: ["exact_match", "token_f1", "bleu", "chrf", "rouge_l"],
-        description="Built-in metrics: exact_match token_f1 bleu chrf rouge_l label_accuracy json_valid sparql_match")
+        description="Built-in metrics: exact_match token_f1 contains bleu chrf rouge_l label_accuracy json_valid sparql_match")
     headline: str = Field("exact_match", description="The metric the verdict, CIs and worst failures are about")
     custom: dict[str, str] = Field(default_factory=dict, description="name: 'package.module:function' (pred, ref) -> float")
     normalize: NormalizeConfig = NormalizeConfig()

@@ -84,6 +84,19 @@ def token_f1(pred: str, ref: str) -> float:
     return 100.0 * 2 * precision * recall / (precision + recall)
 
 
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def contains(pred: str, ref: str) -> float:
+    """The reference occurs in the answer as whole words, after SQuAD normalisation (case, punctuation, articles).
+
+    The score for knowledge questions, where "It was founded in 1988." is as right as "1988".
+    """
+    p = " ".join(_ARTICLES.sub(" ", _SQUAD_NORMALIZE(pred)).split())
+    r = " ".join(_ARTICLES.sub(" ", _SQUAD_NORMALIZE(ref)).split())
+    return 100.0 * bool(r) * (f" {r} " in f" {p} ")
+
+
 def sentence_bleu(pred: str, ref: str) -> float:
     import sacrebleu
 
@@ -152,6 +165,7 @@ def sparql_valid(pred: str, _ref: str) -> float:
 BUILTIN = {
     "exact_match": "exact string match after the configured normalisation",
     "token_f1": "SQuAD-style token-overlap F1",
+    "contains": "the reference occurs in the answer as whole words (case, punctuation and articles ignored)",
     "bleu": "sacrebleu corpus BLEU",
     "chrf": "sacrebleu corpus chrF",
     "rouge_l": "ROUGE-L F-measure (rouge-score)",
@@ -167,6 +181,7 @@ def build_metrics(names: list[str], normalize: Normalizer, custom: dict[str, str
     factories: dict[str, Callable[[], Metric]] = {
         "exact_match": lambda: Metric("exact_match", exact_match(normalize), description=BUILTIN["exact_match"]),
         "token_f1": lambda: Metric("token_f1", token_f1, description=BUILTIN["token_f1"]),
+        "contains": lambda: Metric("contains", contains, description=BUILTIN["contains"]),
         "bleu": lambda: Metric("bleu", sentence_bleu, corpus_bleu, BUILTIN["bleu"]),
         "chrf": lambda: Metric("chrf", sentence_chrf, corpus_chrf, BUILTIN["chrf"]),
         "rouge_l": lambda: Metric("rouge_l", rouge_l, description=BUILTIN["rouge_l"]),

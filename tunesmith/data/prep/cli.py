@@ -118,19 +118,25 @@ def _rejects_path(out: Path) -> Path:
     return out.with_name(out.stem + ".rejects.jsonl")
 
 
+def _strategy_help() -> str:
+    from tunesmith.data.prep.generate import strategy_help
+
+    return strategy_help()
+
+
 def generate_command(
     input: Path = typer.Option(..., "--input", "-i", help="Chunks file from `ingest`"),
     out: Path = typer.Option(..., "--out", "-o", help="Training pairs to write (chat messages JSONL)"),
     teacher: str | None = typer.Option(None, help="local (transformers) or openai (any OpenAI-compatible endpoint)"),
     model: str | None = typer.Option(None, help="Teacher model name"),
     pairs_per_chunk: int | None = typer.Option(None, "--pairs-per-chunk", "-n"),
-    strategy: str | None = typer.Option(None, help="json_list or question_then_answer"),
+    strategy: str | None = typer.Option(None, help="How pairs are made (default json_list): " + _strategy_help()),
     config: Path | None = ConfigOption,
     set_: list[str] = SetOption,
     force: bool = ForceOption,
 ) -> None:
-    """Let a teacher LLM write question/answer pairs about every chunk, filtered; rejects kept with reasons."""
-    from tunesmith.data.prep.generate import GenerateConfig, generate_pairs, reject_counts
+    """Question/answer pairs about every chunk (by a teacher LLM or, strategy facts, without one), filtered; rejects kept with reasons."""
+    from tunesmith.data.prep.generate import STRATEGIES, GenerateConfig, generate_pairs, reject_counts
     from tunesmith.data.prep.teacher import make_teacher
 
     cfg = load_step_config(
@@ -141,12 +147,13 @@ def generate_command(
     if _up_to_date(out, "generate", settings, [input], force):
         return
     chunks = [row for _, row in artifacts.read_jsonl(input)]
-    the_teacher = make_teacher(cfg.teacher)
+    the_teacher = make_teacher(cfg.teacher) if STRATEGIES[cfg.strategy].uses_teacher else None
     try:
         with rich_progress() as progress:
             accepted, rejects = generate_pairs(chunks, cfg, the_teacher, progress)
     finally:
-        the_teacher.close()
+        if the_teacher:
+            the_teacher.close()
     rejects_file = _rejects_path(out)
     artifacts.write_jsonl(out, accepted)
     artifacts.write_jsonl(rejects_file, rejects)
@@ -155,12 +162,12 @@ def generate_command(
         "accepted": len(accepted),
         "rejected": len(rejects),
         "rejected_by_reason": reject_counts(rejects),
-        "teacher_requests": the_teacher.calls,
-        "cache_hits": the_teacher.cache_hits,
+        "teacher_requests": the_teacher.calls if the_teacher else 0,
+        "cache_hits": the_teacher.cache_hits if the_teacher else 0,
     }
     artifacts.write_manifest(out, "generate", settings, [input], [out, rejects_file], counts)
-    console.print(f"{out}: {len(accepted)} pairs kept, {len(rejects)} rejected (see {rejects_file}); "
-                  f"{the_teacher.calls} teacher requests, {the_teacher.cache_hits} from cache")
+    console.print(f"{out}: {len(accepted)} pairs kept, {len(rejects)} rejected (see {rejects_file})"
+                  + (f"; {the_teacher.calls} teacher requests, {the_teacher.cache_hits} from cache" if the_teacher else ""))
 
 
 def augment_command(
