@@ -119,6 +119,8 @@ def _join(tokens, replace: dict[int, str] | None = None, skip: set[int] | None =
     out = []
     for t in tokens:
         if t.i in skip:
+            if out and t.whitespace_ and not out[-1].endswith(" "):
+                out[-1] += " "  # "beetle, first ..., lives" without the clause: keep the space
             continue
         out.append(replace.get(t.i, t.text) + t.whitespace_)
     return _clean("".join(out))
@@ -162,12 +164,15 @@ def _subject(verb):
     return next((c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")), None)
 
 
-def name_like(heading: str | None) -> bool:
-    """'Kraelzend Group', 'Wissta', 'Orbit Billing API' name something; 'Rate limits and errors' does not."""
+def name_like(heading: str | None, prose: str = "") -> bool:
+    """'Kraelzend Group', 'Wissta', 'Orbit Billing API' name something; 'Rate limits and errors' does not, and
+    'Wethun beetle' does when the text says 'the Wethun beetle' (capitalised as in the heading, mid-sentence)."""
     if not heading:
         return False
     words = [w for w in re.findall(r"[^\W\d_][\w'-]*", heading)]
-    return bool(words) and all(w[0].isupper() for w in words if len(w) >= 4 or w == words[0])
+    if words and all(w[0].isupper() for w in words if len(w) >= 4 or w == words[0]):
+        return True
+    return bool(words) and words[0][0].isupper() and re.search(r"\b(?:[a-z]+|The|A|An)\s+" + re.escape(heading) + r"\b", prose) is not None
 
 
 class Paragraph:
@@ -204,9 +209,7 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
         elif name:
             subject_text = name
             is_person = any(e.label_ == "PERSON" for e in sent.ents if e.start <= subj.i < e.end)
-            if para.first or para.topic is None:  # a paragraph's first sentence names what it is about
-                para.topic = name
-            elif is_person and name != para.topic:
+            if is_person and name != para.topic:
                 para.person = name
         elif subj.pos_ == "NOUN" and para.topic and (
                 (det := next((c for c in subj.children if c.dep_ in ("det", "poss")), None)) is not None
@@ -223,7 +226,13 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
                     replace[subj_tokens[0].i] = possessive(para.topic) + " " + subj_tokens[0].text.lower()
                 subject_text = para.topic
     for t in sent:
-        if t.dep_ == "poss" and t.lower_ in POSSESSIVES and t.i not in replace:
+        if t.dep_ == "poss" and t.pos_ == "NOUN" and t.lemma_.lower() in CLASS_NOUNS and para.topic and t.i not in skip:
+            # "The company's head office" → "Zosvis Labs' head office"
+            det = [c for c in t.children if c.dep_ == "det" and c.lower_ in ("the", "this")]
+            if det and subject_text != para.topic:
+                replace[det[0].i] = possessive(para.topic)
+                skip.update(c.i for c in [t, *t.children] if c.i != det[0].i and (c is t or c.dep_ == "case"))
+        elif t.dep_ == "poss" and t.lower_ in POSSESSIVES and t.i not in replace:
             target = para.resolve(t.lower_)
             if target and target != subject_text:  # "Sothton is known for its tulip fields" stays as it is
                 replace[t.i] = possessive(target)
@@ -235,9 +244,16 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
     statements = []
     # A fronted participle ("Founded in 1988 by X, it grew ...") becomes "<subject> was founded in 1988 by X."
     subject_for_clause = subject_text or (para.topic if subj is not None and subj.pos_ == "PRON" else None)
-    for child in root.children:
-        if child.dep_ == "advcl" and child.tag_ == "VBN" and child.i < (subj.i if subj is not None else root.i) and subject_for_clause:
-            clause = list(child.subtree)
+    # So does one inside the subject: "The X, first described by Y, lives in Z." → "The X was first described by Y."
+    participles = [c for c in root.children if c.dep_ == "advcl" and c.tag_ == "VBN" and c.i < (subj.i if subj is not None else root.i)]
+    if subj is not None:
+        participles += [c for c in subj.children if c.dep_ == "acl" and c.tag_ == "VBN" and c.i > subj.i
+                        and (c.left_edge.text == "," or sent.doc[c.left_edge.i - 1].text == ",")]
+    for child in participles:
+        if subject_for_clause:
+            clause = [t for t in child.subtree if t.text != ","]
+            if sent.doc[clause[0].i - 1].text == ",":
+                skip.add(clause[0].i - 1)
             text = _join(clause, replace)
             statements.append(_cap(f"{subject_for_clause} was {text[:1].lower() + text[1:]}".rstrip(",") + "."))
             skip.update(t.i for t in clause)
@@ -261,6 +277,36 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
         main = _cap(main)
         statements.insert(0, main if main[-1] in ".!?" else main + ".")
     return statements
+
+
+def mask_topic(text: str, topic: str | None) -> str:
+    """Sentence-initial mentions of the paragraph's subject become "It"/"Its" before parsing.
+
+    The small parser reads made-up multiword names badly ("Stiostda Holdings manufactures brass telescopes" →
+    "Holdings" and "manufactures" as nouns); a pronoun in their place parses reliably, and is resolved back.
+    """
+    if not topic:
+        return text
+    core = topic[4:] if topic.lower().startswith("the ") else topic
+    pattern = re.compile(r"(?:(?<=^)|(?<=[.!?]\s))(?:[Tt]he\s+)?" + re.escape(core) + r"(?:('s|')(?=\s)|(?=[\s,]))")
+    return pattern.sub(lambda m: "Its" if m.group(1) else "It", text)
+
+
+def paragraph_topic(prose: str, heading: str | None, nlp) -> str | None:
+    """What a paragraph is about: a heading that names something, else the first sentence's named subject."""
+    if name_like(heading, prose):
+        return heading
+    first = next(iter(nlp(prose).sents), None)
+    if first is None:
+        return None
+    subj = _subject(first.root)
+    if subj is not None:
+        aside = {t.i for c in subj.children if c.dep_ in ("appos", "relcl", "acl") for t in c.subtree}
+        name = _name_of([t for t in subj.subtree if t.i not in aside])
+        if name:
+            return name
+    ents = [e for e in first.ents if e.start - first.start <= 1 and e.label_ not in ("DATE", "TIME", "CARDINAL", "ORDINAL")]
+    return ents[0].text if ents else None
 
 
 def chunk_statements(text: str, topic: str | None, nlp, key_values: bool = True) -> list[Statement]:
@@ -299,7 +345,8 @@ def chunk_statements(text: str, topic: str | None, nlp, key_values: bool = True)
     flush()
     for para_heading, prose in paragraphs:
         para = Paragraph(para_heading)
-        for sent in nlp(prose).sents:
+        para.topic = paragraph_topic(prose, para_heading, nlp)
+        for sent in nlp(mask_topic(prose, para.topic)).sents:
             if len(sent) < 3 or not any(t.pos_ in ("VERB", "AUX") for t in sent):
                 continue
             for rewritten in rewrite_sentence(sent, para):
@@ -328,7 +375,7 @@ def answer_kind(span) -> str:
     labels = {e.label_ for e in span.doc.ents if e.start < span.end and e.end > span.start}
     if re.fullmatch(r"[\d.,]+(?:\s+\w+)?", text) and any(t.like_num for t in span) or labels & {"CARDINAL", "QUANTITY", "MONEY", "PERCENT"}:
         return "number"
-    if "DATE" in labels:
+    if "DATE" in labels and any(c.isdigit() for c in text):
         return "date"
     if "PERSON" in labels or (span.start > 0 and span.doc[span.start - 1].lower_ in TITLES) or span[0].lower_ in TITLES:
         return "person"
@@ -413,15 +460,23 @@ def _answer_spans(doc, subject_tokens: set[int], max_words: int):
 
 
 def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[Fact]:
+    """Facts of one statement, parsed with its subject masked as "It"/"Its" (see mask_topic)."""
     doc = nlp_doc
     sent = list(doc)
     root = doc[:].root
     subj = _subject(root)
     if subj is None:
         return []
+    base: dict[int, str] = {}  # the mask, resolved back in every rendering
+    if statement.subject and doc[0].lower_ in ("it", "its") and doc[0].i in {t.i for t in subj.subtree}:
+        base[doc[0].i] = statement.subject if doc[0].lower_ == "it" else possessive(statement.subject)
+
+    def join(tokens, replace=None, skip=None):  # _join with the mask resolved
+        return _join(tokens, {**base, **(replace or {})}, skip)
+
     subject_tokens = {t.i for t in subj.subtree}
-    subject_text = _join(sorted(subj.subtree, key=lambda t: t.i))
-    if subj.pos_ == "PRON" or not subject_text:
+    subject_text = _cap(join(sorted(subj.subtree, key=lambda t: t.i)))
+    if (subj.pos_ == "PRON" and subj.i not in base) or not subject_text:
         return []
     end_punct = {t.i for t in sent if t.i == len(doc) - 1 and t.is_punct}
     facts = []
@@ -435,13 +490,13 @@ def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[
         fact = Fact(subject_text, span.text, kind, statement.text)
         blank = {span.start: "___"}
         blank_skip = set(range(span.start + 1, span.end))
-        cloze = _join(sent, blank, blank_skip)
+        cloze = join(sent, blank, blank_skip)
         fact.questions["cloze"] = [f"Fill in the blank: {cloze}"]
         # In situ: the answer replaced by a question phrase, the word order kept.
         situ_wh = "whom" if kind == "person" and head.dep_ == "pobj" else wh_words(kind, span, None, fronted=False)[0]
         det = {span.start - 1} if span.start > 0 and doc[span.start - 1].dep_ == "det" and doc[span.start - 1].head == head else set()
-        situ = _join(sent, {span.start: situ_wh}, blank_skip | end_punct | det)
-        fact.questions["in_situ"] = [situ.rstrip(",;") + "?"]
+        situ = join(sent, {span.start: situ_wh}, blank_skip | end_punct | det)
+        fact.questions["in_situ"] = [_cap(situ.rstrip(",;")) + "?"]
         # Fronted, with inversion: only for phrases that hang off the main verb.
         verb = prep.head if prep is not None else head.head
         phrase = set(t.i for t in (prep.subtree if prep is not None else head.subtree))
@@ -449,28 +504,35 @@ def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[
             phrase.add(max(phrase) + 1)  # "At 29 millimetres, it is ..." → the comma goes with the phrase
         if verb == root and not phrase & subject_tokens and root.i not in phrase:
             aux = [c for c in root.children if c.dep_ in ("aux", "auxpass")]
-            rest_skip = phrase | subject_tokens | end_punct
             subject_str = _lower_first(subject_text)
-            fronted = []
-            if root.pos_ == "AUX" and root.lemma_ == "be" and not aux:  # copula: "Her hometown is Sildale" → "What is X's hometown?"
-                rest = _join([t for t in sent if t.i != root.i], skip=rest_skip)
-                for wh in wh_words(kind, span, prep_word if head.dep_ == "pobj" else None, fronted=True):
-                    fronted.append(_clean(f"{wh} {root.text} {subject_str} {rest}"))
-            elif aux:
-                rest = _join([t for t in sent if t.i != aux[0].i], skip=rest_skip)
-                for wh in wh_words(kind, span, prep_word, fronted=True):
-                    fronted.append(_clean(f"{wh} {aux[0].text} {subject_str} {rest}"))
-                if prep is not None and prep.dep_ == "agent" and any(a.dep_ == "auxpass" for a in aux):
-                    # The active voice: "X was founded by Y" → "Who founded X?"
-                    agent_rest = _join([t for t in sent if t.i not in (aux[0].i, root.i)], skip=rest_skip)
-                    fact.questions["agent"] = [_clean(f"Who {root.text} {subject_str} {agent_rest}") + "?"]
-            elif _do_form(root):
-                rest = _join([t for t in sent], {root.i: root.lemma_}, rest_skip)
-                for wh in wh_words(kind, span, prep_word, fronted=True):
-                    fronted.append(_clean(f"{wh} {_do_form(root)} {subject_str} {rest}"))
-            fact.questions["question"] = [q.rstrip(",;") + "?" for q in fronted if q]
+            # The question with every other adverbial phrase, and a short one without them
+            # ("When was X founded by Y?", "When was X founded?").
+            adverbials = {t.i for c in root.children if c.dep_ in ("prep", "agent", "advmod", "npadvmod") and c.i not in phrase
+                          for t in c.subtree}
+            fronted, agent = [], []
+            for extra in ((set(), adverbials) if adverbials else (set(),)):
+                rest_skip = phrase | subject_tokens | end_punct | extra
+                if root.pos_ == "AUX" and root.lemma_ == "be" and not aux:  # copula: "Her hometown is X" → "What is Y's hometown?"
+                    rest = join([t for t in sent if t.i != root.i], skip=rest_skip)
+                    for wh in wh_words(kind, span, prep_word if head.dep_ == "pobj" else None, fronted=True):
+                        fronted.append(_clean(f"{wh} {root.text} {subject_str} {rest}"))
+                elif aux:
+                    rest = join([t for t in sent if t.i != aux[0].i], skip=rest_skip)
+                    for wh in wh_words(kind, span, prep_word, fronted=True):
+                        fronted.append(_clean(f"{wh} {aux[0].text} {subject_str} {rest}"))
+                    if prep is not None and prep.dep_ == "agent" and any(a.dep_ == "auxpass" for a in aux):
+                        # The active voice: "X was founded by Y" → "Who founded X?"
+                        agent_rest = join([t for t in sent if t.i not in (aux[0].i, root.i)], skip=rest_skip)
+                        agent.append(_clean(f"Who {root.text} {subject_str} {agent_rest}") + "?")
+                elif _do_form(root):
+                    rest = join([t for t in sent], {root.i: root.lemma_}, rest_skip)
+                    for wh in wh_words(kind, span, prep_word, fronted=True):
+                        fronted.append(_clean(f"{wh} {_do_form(root)} {subject_str} {rest}"))
+            if agent:
+                fact.questions["agent"] = list(dict.fromkeys(agent))
+            fact.questions["question"] = list(dict.fromkeys(q.rstrip(",;") + "?" for q in fronted if q))
         if head.dep_ == "appos" and head.head.i in subject_tokens:
-            owner = _join([t for t in subj.subtree if t.i not in set(x.i for x in head.subtree) and t.text != ","])
+            owner = join([t for t in subj.subtree if t.i not in set(x.i for x in head.subtree) and t.text != ","])
             fact.questions["attribute"] = [f"What is the name of {_lower_first(owner)}?"]
         # "... a population of 1931" → "What is the population of Skewick?"
         if prep is not None and prep.text.lower() == "of" and prep.head.pos_ == "NOUN" and any(
@@ -480,10 +542,10 @@ def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[
                 fact.questions["attribute"] = [f"What is the {noun.text.lower()} of {_lower_first(subject_text)}?"]
         facts.append(fact)
     # The subject as the answer, when the rest of the sentence names something to ask about.
-    rest = _join(sent, skip=subject_tokens | end_punct)
-    if (any(t.pos_ == "PROPN" for t in sent if t.i not in subject_tokens) and _name_of(list(subj.subtree)) == subject_text
-            and subject_text.lower() not in rest.lower()):
-        kind = answer_kind(doc[min(subject_tokens) : max(subject_tokens) + 1])
+    rest = join(sent, skip=subject_tokens | end_punct)
+    named = subj.i in base or (_name_of(list(subj.subtree)) or "").lower() == subject_text.lower()
+    if any(t.pos_ == "PROPN" for t in sent if t.i not in subject_tokens) and named and subject_text.lower() not in rest.lower():
+        kind = "thing" if subj.i in base else answer_kind(doc[min(subject_tokens) : max(subject_tokens) + 1])
         active_agent = subj.dep_ == "nsubj" and root.lemma_ in ("found", "run", "organise", "organize", "own", "lead",
                                                                 "direct", "produce", "make", "build", "start")
         wh = "Who" if kind == "person" or active_agent else "What"
@@ -492,6 +554,14 @@ def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[
         fact.questions["cloze"] = ["Fill in the blank: ___ " + rest + "."]
         if len(subject_text.split()) <= config.max_answer_words:
             facts.append(fact)
+    # A count in the subject: "About 2172 people live in Skewick" → "How many people live in Skewick?"
+    counts = [e for e in doc.ents if e.label_ in ("CARDINAL", "QUANTITY") and all(t.i in subject_tokens for t in e)]
+    if counts and subj.pos_ == "NOUN" and any(t.pos_ == "PROPN" for t in sent if t.i not in subject_tokens):
+        verb = root.text if root.tag_ != "VBZ" else root.lemma_
+        fact = Fact(subject_text, counts[0].text, "number", statement.text)
+        fact.questions["question"] = [_clean(f"How many {subj.text} {verb} {join(sent, skip=subject_tokens | end_punct | {root.i})}?")]
+        fact.questions["cloze"] = ["Fill in the blank: " + join(sent, {counts[0].start: "___"}, set(range(counts[0].start + 1, counts[0].end)))]
+        facts.append(fact)
     return facts
 
 
@@ -512,7 +582,7 @@ def chunk_items(chunk_text: str, topic: str | None, config: FactsConfig, nlp=Non
     statements = chunk_statements(chunk_text, topic, nlp, config.key_values)
     rng = random.Random(f"{config.seed}\0{chunk_text}")
     items: list[FactItem] = []
-    docs = list(nlp.pipe([s.text for s in statements]))
+    docs = list(nlp.pipe([mask_topic(s.text, s.subject) for s in statements]))
     for statement, doc in zip(statements, docs):
         for fact in statement_facts(statement, doc, config):
             phrasings = [(kind, q) for kind in config.renderings for q in fact.questions.get(kind, [])]
