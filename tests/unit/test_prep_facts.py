@@ -74,7 +74,9 @@ def test_renderings_are_deterministic_per_seed():
 
 
 def test_headings_that_name_something():
-    assert name_like("Kraelzend Group") and name_like("Wissta") and name_like("Orbit Billing API")
+    assert name_like("Kraelzend Group") and name_like("Orbit Billing API")
+    assert name_like("Wissta", "Captain Drindles commands the Wissta.") and not name_like("Music", "Music is loud.")
+    assert name_like("Wethun beetle", "The Wethun beetle lives in the forest.")
     assert not name_like("Rate limits and errors") and not name_like("Harbour register") and not name_like(None)
 
 

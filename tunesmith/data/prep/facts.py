@@ -170,8 +170,8 @@ def name_like(heading: str | None, prose: str = "") -> bool:
     if not heading:
         return False
     words = [w for w in re.findall(r"[^\W\d_][\w'-]*", heading)]
-    if words and all(w[0].isupper() for w in words if len(w) >= 4 or w == words[0]):
-        return True
+    if len(words) > 1 and all(w[0].isupper() for w in words if len(w) >= 4 or w == words[0]):
+        return True  # a one-word title ("Support", "Music") names a name only if the text uses it as one (below)
     return bool(words) and words[0][0].isupper() and re.search(r"\b(?:[a-z]+|The|A|An)\s+" + re.escape(heading) + r"\b", prose) is not None
 
 
