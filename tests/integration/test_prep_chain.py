@@ -156,17 +156,13 @@ def test_verbs_are_wired_into_the_tunesmith_command():
 def test_example_settings_are_valid():
     """examples/docs-to-dataset/prep.yaml must keep matching the step settings it configures."""
     from tunesmith.data.prep.anonymize import AnonymizeConfig
-    from tunesmith.data.prep.augment import AugmentConfig
     from tunesmith.data.prep.cli import load_step_config
     from tunesmith.data.prep.generate import GenerateConfig
     from tunesmith.data.prep.ingest import IngestConfig
-    from tunesmith.data.prep.split import SplitConfig
 
     prep = Path(__file__).resolve().parents[2] / "examples" / "docs-to-dataset" / "prep.yaml"
     loaded = {
         section: load_step_config(model, section, prep, [], {})
-        for section, model in (("ingest", IngestConfig), ("anonymize", AnonymizeConfig), ("generate", GenerateConfig),
-                               ("augment", AugmentConfig), ("split", SplitConfig))
+        for section, model in (("ingest", IngestConfig), ("anonymize", AnonymizeConfig), ("generate", GenerateConfig))
     }
-    assert loaded["generate"].teacher.kind == "local" and loaded["generate"].strategy == "question_for_sentence"
-    assert loaded["split"].group_by == "doc_id"
+    assert loaded["generate"].strategy == "facts" and loaded["generate"].facts.answer == "statement"

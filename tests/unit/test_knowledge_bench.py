@@ -59,3 +59,13 @@ def test_no_test_phrasing_occurs_in_the_generated_training_data(name):
     # ...and the check can fail: a training prompt in the test phrasing is caught.
     leaked = questions[0].replace(facts[0]["entity"], facts[1]["entity"])
     assert heldout.seen_questions(questions[:1], prompts + [leaked], facts)
+
+
+@pytest.mark.parametrize("folder", ["bench/knowledge", "examples/docs-to-dataset"])
+def test_shipped_train_and_eval_configs_are_valid(folder):
+    from tunesmith.config import load_config
+    from tunesmith.eval.config import load_eval_config
+
+    root = HERE.parent.parent / folder
+    assert load_config(root / "train.yaml").method.name in ("lora", "full")
+    assert load_eval_config(root / "eval.yaml").metrics.headline == "contains"

@@ -46,8 +46,9 @@ class FactsConfig(Strict):
         ["question", "agent", "attribute", "in_situ", "cloze"],
         description="Kinds of rendering to make of each fact (all that apply to it, up to per_fact)")
     per_fact: int = Field(6, ge=1, description="Most renderings kept per fact (chosen with the seed)")
-    answer: Literal["span", "span_and_statement"] = Field(
-        "span", description="The answer: the value alone, or the value followed by the statement it comes from")
+    answer: Literal["span", "statement", "span_and_statement"] = Field(
+        "span", description="The answer: the value alone, the statement it comes from (which names the subject, "
+                            "then the value), or both")
     about: bool = Field(True, description="Also 'Tell me about <subject>.' → the chunk's statements about it")
     key_values: bool = Field(True, description="Read `Key: value` lines as facts about the section's heading")
     max_answer_words: int = Field(10, ge=1, description="Longer answer spans are not asked about")
@@ -75,11 +76,12 @@ PERSON_PRONOUNS = {"he", "she", "his", "her", "him"}
 POSSESSIVES = {"its", "his", "her", "their"}
 # Nouns that name the kind of thing a paragraph is about: "The company ..." means the paragraph's subject.
 CLASS_NOUNS = {
-    "company", "firm", "business", "organisation", "organization", "group", "band", "team", "town", "city",
+    "company", "firm", "business", "organisation", "organization", "group", "band", "town", "city",
     "village", "place", "region", "country", "festival", "event", "fair", "product", "device", "tool", "model",
     "vessel", "ship", "boat", "species", "animal", "plant", "person", "man", "woman", "service", "system", "api",
     "library", "app", "application", "platform", "program", "project", "school", "university", "museum", "building",
 }
+YEAR_PREPOSITIONS = {"in", "since", "until", "from", "by", "around", "after", "before", "of"}
 MONTHS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"}
 TITLES = {"captain", "dr", "dr.", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "professor", "prof", "sir", "lady", "king",
@@ -111,7 +113,9 @@ def _cap(text: str) -> str:
 def _lower_first(text: str) -> str:
     """'The Wissta' → 'the Wissta' when it no longer starts a sentence (names keep their capital)."""
     first, _, rest = text.partition(" ")
-    return (first.lower() + (" " + rest if rest else "")) if first in {"The", "A", "An", "This", "These", "Its", "Their"} else text
+    return (first.lower() + (" " + rest if rest else "")) if first in {
+        "The", "A", "An", "This", "These", "Those", "Its", "Their", "Each", "Every", "All", "Some", "Any", "No", "Many",
+        "Most", "Both", "Such"} else text
 
 
 def _join(tokens, replace: dict[int, str] | None = None, skip: set[int] | None = None) -> str:
@@ -260,12 +264,27 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
             nxt = clause[-1].i + 1
             if nxt < sent.end and sent.doc[nxt].text == ",":
                 skip.add(nxt)
+    # A coordinated clause with its own subject ("A team requests a token, and the token is sent in ...")
+    # is a statement of its own.
+    for conj in [c for c in root.children if c.dep_ == "conj" and _subject(c) is not None and c.i > root.i]:
+        clause = list(conj.subtree)
+        first = clause[0].i
+        while first - 1 > root.i and sent.doc[first - 1].dep_ in ("cc", "punct"):
+            first -= 1
+            skip.add(first)
+        text = _join(clause, replace)
+        statements.append(_cap(text.rstrip(",;.")) + ".")
+        skip.update(t.i for t in clause)
     # A fronted adverbial ("In 2006, X formed ...", "At 29 millimetres, it is ...") moves to the end, so that
     # every statement starts with its subject.
     tail = ""
     if subj is not None and sent[0].i not in skip:
         lead = [t for t in sent if t.i < subj.left_edge.i and t.i not in skip]
-        if lead and lead[-1].text == "," and lead[0].dep_ in ("prep", "advmod", "npadvmod") and lead[0].head == root:
+        head_of_lead = lead[0].head if lead else None
+        if lead and lead[0].dep_ == "mark" and head_of_lead is not None and head_of_lead.dep_ == "advcl":
+            head_of_lead = head_of_lead.head  # "When a client goes over the limit, the API answers ..."
+        if lead and lead[-1].text == "," and head_of_lead == root and (
+                lead[0].dep_ in ("prep", "advmod", "npadvmod") or lead[0].dep_ == "mark"):
             words = _join(lead[:-1], replace)
             tail = " " + (words if lead[0].pos_ == "PROPN" else words[:1].lower() + words[1:])
             skip.update(t.i for t in lead)
@@ -341,7 +360,8 @@ def chunk_statements(text: str, topic: str | None, nlp, key_values: bool = True)
                 text = f"The {key.lower()} of {heading} is {value}."
             statements.append(Statement(text, heading, line.strip()))
             continue
-        current.append(LIST_MARK.sub("", line).strip())
+        # "...off on 1 March 2024; requests to /orbit/v1 now return 410." → two sentences
+        current.append(re.sub(r";\s+(\w)", lambda m: ". " + m.group(1).upper(), LIST_MARK.sub("", line).strip()))
     flush()
     for para_heading, prose in paragraphs:
         para = Paragraph(para_heading)
@@ -368,11 +388,14 @@ class Fact:
 
 def answer_kind(span) -> str:
     text = span.text
-    if re.fullmatch(r"(1[0-9]{3}|20[0-9]{2})", text):
+    labels = {e.label_ for e in span.doc.ents if e.start < span.end and e.end > span.start}
+    before = span.doc[span.start - 1].lower_ if span.start > 0 else ""
+    if re.fullmatch(r"(1[0-9]{3}|20[0-9]{2})", text) and before in YEAR_PREPOSITIONS:
         return "year"
+    if len(span) == 2 and span[0].pos_ == "NOUN" and span[1].like_num:
+        return "label"
     if text.lower() in MONTHS:
         return "month"
-    labels = {e.label_ for e in span.doc.ents if e.start < span.end and e.end > span.start}
     if re.fullmatch(r"[\d.,]+(?:\s+\w+)?", text) and any(t.like_num for t in span) or labels & {"CARDINAL", "QUANTITY", "MONEY", "PERCENT"}:
         return "number"
     if "DATE" in labels and any(c.isdigit() for c in text):
@@ -397,6 +420,9 @@ def wh_words(kind: str, span, prep: str | None, fronted: bool) -> list[str]:
     if kind == "year":
         return ([_cap(f"{p}what year"), "When"] if prep in ("in", None) else [_cap(f"{p}what year"), _cap(f"{p}when")]) \
             if fronted else [f"{p}what year"]
+    if kind == "label":  # "status 422" → "What status"
+        what = f"what {span[0].text.lower()}"
+        return [_cap(f"{p}{what}")] if fronted else [f"{p}{what}"]
     if kind == "month":
         return [f"{_cap(p)}which month", "When"] if fronted else [f"{p}which month"]
     if kind == "date":
@@ -434,6 +460,10 @@ def _answer_spans(doc, subject_tokens: set[int], max_words: int):
         start = ent.start
         if start > 0 and doc[start - 1].lower_ in TITLES and doc[start - 1].pos_ == "PROPN":
             start -= 1
+        root = ent.root
+        if ent.label_ == "CARDINAL" and root.dep_ == "nummod" and root.head.i == start - 1 and root.head.pos_ == "NOUN" \
+                and start - 1 not in subject_tokens:
+            start -= 1  # "status 422", "version 2": the number labels the noun
         span = doc[start:end]
         spans.append(span)
         taken.update(range(start, end))
@@ -504,7 +534,9 @@ def statement_facts(statement: Statement, nlp_doc, config: FactsConfig) -> list[
             phrase.add(max(phrase) + 1)  # "At 29 millimetres, it is ..." → the comma goes with the phrase
         if verb == root and not phrase & subject_tokens and root.i not in phrase:
             aux = [c for c in root.children if c.dep_ in ("aux", "auxpass")]
-            subject_str = _lower_first(subject_text)
+            first = min(subject_tokens)
+            plain = doc[first].pos_ not in ("PROPN",) and not doc[first].is_upper and first not in base
+            subject_str = (subject_text[:1].lower() + subject_text[1:]) if plain else _lower_first(subject_text)
             # The question with every other adverbial phrase, and a short one without them
             # ("When was X founded by Y?", "When was X founded?").
             adverbials = {t.i for c in root.children if c.dep_ in ("prep", "agent", "advmod", "npadvmod") and c.i not in phrase
@@ -593,7 +625,8 @@ def chunk_items(chunk_text: str, topic: str | None, config: FactsConfig, nlp=Non
                 if kept >= config.per_fact or question.lower() in seen:
                     continue
                 seen.add(question.lower())
-                answer = fact.answer if config.answer == "span" else f"{fact.answer}. {fact.statement}"
+                answer = {"span": fact.answer, "statement": fact.statement,
+                          "span_and_statement": f"{fact.answer}. {fact.statement}"}[config.answer]
                 items.append(FactItem(question, answer, kind, fact.subject, fact.statement))
                 kept += 1
     if config.about:
