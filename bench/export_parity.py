@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=Path)
+    ap.add_argument("--precision", default="fp32", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--backend", default="transformers", choices=["transformers", "llama.cpp", "both"])
     args = ap.parse_args()
     backends = ["transformers", "llama.cpp"] if args.backend == "both" else [args.backend]
@@ -41,7 +42,7 @@ def main() -> None:
     t0 = time.perf_counter()
     trained = load_trained(args.run)
     merged = merge_checked(trained)
-    opts = ExportOptions(n=args.n, max_new_tokens=args.max_new_tokens, prompts=args.prompts)
+    opts = ExportOptions(n=args.n, max_new_tokens=args.max_new_tokens, prompts=args.prompts, precision=args.precision)
     checker = _Checker(trained.cfg, merged, trained.tokenizer, opts)
     rows = []
     out = args.run / "export-bench"

@@ -108,7 +108,7 @@ def export_cmd(
     min_identical: Annotated[float, typer.Option(help="Share of identical answers needed to pass parity")] = 0.9,
     backend: Annotated[str, typer.Option(help="Who answers for a GGUF in the parity check: transformers or llama.cpp")] = "transformers",
     untie_embeddings: Annotated[bool, typer.Option("--untie-embeddings", help="Allow merging an adapter that changes tied embeddings by untying them")] = False,
-    precision: Annotated[str, typer.Option(help="Parity generation precision: auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+    precision: Annotated[str, typer.Option(help="Parity generation precision for both sides: fp32 (default), bf16 or auto")] = "fp32",
 ):
     """Export a run to the runtimes users run, and check that the export answers like the run."""
     from tunesmith.export import ExportOptions, export_run
@@ -131,7 +131,7 @@ def export_cmd(
 
 @app.command("merge")
 def merge_cmd(run: Path, out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/merged)")] = None,
-              quant: Annotated[Optional[str], typer.Option(help="bf16 (default), f16 or f32")] = None, precision: str = "auto"):
+              quant: Annotated[Optional[str], typer.Option(help="bf16 (default), f16 or f32")] = None, precision: str = "fp32"):
     """Alias of `export RUN --to hf --out RUN/merged`: the adapter merged into a plain transformers folder."""
     export_cmd(run, "hf", quant=quant, out=out or run / "merged", precision=precision)
 

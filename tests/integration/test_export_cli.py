@@ -35,12 +35,14 @@ def test_gguf_export_answers_like_the_run_and_keeps_embeddings_tied(run, tmp_pat
     import gguf
 
     out = tmp_path / "gguf"
-    tunesmith("export", run, "--to", "gguf", "--quant", "f16", "--out", out, *FAST)
+    # a ladder: 4 bits changes the tiny random model's answers, f16 does not; the first level that passes is kept
+    tunesmith("export", run, "--to", "gguf", "--quant", "q4_0,f16", "--out", out, *FAST)
     assert sorted(p.name for p in out.iterdir()) == ["adapter.f16.gguf", "export.json", "model.f16.gguf", "parity.json"]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and parity["chosen"] == "f16" and "data.valid" in parity["prompts"]
-    [result] = parity["results"]
-    assert result["identical"] == result["n"] == 4 and result["backend"] == "transformers-gguf"
+    q4, f16 = parity["results"]
+    assert q4["quant"] == "q4_0" and not q4["passed"] and q4["divergences"][0]["reference"] != q4["divergences"][0]["exported"]
+    assert f16["identical"] == f16["n"] == 4 and f16["backend"] == "transformers-gguf"
 
     tensors = gguf_tensors(out / "model.f16.gguf")
     assert "output.weight" not in tensors  # tied in, tied out: llama.cpp reuses token_embd as the LM head

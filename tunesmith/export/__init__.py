@@ -32,7 +32,8 @@ class ExportOptions:
     min_identical: float = DEFAULT_MIN_IDENTICAL
     backend: str = "transformers"  # who answers for a GGUF in the parity check: transformers or llama.cpp
     untie_embeddings: bool = False
-    precision: str = "auto"
+    # fp32 on both sides: bf16 activations flip greedy near-ties at random and would hide what the artifact changed
+    precision: str = "fp32"
 
 
 @dataclass

@@ -22,7 +22,7 @@ PURE_PYTHON_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1")
 LLAMACPP_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 GGUF_TYPES = CONVERTER_TYPES + PURE_PYTHON_TYPES + LLAMACPP_TYPES
 # `--quant auto`: tried smallest first; the first that passes parity is kept.
-AUTO_LADDER = ("q4_0", "q4_1", "q5_1", "q8_0", "f16")
+AUTO_LADDER = ("q4_0", "q4_1", "q8_0", "f16")
 
 
 def gguf_name(quant: str) -> str:
