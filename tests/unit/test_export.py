@@ -149,3 +149,11 @@ def test_parity_comparison_counts_identical_answers_and_finds_first_divergence()
     assert [(d.item, d.prompt, d.at_char) for d in result.divergences] == [(1, "q1", 1), (2, "q2", 1)]
     assert result.exact_match_reference == pytest.approx(200 / 3) and result.exact_match_exported == pytest.approx(200 / 3)
     assert first_difference("abc", "abd") == 2 and first_difference("ab", "abc") == 2
+
+
+def test_missing_converter_says_how_to_install_it(tmp_path, monkeypatch):
+    from tunesmith.export.llamacpp import converter_dir
+
+    monkeypatch.setenv("TUNESMITH_LLAMACPP_CONVERT", str(tmp_path))
+    with pytest.raises(TunesmithError, match="(?s)make setup.*python -m tunesmith.export.llamacpp install"):
+        converter_dir()

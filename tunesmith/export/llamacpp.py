@@ -86,7 +86,10 @@ def _run_script(script: str, args: list[str], what: str) -> None:
     result = subprocess.run([sys.executable, str(directory / script), *args], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-        raise TunesmithError(f"{what} failed (llama.cpp's {script}, exit {result.returncode}):\n{tail}")
+        hint = ("\nllama.cpp's converter recognises BPE tokenizers of published models by a hash of their output; "
+                "this tokenizer is not among them (a newer llama-cpp-python release may know it)"
+                if "pre-tokenizer was not recognized" in result.stderr else "")
+        raise TunesmithError(f"{what} failed (llama.cpp's {script}, exit {result.returncode}):\n{tail}{hint}")
 
 
 def convert_hf(model_dir: Path, outfile: Path, outtype: str) -> Path:
