@@ -81,7 +81,7 @@ CLASS_NOUNS = {
     "vessel", "ship", "boat", "species", "animal", "plant", "person", "man", "woman", "service", "system", "api",
     "library", "app", "application", "platform", "program", "project", "school", "university", "museum", "building",
 }
-YEAR_PREPOSITIONS = {"in", "since", "until", "from", "by", "around", "after", "before", "of"}
+YEAR_PREPOSITIONS = {"in", "since", "until", "from", "by", "around", "after", "before", "of", "to"}
 MONTHS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"}
 TITLES = {"captain", "dr", "dr.", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "professor", "prof", "sir", "lady", "king",
@@ -93,6 +93,7 @@ class Statement:
     text: str
     subject: str | None  # the paragraph subject the statement is about (for "Tell me about")
     source: str  # the original sentence
+    section: str | None = None  # the heading above it
 
 
 def _clean(text: str) -> str:
@@ -319,7 +320,7 @@ def paragraph_topic(prose: str, heading: str | None, nlp) -> str | None:
     if first is None:
         return None
     subj = _subject(first.root)
-    if subj is not None:
+    if subj is not None and subj.pos_ == "PROPN":  # the subject is a name, not "Every call to the X API"
         aside = {t.i for c in subj.children if c.dep_ in ("appos", "relcl", "acl") for t in c.subtree}
         name = _name_of([t for t in subj.subtree if t.i not in aside])
         if name:
@@ -358,7 +359,7 @@ def chunk_statements(text: str, topic: str | None, nlp, key_values: bool = True)
                 text = f"{heading} was {key.lower()} {'in ' if re.fullmatch(r'[0-9]{4}', value) else ''}{value}."
             else:
                 text = f"The {key.lower()} of {heading} is {value}."
-            statements.append(Statement(text, heading, line.strip()))
+            statements.append(Statement(text, heading, line.strip(), heading))
             continue
         # "...off on 1 March 2024; requests to /orbit/v1 now return 410." → two sentences
         current.append(re.sub(r";\s+(\w)", lambda m: ". " + m.group(1).upper(), LIST_MARK.sub("", line).strip()))
@@ -370,7 +371,7 @@ def chunk_statements(text: str, topic: str | None, nlp, key_values: bool = True)
             if len(sent) < 3 or not any(t.pos_ in ("VERB", "AUX") for t in sent):
                 continue
             for rewritten in rewrite_sentence(sent, para):
-                statements.append(Statement(rewritten, para.topic, sent.text.strip()))
+                statements.append(Statement(rewritten, para.topic, sent.text.strip(), para_heading))
     return statements
 
 
@@ -630,12 +631,14 @@ def chunk_items(chunk_text: str, topic: str | None, config: FactsConfig, nlp=Non
                 items.append(FactItem(question, answer, kind, fact.subject, fact.statement))
                 kept += 1
     if config.about:
+        # What the chunk says about each subject, or about its section ("Tell me about token lifetime.")
         by_subject: dict[str, list[str]] = {}
         for s in statements:
-            if s.subject:
-                by_subject.setdefault(s.subject, []).append(s.text)
+            about = _lower_first(s.subject) if s.subject else (s.section[:1].lower() + s.section[1:] if s.section else None)
+            if about:
+                by_subject.setdefault(about, []).append(s.text)
         for subject, texts in by_subject.items():
-            items.append(FactItem(f"Tell me about {_lower_first(subject)}.", " ".join(texts), "about", subject, ""))
+            items.append(FactItem(f"Tell me about {subject}.", " ".join(texts), "about", subject, ""))
     return items, len(statements)
 
 
