@@ -165,4 +165,4 @@ def test_example_settings_are_valid():
         section: load_step_config(model, section, prep, [], {})
         for section, model in (("ingest", IngestConfig), ("anonymize", AnonymizeConfig), ("generate", GenerateConfig))
     }
-    assert loaded["generate"].strategy == "facts" and loaded["generate"].facts.answer == "statement"
+    assert loaded["generate"].strategy == "facts" and loaded["generate"].facts.per_fact == 8
