@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from tunesmith.files import atomic_dir
 from tunesmith.records import TunesmithError
 
 
@@ -20,11 +20,7 @@ def merge_run(run: str | Path, out: str | Path | None = None) -> Path:
     merged = get_method(cfg.method.name).merge(model)
     if hasattr(merged, "peft_config"):
         raise TunesmithError("merge left peft wrappers in place; cannot export")
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out

@@ -6,7 +6,6 @@ Many prompts are generated together: sorted by length, left-padded, KV-cached, e
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,9 +13,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
+from tunesmith.files import iter_jsonl
 from tunesmith.models.loading import DEFAULT_MODEL, bf16_available, load_model, load_tokenizer, resolve_model
-from tunesmith.records import Message, TunesmithError
+from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
 
 console = Console(stderr=True)
 
@@ -97,20 +98,30 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:
-    """Prompts from a file: JSONL rows with `messages`, `prompt`, or plain text lines."""
-    conversations = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
+    """Prompts from a file: JSONL rows with `messages` (a final assistant turn, the reference, is dropped) or
+    `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = line
-        if isinstance(row, dict) and "messages" in row:
-            msgs = [m for m in row["messages"] if m["role"] != "assistant" or m is not row["messages"][-1]]
-            conversations.append(msgs)
-        elif isinstance(row, dict) and "prompt" in row:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError([DataIssue(SourceRef(str(path)), f"cannot read it as UTF-8 text ({e})")]) from None
+        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    conversations: list[list[Message]] = []
+    issues: list[DataIssue] = []
+    for where, row in iter_jsonl(path):
+        if isinstance(row, DataIssue):
+            issues.append(row)
+        elif "messages" in row or "conversations" in row:
+            messages = parse_messages(row, where)
+            if isinstance(messages, DataIssue):
+                issues.append(messages)
+            else:
+                conversations.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+        elif isinstance(row.get("prompt"), str):
             conversations.append([{"role": "user", "content": row["prompt"]}])
         else:
-            conversations.append([{"role": "user", "content": str(row)}])
+            issues.append(DataIssue(where, f"expected `messages` (a chat) or `prompt` (a string); fields {sorted(row)}"))
+    if issues:
+        raise DataError(issues, hint="Each line needs `messages` or `prompt`.")
     return conversations

@@ -7,6 +7,7 @@ it, loss of the references → forgetting panel for tuned models → everything 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from tunesmith.eval.retrieval import load_corpus
 from tunesmith.eval.scoring import reference_loss
 from tunesmith.generate import generate_chat, load_for_inference
 from tunesmith.records import DataError, Example, TunesmithError
+from tunesmith.train.tracking import read_metrics
 
 console = Console(stderr=True)
 
@@ -72,39 +74,25 @@ def load_split(path: str, cfg: EvalConfig, limit: int | None) -> list[Example]:
 
 
 def run_cost(run: Path) -> dict[str, Any]:
-    """Training cost from the run folder: train_summary.json (or the demo's summary.json) and the adapter's size."""
+    """Training cost from the run folder: its train_summary.json, else the size of its adapter."""
     cost: dict[str, Any] = {}
-    for name in ("train_summary.json", "summary.json"):
-        if (run / name).is_file():
-            summary = json.loads((run / name).read_text())
-            for key in ("train_seconds", "trained_tokens", "trainable_parameters", "total_parameters", "peak_rss_mb"):
-                if key in summary and key not in cost:
-                    cost[key] = summary[key]
+    summary = run / "train_summary.json"
+    if summary.is_file():
+        values = json.loads(summary.read_text(encoding="utf-8"))
+        cost = {key: values[key] for key in ("train_seconds", "trained_tokens", "trainable_parameters",
+                                             "total_parameters", "peak_rss_mb") if key in values}
     adapter = run / "final" / "adapter_model.safetensors"
     if "trainable_parameters" not in cost and adapter.is_file():
         from safetensors import safe_open
 
         with safe_open(str(adapter), "pt") as f:
-            cost["trainable_parameters"] = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+            cost["trainable_parameters"] = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     return cost
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def loss_curve(run: Path) -> dict[str, list]:
     curve: dict[str, list] = {"step": [], "loss": [], "valid_step": [], "valid_loss": []}
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return curve
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_metrics(run):
         if "loss" in row:
             curve["step"].append(row["step"])
             curve["loss"].append(row["loss"])

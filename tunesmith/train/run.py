@@ -22,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
 from tunesmith.data.dataset import PreparedData, prepare_data
+from tunesmith.files import atomic_dir
 from tunesmith.methods.base import count_parameters, get_method
 from tunesmith.models.loading import bf16_available, load_model, load_tokenizer, pick_device, resolve_model
 from tunesmith.records import TokenizedExample, TunesmithError
 from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunesmith.train.loss import TrainedTokenLoss
-from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
 
@@ -247,7 +248,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     out_dir = run_dir / "final"
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(loss_module).model
-        _atomic_dir(out_dir, lambda d: (method.save(unwrapped, d), tokenizer.save_pretrained(d)))
+        with atomic_dir(out_dir) as d:
+            method.save(unwrapped, d)
+            tokenizer.save_pretrained(d)
         if cfg.output.merge:
             from tunesmith.export import merge_run
             merge_run(run_dir)
@@ -278,7 +281,9 @@ def _run_probe(probe, step: int, model, tokenizer, method, run_dir: Path, accele
             metrics.log(step, **scores)
         is_best, stop = probe.update(step, scores)
         if is_best:
-            _atomic_dir(run_dir / "best", lambda d: (method.save(model, d), tokenizer.save_pretrained(d)))
+            with atomic_dir(run_dir / "best") as d:
+                method.save(model, d)
+                tokenizer.save_pretrained(d)
             (run_dir / "best.json").write_text(json.dumps(
                 {"step": step, "metric": probe.cfg.metric, "value": scores[f"probe/{probe.cfg.metric}"]}))
     flag = accelerator.reduce(torch.tensor(int(stop), device=accelerator.device), "sum")
@@ -307,18 +312,6 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _atomic_dir(target: Path, write) -> None:
-    import shutil
-
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
 
 
 def _write_data_report(run_dir: Path, train: PreparedData, valid: PreparedData | None) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from tunesmith.config import ConfigError, format_validation_errors, yaml_line_index, apply_overrides
 from tunesmith.data.prep import artifacts
 from tunesmith.data.prep.progress import rich_progress
+from tunesmith.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunesmith.records import TunesmithError
 
 console = Console(stderr=True)
@@ -106,7 +107,7 @@ def ingest_command(
     with rich_progress() as progress:
         progress.phase("ingest: reading", len(files))
         chunks, read, issues = ingest(inputs, cfg, progress=progress.advance)
-    artifacts.write_jsonl(out, chunks)
+    atomic_write_jsonl(out, chunks)
     for issue in issues:
         console.print(f"[yellow]skipped[/yellow] {issue}")
     counts = {"files": len(read), "documents": len({c["doc_id"] for c in chunks}), "chunks": len(chunks), "skipped_files": [str(i) for i in issues]}
@@ -140,7 +141,7 @@ def generate_command(
     settings = cfg.model_dump(mode="json")
     if _up_to_date(out, "generate", settings, [input], force):
         return
-    chunks = [row for _, row in artifacts.read_jsonl(input)]
+    chunks = [row for _, row in read_jsonl(input)]
     the_teacher = make_teacher(cfg.teacher)
     try:
         with rich_progress() as progress:
@@ -148,8 +149,8 @@ def generate_command(
     finally:
         the_teacher.close()
     rejects_file = _rejects_path(out)
-    artifacts.write_jsonl(out, accepted)
-    artifacts.write_jsonl(rejects_file, rejects)
+    atomic_write_jsonl(out, accepted)
+    atomic_write_jsonl(rejects_file, rejects)
     counts = {
         "chunks": len(chunks),
         "accepted": len(accepted),
@@ -180,7 +181,7 @@ def augment_command(
     settings = cfg.model_dump(mode="json")
     if _up_to_date(out, "augment", settings, [input], force):
         return
-    rows = [row for _, row in artifacts.read_jsonl(input)]
+    rows = [row for _, row in read_jsonl(input)]
     the_teacher = make_teacher(cfg.teacher) if cfg.paraphrases_per_row else None
     try:
         with rich_progress() as progress:
@@ -189,8 +190,8 @@ def augment_command(
         if the_teacher:
             the_teacher.close()
     rejects_file = _rejects_path(out)
-    artifacts.write_jsonl(out, augmented)
-    artifacts.write_jsonl(rejects_file, rejects)
+    atomic_write_jsonl(out, augmented)
+    atomic_write_jsonl(rejects_file, rejects)
     counts = {"input_rows": len(rows), "output_rows": len(augmented), "rejected": len(rejects)}
     artifacts.write_manifest(out, "augment", settings, [input], [out, rejects_file], counts)
     console.print(f"{out}: {len(rows)} rows → {len(augmented)} ({len(rejects)} variants rejected)")
@@ -218,7 +219,7 @@ def anonymize_command(
         raise TunesmithError("--mapping must be a file of its own, apart from the data (it holds the real values)")
     if _up_to_date(out, "anonymize", settings, [input], force):
         return
-    rows = artifacts.read_jsonl(input)
+    rows = read_jsonl(input)
     pseudonyms = Pseudonyms(cfg.replace_with, cfg.seed)
     if mapping.is_file():
         pseudonyms.load(mapping)
@@ -226,8 +227,8 @@ def anonymize_command(
         result = anonymize_rows(rows, cfg, pseudonyms=pseudonyms, progress=progress)
     if result.leaks:
         raise TunesmithError("detected PII survived anonymization (nothing written):\n  " + "\n  ".join(result.leaks[:20]))
-    artifacts.write_jsonl(out, result.rows)
-    artifacts.write_jsonl(audit, result.audit)
+    atomic_write_jsonl(out, result.rows)
+    atomic_write_jsonl(audit, result.audit)
     pseudonyms.save(mapping)
     counts = {"rows": len(rows), "found": dict(result.found), "replaced": dict(result.replaced), "leaks": 0}
     # The mapping is deliberately not listed among the outputs: the manifest travels with the data.
@@ -267,17 +268,17 @@ def split_command(
     settings = cfg.model_dump(mode="json")
     if _up_to_date(out, "split", settings, [input], force):
         return
-    rows = artifacts.read_jsonl(input)
+    rows = read_jsonl(input)
     parts, report = split_rows(rows, cfg)
     written = []
     for split in SPLITS:
         target = out / f"{split}.jsonl"
         if parts[split] or getattr(cfg, split) > 0:
-            artifacts.write_jsonl(target, parts[split])
+            atomic_write_jsonl(target, parts[split])
             written.append(target)
         elif target.exists():
             target.unlink()
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(out / "report.json", report)
     artifacts.write_manifest(out, "split", settings, [input], written + [out / "report.json"], report["rows"])
     console.print(f"{out}: " + ", ".join(f"{s} {report['rows'][s]} rows / {report['groups'][s]} groups" for s in SPLITS))
     near = report["near_duplicates"]
@@ -303,10 +304,10 @@ def stats_command(
         from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector
 
         detector = PiiDetector(AnonymizeConfig())
-    stats = compute_stats(input, artifacts.read_jsonl(input), field, tokenizer, detector)
+    stats = compute_stats(input, read_jsonl(input), field, tokenizer, detector)
     render_stats(stats, Console())
     if json_out:
-        json_out.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(json_out, stats)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from tunesmith.config import Strict
 from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
+from tunesmith.files import iter_json_lines
 from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 CODE_SUFFIXES = {
@@ -120,24 +121,19 @@ def _record_text(record: Any, text_field: str | None) -> str:
 
 
 def _read_json_records(path: Path, doc_id: str, text_field: str | None) -> list[Document]:
-    text = _read_utf8(path)
     name = str(path)
     if path.suffix.lower() == ".jsonl":
         documents, bad_lines = [], []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad_lines.append(f"line {lineno}: {e.msg}")
-                continue
-            documents.append(Document(f"{doc_id}:{lineno}", SourceRef(name, line=lineno), _record_text(record, text_field), "jsonl"))
+        for where, record in iter_json_lines(path):
+            if isinstance(record, DataIssue):
+                bad_lines.append(f"line {where.line}: {record.reason}")
+            else:
+                documents.append(Document(f"{doc_id}:{where.line}", where, _record_text(record, text_field), "jsonl"))
         if bad_lines:
             raise UnreadableFile("not valid JSONL (" + "; ".join(bad_lines[:5]) + ")")
         return documents
     try:
-        data = json.loads(text)
+        data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise UnreadableFile(f"not valid JSON ({e.msg} at line {e.lineno})") from None
     if isinstance(data, list):
