@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
+
+from tunesmith.cli import console
 from tunesmith.files import atomic_dir
 from tunesmith.records import TunesmithError
 
@@ -24,3 +28,10 @@ def merge_run(run: str | Path, out: str | Path | None = None) -> Path:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out
+
+
+def merge_command(run: Annotated[Path, typer.Argument(help="A trained run folder")],
+                  out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default RUN/merged)")] = None):
+    """Merge a run's adapter into its base model and save a plain transformers folder (safetensors)."""
+    path = merge_run(run, out)
+    console.print(f"[green]Merged model written to {path}[/]; load it with AutoModelForCausalLM.from_pretrained('{path}')")

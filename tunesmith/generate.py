@@ -6,10 +6,13 @@ Many prompts are generated together: sorted by length, left-padded, KV-cached, e
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Annotated, Optional
 
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -125,3 +128,49 @@ def read_prompts(path: str | Path) -> list[list[Message]]:
     if issues:
         raise DataError(issues, hint="Each line needs `messages` or `prompt`.")
     return conversations
+
+
+def generate_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder (base model + its adapter)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder (default: the embedded SmolLM2)")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Prompts: JSONL (messages or prompt) or one per line")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
+    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+):
+    """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0); JSONL on stdout."""
+    conversations = [[{"role": "user", "content": p}] for p in prompt or []]
+    if input:
+        conversations += read_prompts(input)
+    if not conversations:
+        raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
+    if system:
+        conversations = [[{"role": "system", "content": system}] + c for c in conversations]
+    model_obj, tokenizer = load_for_inference(run, model)
+    answers = generate_chat(model_obj, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            temperature=temperature, top_p=top_p, seed=seed, precision=precision)
+    for conv, answer in zip(conversations, answers):
+        print(json.dumps({"prompt": conv[-1]["content"], "answer": answer}, ensure_ascii=False))
+
+
+def chat_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
+    system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+):
+    """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
+    model_obj, tokenizer = load_for_inference(run, model)
+    history = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
+                              temperature=temperature, show_progress=False)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")

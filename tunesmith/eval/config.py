@@ -1,7 +1,7 @@
 """The eval config: which test set, which variants, which metrics, where the report goes.
 
-Same rules as the run config (tunesmith.config): unknown keys rejected, every error at once with its line,
-`--set section.key=value` overrides. One `data:` section shapes the test rows *and* the training pool exactly as
+Read like every config (`tunesmith.config.read_config`): unknown keys rejected, every error at once with its
+line, `--set section.key=value` overrides. One `data:` section shapes the test rows *and* the training pool exactly as
 `tunesmith train` does (same DataConfig fields), so every variant sees the same prompts.
 """
 
@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config import (
-    ConfigError, DataConfig, ModelConfig, Strict, format_validation_errors, read_config_data, yaml_line_index,
-)
+from tunesmith.config import DataConfig, ModelConfig, Strict
 
 
 class EvalDataConfig(DataConfig):
@@ -55,7 +53,6 @@ class TunedVariant(Strict):
         return self.name or f"tuned ({Path(self.run).name}){' + rag' if self.rag else ''}"
 
 
-VARIANT_TAGS = ("base", "few_shot", "rag", "tuned")
 Variant = Annotated[BaseVariant | FewShotVariant | RagVariant | TunedVariant, Field(discriminator="kind")]
 
 
@@ -161,20 +158,3 @@ class EvalConfig(Strict):
 
 def variant_label(variant: Any) -> str:
     return variant.label if isinstance(variant, TunedVariant) else variant.name
-
-
-def load_eval_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> EvalConfig:
-    data, text, source = read_config_data(path, overrides, base, "model, data, variants, ...")
-    try:
-        return EvalConfig.model_validate(data)
-    except ValidationError as e:
-        # Variant tags appear in error locations (variants.0.tuned.run); the file has variants.0.run.
-        lines = yaml_line_index(text) if text else {}
-        for key, line in list(lines.items()):
-            if key[:1] == ("variants",) and len(key) > 2:
-                for tag in VARIANT_TAGS:
-                    lines.setdefault(key[:2] + (tag,) + key[2:], line)
-        message = format_validation_errors(e, source, lines)
-        for tag in VARIANT_TAGS:
-            message = message.replace(f".{tag}.", ".")
-        raise ConfigError(message) from None

@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from tunesmith.config import import_callable
+from tunesmith.hooks import import_callable
 
 ItemScore = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 100]
 

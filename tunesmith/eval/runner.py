@@ -11,11 +11,14 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import psutil
+import typer
 from rich.console import Console
 
+from tunesmith.cli import RequiredConfigArg, SetOpt
+from tunesmith.config import read_config
 from tunesmith.data.formats import load_examples
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.eval.config import EvalConfig, FewShotVariant, RagVariant, TunedVariant, variant_label
@@ -269,3 +272,20 @@ def compare(results: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
             out["tuned_vs_best_alternative"] = {"tuned": tuned[0]["name"], "alternative": untuned[0]["name"],
                                                 "mean": diff, "ci": [low, high], "significant": low > 0 or high < 0}
     return out
+
+
+def eval_command(
+    config: RequiredConfigArg, overrides: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (sets report.dir)")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", help="Evaluate only the first N test items (sets data.n)")] = None,
+    no_forgetting: Annotated[bool, typer.Option("--no-forgetting", help="Skip the forgetting panel (sets forgetting.enabled=false)")] = False,
+):
+    """Compare base, few-shot, RAG and tuned variants on one held-out set; write report.md/.html/.json."""
+    from tunesmith.eval.report import verdict
+
+    cfg = read_config(EvalConfig, config, overrides or [], options={
+        "report.dir": str(out) if out else None, "data.n": n, "forgetting.enabled": False if no_forgetting else None})
+    report = run_eval(cfg)
+    for line in verdict(report):
+        console.print(line.replace("**", ""))
+    console.print(f"[green]Report[/]: {Path(cfg.report.dir) / 'report.html'} (also report.md, report.json)")

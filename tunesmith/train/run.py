@@ -14,12 +14,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.cli import RequiredConfigArg, SetOpt
+from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
 from tunesmith.data.dataset import PreparedData, prepare_data
 from tunesmith.files import atomic_dir
@@ -327,3 +330,9 @@ def _write_data_report(run_dir: Path, train: PreparedData, valid: PreparedData |
     console.print(f"Data: {s['examples']} examples, {s['tokens']:,} tokens, {100 * s['trained_fraction']:.1f}% trained"
                   + (f", {s['truncated']} truncated" if s["truncated"] else "")
                   + (f", {s['dropped_too_long']} dropped as too long" if s["dropped_too_long"] else ""))
+
+
+def train_command(config: RequiredConfigArg, overrides: SetOpt = None,
+                  resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False):
+    """Fine-tune a model as the config says."""
+    train(load_config(config, overrides or []), resume=resume)

@@ -94,3 +94,32 @@ def is_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs:
         return all(Path(o["path"]).is_file() and sha256_file(o["path"]) == o["sha256"] for o in manifest["outputs"])
     except (OSError, KeyError, TypeError):
         return False
+
+
+def skip_if_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path], force: bool) -> bool:
+    """For a verb: True (and says so) when its output is up to date and --force was not given."""
+    if not force and is_up_to_date(output, step, config, inputs):
+        from tunesmith.cli import console
+
+        console.print(f"{output}: up to date with its inputs and settings (nothing to do; --force to redo)")
+        return True
+    return False
+
+
+def rejects_path(out: str | Path) -> Path:
+    """Where a step writes what it rejected, with reasons: pairs.jsonl → pairs.rejects.jsonl."""
+    out = Path(out)
+    return out.with_name(out.stem + ".rejects.jsonl")
+
+
+def write_step_outputs(out: Path, step: str, settings: dict[str, Any], inputs: list[Path], rows: list,
+                       rejects: list, counts: dict[str, Any]) -> Path:
+    """A teacher step's results: the rows, the rejects beside them (with reasons), and the manifest; returns the
+    rejects file."""
+    from tunesmith.files import atomic_write_jsonl
+
+    rejected = rejects_path(out)
+    atomic_write_jsonl(out, rows)
+    atomic_write_jsonl(rejected, rejects)
+    write_manifest(out, step, settings, inputs, [out, rejected], counts)
+    return rejected

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
+import typer
 from pydantic import Field, field_validator
 
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.progress import Progress
-from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
+from tunesmith.files import read_jsonl
 
 PARAPHRASE_STYLES = (
     "in different words",
@@ -137,3 +143,25 @@ def augment_rows(
             seen.add(key)
             out.append(_with_prompt(rows[number], index, paraphrase, f"paraphrase:{style}", number))
     return out, rejects
+
+
+def augment_command(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Pairs file (chat messages JSONL)", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    paraphrases: Annotated[Optional[int], typer.Option(help="Teacher paraphrases per prompt, 0: templates only (augment.paraphrases_per_row)")] = None,
+    template: Annotated[Optional[list[str]], typer.Option(help='Prompt template with {prompt}, e.g. "Quick question: {prompt}"; repeatable (augment.templates)')] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Add paraphrased and template-varied prompts; variants keep their original's group keys."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("augment", config, overrides, {"augment.paraphrases_per_row": paraphrases, "augment.templates": template or None})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "augment", settings, [input], force):
+        return
+    rows = [row for _, row in read_jsonl(input)]
+    with (make_teacher(cfg.teacher) if cfg.paraphrases_per_row else nullcontext()) as the_teacher, rich_progress() as progress:
+        augmented, rejects = augment_rows(rows, cfg, the_teacher, progress)
+    write_step_outputs(out, "augment", settings, [input], augmented, rejects,
+                       {"input_rows": len(rows), "output_rows": len(augmented), "rejected": len(rejects)})
+    console.print(f"{out}: {len(rows)} rows → {len(augmented)} ({len(rejects)} variants rejected)")

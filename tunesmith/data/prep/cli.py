@@ -131,7 +131,7 @@ def generate_command(
     force: bool = ForceOption,
 ) -> None:
     """Let a teacher LLM write question/answer pairs about every chunk, filtered; rejects kept with reasons."""
-    from tunesmith.data.prep.generate import GenerateConfig, generate_pairs, reject_counts
+    from tunesmith.data.prep.synthesize import GenerateConfig, generate_pairs, reject_counts
     from tunesmith.data.prep.teacher import make_teacher
 
     cfg = load_step_config(

@@ -11,13 +11,17 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, defaultdict
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, model_validator
+import typer
+from pydantic import Field, field_validator, model_validator
 
+from tunesmith.cli import ConfigArg, ForceOpt, InputOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.artifacts import field_value, iter_texts
-from tunesmith.records import DataError, DataIssue, SourceRef
+from tunesmith.data.prep.artifacts import field_value, iter_texts, skip_if_up_to_date, write_manifest
+from tunesmith.files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 SPLITS = ("train", "valid", "test")
 
@@ -32,6 +36,11 @@ class SplitConfig(Strict):
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that counts as near-duplicate")
     on_near_duplicate: Literal["report", "drop"] = Field("report", description="drop: remove such valid/test rows")
     num_perm: int = Field(128, ge=16)
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _none_means_row_by_row(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null", "") else value
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitConfig:
@@ -174,3 +183,52 @@ def split_rows(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig
         "warnings": warnings,
     }
     return out, report
+
+
+def split_command(
+    input: InputOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for train.jsonl, valid.jsonl, test.jsonl and report.json", show_default=False)],
+    config: ConfigArg = None, overrides: SetOpt = None,
+    group_by: Annotated[Optional[str], typer.Option(help="Field whose rows stay on one side; 'none' for row by row (split.group_by)")] = None,
+    stratify_by: Annotated[Optional[str], typer.Option(help="Field whose distribution each split keeps (split.stratify_by)")] = None,
+    ratios: Annotated[Optional[str], typer.Option(help="train,valid,test fractions, e.g. 0.8,0.1,0.1 (split.train/valid/test)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="split.seed")] = None,
+    drop_near_duplicates: Annotated[bool, typer.Option("--drop-near-duplicates", help="Remove valid/test rows that leak from training (split.on_near_duplicate=drop)")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Seeded grouped split, with the leakage check of `tunesmith eval` across the splits."""
+    from tunesmith.data.prep.config import step_settings
+
+    shares: list[float | None] = [None, None, None]
+    if ratios is not None:
+        try:
+            shares = [float(x) for x in ratios.split(",")]
+        except ValueError:
+            shares = []
+        if len(shares) != 3:
+            raise TunesmithError(f"--ratios {ratios!r}: give three numbers, e.g. 0.8,0.1,0.1")
+    cfg = step_settings("split", config, overrides, {
+        "split.group_by": group_by, "split.stratify_by": stratify_by, "split.seed": seed,
+        "split.train": shares[0], "split.valid": shares[1], "split.test": shares[2],
+        "split.on_near_duplicate": "drop" if drop_near_duplicates else None})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "split", settings, [input], force):
+        return
+    parts, report = split_rows(read_jsonl(input), cfg)
+    written = []
+    for split in SPLITS:
+        target = out / f"{split}.jsonl"
+        if parts[split] or getattr(cfg, split) > 0:
+            atomic_write_jsonl(target, parts[split])
+            written.append(target)
+        elif target.exists():
+            target.unlink()
+    atomic_write_json(out / "report.json", report)
+    write_manifest(out, "split", settings, [input], written + [out / "report.json"], report["rows"])
+    console.print(f"{out}: " + ", ".join(f"{s} {report['rows'][s]} rows / {report['groups'][s]} groups" for s in SPLITS))
+    near = report["near_duplicates"]
+    if near["found"]:
+        console.print(f"[yellow]{near['found']} valid/test rows near-duplicate training rows[/yellow] (Jaccard ≥ {near['threshold']}); "
+                      + ("dropped" if near["dropped"] else f"see {out / 'report.json'}, or pass --drop-near-duplicates"))
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")

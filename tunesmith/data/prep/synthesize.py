@@ -14,13 +14,18 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field, field_validator
 
-from tunesmith.config import Strict, import_callable
-from tunesmith.data.prep.progress import Progress
-from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
+from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
+from tunesmith.hooks import check_hook_path, import_callable
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
+from tunesmith.files import read_jsonl
 from tunesmith.records import TunesmithError
 
 Validator = Callable[[str], Any]
@@ -44,9 +49,7 @@ class TaskConfig(Strict):
     @field_validator("validator")
     @classmethod
     def _dotted_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError("must look like package.module:function")
-        return value
+        return None if value is None else check_hook_path(value)
 
 
 class GenerateConfig(Strict):
@@ -369,3 +372,32 @@ def reject_counts(rejects: list[dict[str, Any]]) -> dict[str, int]:
         kind = re.split(r"[(:]", reject["reason"], maxsplit=1)[0].strip()
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def generate_command(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Chunks file from `tunesmith data ingest`", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    teacher: Annotated[Optional[str], typer.Option(help="local (transformers) or openai (any OpenAI-compatible endpoint) (generate.teacher.kind)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Teacher model name (generate.teacher.model)")] = None,
+    pairs_per_chunk: Annotated[Optional[int], typer.Option("--pairs-per-chunk", "-n", help="generate.pairs_per_chunk")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="json_list, question_then_answer or question_for_sentence (generate.strategy)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Let a teacher LLM write question/answer pairs about every chunk, filtered; rejects kept with reasons."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("generate", config, overrides, {
+        "generate.teacher.kind": teacher, "generate.teacher.model": model, "generate.pairs_per_chunk": pairs_per_chunk,
+        "generate.strategy": strategy})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "generate", settings, [input], force):
+        return
+    chunks = [row for _, row in read_jsonl(input)]
+    with make_teacher(cfg.teacher) as the_teacher, rich_progress() as progress:
+        accepted, rejects = generate_pairs(chunks, cfg, the_teacher, progress)
+    rejects_file = write_step_outputs(out, "generate", settings, [input], accepted, rejects, {
+        "chunks": len(chunks), "accepted": len(accepted), "rejected": len(rejects),
+        "rejected_by_reason": reject_counts(rejects), "teacher_requests": the_teacher.calls,
+        "cache_hits": the_teacher.cache_hits})
+    console.print(f"{out}: {len(accepted)} pairs kept, {len(rejects)} rejected (see {rejects_file}); "
+                  f"{the_teacher.calls} teacher requests, {the_teacher.cache_hits} from cache")

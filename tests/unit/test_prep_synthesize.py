@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "prep"))
 from fake_teacher import FakeTeacher, Scripted  # noqa: E402
 
-from tunesmith.data.prep.generate import (  # noqa: E402
+from tunesmith.data.prep.synthesize import (  # noqa: E402
     GenerateConfig,
     MalformedOutput,
     PairFilter,
