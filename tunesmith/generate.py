@@ -7,7 +7,6 @@ Many prompts are generated together: sorted by length, left-padded, KV-cached, e
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl
-from tunesmith.models.loading import DEFAULT_MODEL, bf16_available, load_model, load_tokenizer, resolve_model
+from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from tunesmith.models.precision import autocast, resolve_precision
 from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
 
 console = Console(stderr=True)
@@ -68,8 +68,7 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths → little padding
     device = next(model.parameters()).device
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_available(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    mode = resolve_precision(precision, device)
     pad_id = tokenizer.pad_token_id
     stops = stop_token_ids(model, tokenizer)
     outputs: list[str] = [""] * len(prompts)
@@ -77,7 +76,7 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
         torch.manual_seed(seed)
     progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_progress)
-    with progress, torch.inference_mode(), autocast:
+    with progress, torch.inference_mode(), autocast(mode, device):
         task = progress.add_task("generate", total=len(prompts))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -138,28 +137,12 @@ def _convert_gguf(gguf: Path, embedded: EmbeddedModel | None) -> Path:
     return target
 
 
-@cache
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
-
-
 def pick_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise TunesmithError("model.device=cuda was asked for but no CUDA device is visible")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def bf16_available(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
 
 
 def load_tokenizer(name_or_path: str | Path):
