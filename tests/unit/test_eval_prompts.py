@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from tunesmith.eval.leakage import check_leakage
-from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, training_pairs_as_passages
+from tunesmith.data.dedup import Item, check_leakage
+from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, question_of, reference_of, training_pairs_as_passages
 from tunesmith.eval.retrieval import VectorIndex, load_corpus, split_passages
 from tunesmith.records import Example, SourceRef
 
@@ -101,9 +101,12 @@ def test_leakage_finds_exact_near_duplicate_and_shared_targets():
             chat("What are the papers written by the person Ada Lovelace in the year 1843 ?!", "x"),  # near-duplicate
             chat("A fresh question", "SELECT shared"),  # shared target
             chat("Something else entirely", "unique")]
-    report = check_leakage(train, test, threshold=0.7)
+    def items(examples):
+        return [Item(question_of(e), reference_of(e)) for e in examples]
+
+    report = check_leakage(items(train), items(test), threshold=0.7)
     assert [d["test"] for d in report.exact_prompts] == [0]
     assert [d["test"] for d in report.near_duplicate_prompts] == [1] and report.near_duplicate_prompts[0]["train"] == 0
     assert [d["test"] for d in report.shared_targets] == [2]
     assert report.leaked_items == {0, 1, 2} and not report.clean
-    assert check_leakage(train, test[3:]).clean
+    assert check_leakage(items(train), items(test[3:])).clean

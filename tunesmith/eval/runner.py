@@ -22,7 +22,7 @@ from tunesmith.config import read_config
 from tunesmith.data.formats import load_examples
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.eval.config import EvalConfig, FewShotVariant, RagVariant, TunedVariant, variant_label
-from tunesmith.eval.leakage import check_leakage
+from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.eval.metrics import Normalizer, bootstrap_ci, build_metrics, paired_bootstrap_diff
 from tunesmith.eval.prompts import (
     BuiltPrompt, FewShotBuilder, RagBuilder, prompt_of, question_of, reference_of, training_pairs_as_passages,
@@ -135,7 +135,8 @@ def run_eval(cfg: EvalConfig, out_dir: str | Path | None = None, show_progress: 
     pool = load_split(cfg.data.train, cfg, cfg.data.limit)
     prompts = [prompt_of(ex) for ex in tests]
     references = [reference_of(ex) for ex in tests]
-    leakage = check_leakage(pool, tests, cfg.leakage.near_duplicate_jaccard)
+    leakage = check_leakage([Item(question_of(ex), reference_of(ex)) for ex in pool],
+                            [Item(question_of(ex), reference_of(ex)) for ex in tests], cfg.leakage.near_duplicate_jaccard)
     if not leakage.clean:
         console.print(f"[bold yellow]leakage:[/] {len(leakage.leaked_items)} of {len(tests)} test items overlap the "
                       "training data (see the top of the report)")
