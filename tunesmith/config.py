@@ -101,6 +101,15 @@ class ProbeConfig(Strict):
     patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
     min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
 
+    @model_validator(mode="after")
+    def _known_metrics(self) -> ProbeConfig:
+        from tunesmith.eval.metrics import REGISTRY
+
+        unknown = [m for m in [self.metric, *self.metrics] if m not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; built-in: {', '.join(REGISTRY)}")
+        return self
+
 
 class OutputConfig(Strict):
     dir: str = "runs/latest"
