@@ -152,3 +152,11 @@ def test_set_names_a_setting_from_the_top_of_the_prep_config(tmp_path):
     prep.write_text("generate:\n  pairs_per_chunk: 2\n")
     cfg = step_settings("generate", prep, ["generate.teacher.concurrency=8"], {"generate.pairs_per_chunk": 5})
     assert cfg.teacher.concurrency == 8 and cfg.pairs_per_chunk == 5  # the verb's own option wins over the file
+
+
+def test_rows_that_are_not_chunks_are_listed_with_their_lines(tmp_path):
+    (tmp_path / "chunks.jsonl").write_text('{"text": "ok"}\n{"doc_id": "a"}\n{"text": 5}\n')
+    code, out = run(["generate", "-i", tmp_path / "chunks.jsonl", "-o", tmp_path / "pairs.jsonl", "-s", "generate.teacher.cache=null"])
+    assert code == 2 and "2 problem(s)" in out and "Traceback" not in out
+    assert "chunks.jsonl:2: not a chunk row (text: Field required)" in out and "chunks.jsonl:3:" in out
+    assert not (tmp_path / "pairs.jsonl").exists()

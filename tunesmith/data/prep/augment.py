@@ -8,11 +8,10 @@ variants on the same side.
 
 from __future__ import annotations
 
-import copy
 import re
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from pydantic import Field, field_validator
@@ -21,6 +20,7 @@ from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
 from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
 from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.rows import ChatRow, Reject, parse_rows
 from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
 from tunesmith.files import read_jsonl
 
@@ -49,21 +49,16 @@ class AugmentConfig(Strict):
         return templates
 
 
-def _last_user_index(row: dict[str, Any]) -> int | None:
-    messages = row.get("messages")
-    if not isinstance(messages, list):
-        return None
-    for i in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[i], dict) and messages[i].get("role") == "user":
+def _last_user_index(row: ChatRow) -> int | None:
+    for i in range(len(row.messages or []) - 1, -1, -1):
+        if row.messages[i].get("role") == "user" and isinstance(row.messages[i].get("content"), str):
             return i
     return None
 
 
-def _with_prompt(row: dict[str, Any], index: int, prompt: str, how: str, origin: int) -> dict[str, Any]:
-    variant = copy.deepcopy(row)
-    variant["messages"][index]["content"] = prompt
-    variant["augmented"] = how
-    variant["augmented_from"] = origin
+def _with_prompt(row: ChatRow, index: int, prompt: str, how: str, origin: int) -> ChatRow:
+    variant = row.model_copy(deep=True, update={"augmented": how, "augmented_from": origin})
+    variant.messages[index]["content"] = prompt
     return variant
 
 
@@ -88,22 +83,22 @@ def _normalized(text: str) -> str:
 
 
 def augment_rows(
-    rows: list[dict[str, Any]], config: AugmentConfig, teacher: Teacher | None, progress: Progress | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows: list[ChatRow], config: AugmentConfig, teacher: Teacher | None, progress: Progress | None = None
+) -> tuple[list[ChatRow], list[Reject]]:
     """(original + variant rows, rejected variants with reasons)."""
     progress = progress or Progress()
-    out: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
+    out: list[ChatRow] = []
+    rejects: list[Reject] = []
     seen: set[str] = set()
     targets: list[tuple[int, int, str]] = []  # (row number, message index, prompt)
     for number, row in enumerate(rows):
         index = _last_user_index(row)
         if index is None:
-            rejects.append({"reason": "row has no user message to vary", "row": number})
+            rejects.append(Reject(reason="row has no user message to vary", row=number))
             if config.keep_original:
                 out.append(row)
             continue
-        prompt = row["messages"][index]["content"]
+        prompt = row.messages[index]["content"]
         seen.add(_normalized(prompt))
         targets.append((number, index, prompt))
         if config.keep_original:
@@ -123,7 +118,7 @@ def augment_rows(
         replies = teacher.complete([paraphrase_prompt(p, style) for _, _, p, style in jobs], progress.advance)
         for (number, index, prompt, style), reply in zip(jobs, replies):
             if isinstance(reply, TeacherFailure):
-                rejects.append({"reason": reply.reason, "row": number, "prompt": prompt})
+                rejects.append(Reject(reason=reply.reason, row=number, prompt=prompt))
                 continue
             paraphrase = _clean_paraphrase(reply)
             key = _normalized(paraphrase)
@@ -138,7 +133,7 @@ def augment_rows(
             else:
                 reason = None
             if reason:
-                rejects.append({"reason": reason, "row": number, "prompt": prompt, "paraphrase": paraphrase})
+                rejects.append(Reject(reason=reason, row=number, prompt=prompt, paraphrase=paraphrase))
                 continue
             seen.add(key)
             out.append(_with_prompt(rows[number], index, paraphrase, f"paraphrase:{style}", number))
@@ -159,7 +154,7 @@ def augment_command(
     settings = cfg.model_dump(mode="json")
     if skip_if_up_to_date(out, "augment", settings, [input], force):
         return
-    rows = [row for _, row in read_jsonl(input)]
+    rows = parse_rows(ChatRow, read_jsonl(input))
     with (make_teacher(cfg.teacher) if cfg.paraphrases_per_row else nullcontext()) as the_teacher, rich_progress() as progress:
         augmented, rejects = augment_rows(rows, cfg, the_teacher, progress)
     write_step_outputs(out, "augment", settings, [input], augmented, rejects,

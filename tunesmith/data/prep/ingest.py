@@ -20,6 +20,7 @@ from tunesmith.config import Strict
 from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
 from tunesmith.data.prep.progress import rich_progress
+from tunesmith.data.prep.rows import Chunk
 from tunesmith.files import atomic_write_jsonl, iter_json_lines
 from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
@@ -188,12 +189,12 @@ def collect_files(inputs: Iterable[str | Path]) -> tuple[list[tuple[Path, str]],
     return found, issues
 
 
-def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[dict[str, Any]], list[Path], list[DataIssue]]:
+def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[Chunk], list[Path], list[DataIssue]]:
     """Read every file and chunk it. Returns (chunk rows, files read, issues for files that were skipped)."""
     files, issues = collect_files(inputs)
     if not files and not issues:
         raise TunesmithError("no supported files found in the inputs (.txt .md .html .pdf .docx .json .jsonl and source code)")
-    chunks: list[dict[str, Any]] = []
+    chunks: list[Chunk] = []
     read: list[Path] = []
     for path, doc_id in files:
         try:
@@ -234,7 +235,7 @@ def ingest_command(
     atomic_write_jsonl(out, chunks)
     for issue in issues:
         console.print(f"[yellow]skipped[/yellow] {issue}")
-    counts = {"files": len(read), "documents": len({c["doc_id"] for c in chunks}), "chunks": len(chunks),
+    counts = {"files": len(read), "documents": len({c.doc_id for c in chunks}), "chunks": len(chunks),
               "skipped_files": [str(i) for i in issues]}
     write_manifest(out, "ingest", settings, read, [out], counts)
     console.print(f"{out}: {len(chunks)} chunks from {len(read)} files" + (f", {len(issues)} skipped" if issues else ""))
