@@ -5,11 +5,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from conftest import write_config
 
-pytestmark = pytest.mark.integration
 
 
 def tunesmith(*args, check=True):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -12,7 +11,6 @@ from tunesmith.cli import app
 
 from conftest import DBLP_ROWS, write_config
 
-pytestmark = pytest.mark.integration
 
 
 def test_eval_writes_the_full_report(tmp_path, tiny_model_dir):

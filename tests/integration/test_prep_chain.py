@@ -17,7 +17,6 @@ from tunesmith.data.formats import load_examples  # noqa: E402
 from tunesmith.cli import app  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "fixtures" / "prep" / "docs"
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, question_of, reference_of, training_pairs_as_passages
 from tunesmith.eval.retrieval import VectorIndex, load_corpus, split_passages
@@ -52,10 +51,13 @@ def test_few_shot_random_is_seeded_and_differs_per_item(tiny_tokenizer):
 def test_prompt_length_guard_drops_least_similar_first(tiny_tokenizer, tmp_path):
     test = chat("Who wrote the paper about graph neural networks?", "gold")
     full = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).build([test])[0]
-    zero = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).guard.n_tokens(test.messages[:1])
-    guarded = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path), max_prompt_tokens=zero + 40).build([test])[0]
-    assert guarded.dropped >= 1 and guarded.shown == full.shown[: len(guarded.shown)]
-    assert FewShotBuilder(POOL, tiny_tokenizer).guard.n_tokens(guarded.conversation) <= zero + 40 or not guarded.shown
+    guard = FewShotBuilder(POOL, tiny_tokenizer, k=1, cache_dir=str(tmp_path))
+    one_shot = guard.build([test])[0]
+    assert one_shot.shown == full.shown[:1]
+    budget = guard.guard.n_tokens(one_shot.conversation)  # room for exactly the most similar example
+    guarded = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path), max_prompt_tokens=budget).build([test])[0]
+    assert guarded.shown == full.shown[:1] and guarded.dropped == 2  # the two least similar went first
+    assert guard.guard.n_tokens(guarded.conversation) <= budget < guard.guard.n_tokens(full.conversation)
 
 
 def test_rag_puts_top_passages_above_the_question(tiny_tokenizer, tmp_path):
