@@ -43,8 +43,7 @@ def test_read_prompts_formats(tmp_path):
 def test_read_prompts_reports_every_bad_row(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\nplain line\n{"question": "b"}\n{"messages": [{"role": "robot", "content": "c"}]}\n')
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DataError, match="3 problem") as err:
         read_prompts(path)
-    text = str(err.value)
-    assert "3 problem(s)" in text and f"{path}:2: not valid JSON" in text
-    assert f"{path}:3: expected `messages`" in text and f"{path}:4: message 0 has role 'robot'" in text
+    assert f"{path}:2: not valid JSON" in str(err.value) and f"{path}:3: expected `messages`" in str(err.value)
+    assert f"{path}:4: message 0 has role 'robot'" in str(err.value)
