@@ -7,6 +7,7 @@ every field can be overridden from the command line as `section.key=value` (the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -229,7 +230,7 @@ def read_config(model: type[M], path: str | Path | None = None, overrides: Itera
     reported at once with the file and line (or the command-line setting) it comes from.
     """
     text, source = "", COMMAND_LINE
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
