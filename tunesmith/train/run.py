@@ -56,7 +56,7 @@ class TrainResult:
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     run = setup(cfg, resume)
-    hooks: list[Hook] = [LogMetrics(run), GenerationProbe(run)]
+    hooks: list[Hook] = [LogMetrics(run), RunProbe(run)]
     hooks.append(SaveCheckpoints(run, hooks))
     start = restore(run, hooks) if resume else 0
     run.metrics = MetricsLog(run.run_dir, resume_step=start) if run.is_main else None
@@ -333,7 +333,7 @@ class LogMetrics(Hook):
         return False
 
 
-class GenerationProbe(Hook):
+class RunProbe(Hook):
     """Every `probe.every` steps: generate on validation items, log the scores, keep the best model in run/best,
     and stop early after `probe.patience` probes without improvement (tunesmith/eval/probe.py)."""
 
@@ -343,9 +343,9 @@ class GenerationProbe(Hook):
         self.run = run
         self.probe = None
         if run.cfg.probe is not None:
-            from tunesmith.eval.probe import GenerationProbe as Probe
+            from tunesmith.eval.probe import GenerationProbe
 
-            self.probe = Probe(run.cfg.probe, run.valid_data.examples)
+            self.probe = GenerationProbe(run.cfg.probe, run.valid_data.examples)
 
     def after_step(self, stats: StepStats) -> bool:
         run, probe = self.run, self.probe
