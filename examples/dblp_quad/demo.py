@@ -39,7 +39,7 @@ def main() -> None:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     train_cfg = load_config(ROOT / "configs" / "dblp-quad-lora.yaml", [f"output.dir={RUN_DIR}"])
     eval_cfg = read_config(EvalConfig, ROOT / "examples" / "dblp_quad" / "eval.yaml", [
-        f"variants=[{{kind: base, name: base SmolLM2-135M-Instruct}}, {{kind: tuned, name: LoRA-tuned, run: '{RUN_DIR}'}}]",
+        f"variants=[{{kind: base, name: base}}, {{kind: tuned, name: LoRA, run: '{RUN_DIR}'}}]",
         "forgetting.enabled=false", "metrics.loss=false", f"report.dir={REPORT_DIR}"])
 
     # ---- run: train, then both models through `tunesmith eval` ----
