@@ -34,8 +34,14 @@ class AnonymizeConfig(Strict):
         "placeholder", description="placeholder: <PERSON_1>; fake: a made-up value of the same type (Faker)"
     )
     entity_types: list[str] = Field(list(ENTITY_TYPES), description="Types to replace; others are left as they are")
-    ner: bool = Field(True, description="Use the NER model (names, addresses) besides the rules")
-    ner_threshold: float = Field(0.5, ge=0, le=1)
+    ner: bool = Field(True, description="Use NER models (names, addresses) besides the rules")
+    ner_models: list[Literal["rampart", "tagger"]] = Field(
+        ["rampart"], min_length=1,
+        description="Which models run when ner is on: rampart (the Rampart ONNX tagger), tagger (tunesmith's own, trained on pii_synth data)",
+    )
+    ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
+    tagger_path: str | None = Field(None, description="A tagger trained with pii_tagger_train; default: the one shipped with tunesmith")
+    tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default: the trained one's")
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
     allow: list[str] = Field(default_factory=list, description="Terms never treated as PII (product names, acronyms the NER mistakes for names)")
@@ -57,7 +63,7 @@ def _normalized(value: str) -> str:
 def merge_spans(spans: list[Span]) -> list[Span]:
     """Non-overlapping spans; on overlap the higher-priority type wins, then the longer span."""
     rank = {t: i for i, t in enumerate(PRIORITY)}
-    ordered = sorted(spans, key=lambda s: (rank.get(s.type, len(rank)), s.detector == "ner", -(s.end - s.start)))
+    ordered = sorted(spans, key=lambda s: (rank.get(s.type, len(rank)), not s.detector.startswith("rule"), -(s.end - s.start)))
     kept: list[Span] = []
     for span in ordered:
         if all(span.end <= k.start or span.start >= k.end for k in kept):
@@ -71,16 +77,22 @@ class PiiDetector:
         unknown = sorted(set(config.entity_types) - set(ENTITY_TYPES))
         if unknown:
             raise TunesmithError(f"anonymize.entity_types: unknown {unknown}; known types: {', '.join(ENTITY_TYPES)}")
-        self.ner = None
+        self.models = []  # each has find_spans(text) -> list[Span]
         if config.ner:
-            from tunesmith.data.prep.pii_ner import RampartNer
+            for name in dict.fromkeys(config.ner_models):
+                if name == "rampart":
+                    from tunesmith.data.prep.pii_ner import RampartNer
 
-            self.ner = RampartNer(threshold=config.ner_threshold)
+                    self.models.append(RampartNer(threshold=config.ner_threshold))
+                else:
+                    from tunesmith.data.prep.pii_tagger import PiiTagger
+
+                    self.models.append(PiiTagger(config.tagger_path, config.tagger_threshold))
 
     def find(self, text: str) -> list[Span]:
         spans = find_rule_spans(text, self.config.phone_region)
-        if self.ner is not None:
-            spans += self.ner.find_spans(text)
+        for model in self.models:
+            spans += model.find_spans(text)
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}
         kept = []
@@ -88,8 +100,8 @@ class PiiDetector:
             value = text[span.start : span.end]
             if span.type not in wanted or not value.strip() or _normalized(value) in allowed:
                 continue
-            # The model sometimes tags technical acronyms (JSON, HTTPS) as names; real names are not all caps.
-            if span.detector == "ner" and span.type == "PERSON" and (value.isupper() or not any(c.isalpha() for c in value)):
+            # Models sometimes tag technical acronyms (JSON, HTTPS) as names; a name in capitals has more than one word.
+            if not span.detector.startswith("rule") and span.type == "PERSON" and ((value.isupper() and " " not in value.strip()) or not any(c.isalpha() for c in value)):
                 continue
             kept.append(span)
         return merge_spans(kept)
