@@ -100,11 +100,21 @@ class PiiDetector:
             value = text[span.start : span.end]
             if span.type not in wanted or not value.strip() or _normalized(value) in allowed:
                 continue
-            # Models sometimes tag technical acronyms (JSON, HTTPS) as names; a name in capitals has more than one word.
-            if not span.detector.startswith("rule") and span.type == "PERSON" and ((value.isupper() and " " not in value.strip()) or not any(c.isalpha() for c in value)):
+            if not span.detector.startswith("rule") and _model_false_alarm(value, span.type):
                 continue
             kept.append(span)
         return merge_spans(kept)
+
+
+def _model_false_alarm(value: str, kind: str) -> bool:
+    """Shapes a model tags that are never an identifier on their own."""
+    word = value.strip()
+    alnum = [c for c in word if c.isalnum()]
+    if len(alnum) <= 1 and not word.isdigit():
+        return True  # a lone letter: the C of "C'mon", the Y of "Y'all", a list bullet
+    if kind in ("PERSON", "ADDRESS") and " " not in word and word.isupper() and len(alnum) <= (5 if kind == "PERSON" else 3):
+        return True  # a short all-caps word: JSON, HTTPS, OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    return kind == "PERSON" and not any(c.isalpha() for c in word)
 
 
 class Pseudonyms:
@@ -216,14 +226,27 @@ class Pseudonyms:
         path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def pattern(self) -> re.Pattern[str] | None:
-        """One regex for every known value; word boundaries only where the value starts/ends with a word character."""
+        """One regex for every known value that is replaced everywhere (see `propagates`); word boundaries only
+        where the value starts/ends with a word character. Values of several words or with digits match in any
+        case; a single word matches as it was written, so a name that is also a word ("Will", "Rose", "Reed")
+        takes the ordinary word with it only where it is capitalised the same way."""
         alternatives = []
         for value in sorted(self.originals.values(), key=len, reverse=True):
+            if not propagates(value):
+                continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
             before = r"(?<!\w)" if value[:1].isalnum() or value[:1] == "_" else ""
             after = r"(?!\w)" if value[-1:].isalnum() or value[-1:] == "_" else ""
-            alternatives.append(before + escaped + after)
-        return re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
+            single_word = " " not in value.strip() and not any(c.isdigit() for c in value) and "@" not in value
+            alternatives.append(before + (escaped if single_word else f"(?i:{escaped})") + after)
+        return re.compile("|".join(alternatives)) if alternatives else None
+
+
+def propagates(value: str) -> bool:
+    """Whether a detected value is replaced everywhere, also where the detector missed it. Values with fewer
+    than 3 letters or digits ("C", "OR", "IN", "LI": a building letter, a state code) are replaced only where
+    they were detected: everywhere, they would take every "or" and "in" and the C of "C'mon" with them."""
+    return sum(c.isalnum() for c in value) >= 3
 
 
 def _walk_strings(node: Any, path: str, skip: set[str]):
@@ -274,13 +297,17 @@ def anonymize_rows(
 
     progress.phase("anonymize: detecting", len(rows))
     scanned: set[str] = set()  # augmented rows repeat their answers: each distinct string is scanned once
+    local: dict[str, list[Span]] = {}  # per string, detected values too short to replace everywhere
     for _, row in rows:
         for _, text in _walk_strings(row, "", skip):
             if text in scanned:
                 continue
             scanned.add(text)
             for span in detector.find(text):
-                pseudonyms.get(text[span.start : span.end], span.type, span.detector)
+                value = text[span.start : span.end]
+                pseudonyms.get(value, span.type, span.detector)
+                if not propagates(value):
+                    local.setdefault(text, []).append(span)
         progress.advance()
     pseudonyms.assign()
     found = Counter(r.type for key, r in pseudonyms.by_value.items() if key not in known_before and r.detector != "name part")
@@ -291,27 +318,35 @@ def anonymize_rows(
     out_rows: list[dict[str, Any]] = []
     progress.phase("anonymize: replacing", len(rows))
     for where, row in rows:
-        if pattern is None:
+        if pattern is None and not local:
             out_rows.append(row)
             continue
 
-        def replace(text: str) -> str:
-            def substitute(match: re.Match[str]) -> str:
-                replacement = pseudonyms.by_value[_normalized(match.group())]
-                replacement.count += 1
-                replaced[replacement.type] += 1
-                audit.append(
-                    {
-                        "row": str(where),
-                        "type": replacement.type,
-                        "detector": replacement.detector,
-                        "value_sha256": sha256_of_text(_normalized(match.group()))[:16],
-                        "pseudonym": replacement.pseudonym,
-                    }
-                )
-                return replacement.pseudonym
+        def substitute(value: str) -> str:
+            replacement = pseudonyms.by_value[_normalized(value)]
+            replacement.count += 1
+            replaced[replacement.type] += 1
+            audit.append(
+                {
+                    "row": str(where),
+                    "type": replacement.type,
+                    "detector": replacement.detector,
+                    "value_sha256": sha256_of_text(_normalized(value))[:16],
+                    "pseudonym": replacement.pseudonym,
+                }
+            )
+            return replacement.pseudonym
 
-            return pattern.sub(substitute, text)
+        def replace(text: str) -> str:
+            edits = [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern is not None else []
+            for span in local.get(text, ()):
+                if all(span.end <= a or span.start >= b for a, b in edits):
+                    edits.append((span.start, span.end))
+            pieces, last = [], 0
+            for a, b in sorted(edits):
+                pieces += [text[last:a], substitute(text[a:b])]
+                last = b
+            return "".join(pieces) + text[last:]
 
         out_rows.append(_rewrite(row, replace, skip))
         progress.advance()

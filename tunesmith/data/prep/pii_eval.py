@@ -1,18 +1,14 @@
-"""Measure PII detection: a labelled set made from sentence templates + fake identities, and per-type scores.
+"""Measure PII detection: labelled texts, their readers (templates, identities, CoNLL) and per-type scores.
 
-Templates use Presidio-style placeholders (`{{person}}`, `{{iban}}`, ...). Each placeholder is filled from
-a fake identity (CSV columns as in Fake Name Generator exports) or, where the CSV has no usable value
-(card numbers, IBANs, IPs, SSNs), from Faker, and the span it fills is labelled with our entity type.
-Placeholders that are not personal data here (country, organization, job, ...) are filled but unlabelled,
-so detections on them count as false positives.
+The labelled sentences themselves are generated in pii_synth.py. Scores say, per entity type, how much
+was found (precision, recall) and what would survive anonymization (identifiers left whole, identifiers
+with a word left).
 """
 
 from __future__ import annotations
 
 import csv
-import random
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,69 +22,6 @@ class LabelledText:
     text: str
     spans: list[Span]  # gold spans; detector field holds the placeholder name
     template: int
-
-
-def _filler(name: str, person: dict[str, str], faker, rng: random.Random) -> tuple[str, str | None]:
-    """(value, entity type or None) for one placeholder."""
-    full = f"{person['GivenName']} {person['Surname']}"
-    street_number, _, street = person["StreetAddress"].partition(" ")
-    table: dict[str, tuple[str, str | None]] = {
-        "person": (full, "PERSON"), "name": (full, "PERSON"), "name_female": (full, "PERSON"), "name_male": (full, "PERSON"),
-        "first_name": (person["GivenName"], "PERSON"), "first_name_male": (person["GivenName"], "PERSON"),
-        "first_name_female": (person["GivenName"], "PERSON"), "first_name_nonbinary": (person["GivenName"], "PERSON"),
-        "last_name": (person["Surname"], "PERSON"), "last_name_male": (person["Surname"], "PERSON"),
-        "last_name_female": (person["Surname"], "PERSON"),
-        "email": (person["EmailAddress"], "EMAIL"),
-        "phone_number": (f"+{person['TelephoneCountryCode']} {person['TelephoneNumber']}" if rng.random() < 0.5 else faker.phone_number(), "PHONE"),
-        "credit_card_number": (faker.credit_card_number(), "CREDIT_CARD"),
-        "iban": (faker.iban(), "IBAN"),
-        "ip_address": (faker.ipv4() if rng.random() < 0.7 else faker.ipv6(), "IP_ADDRESS"),
-        "url": (f"https://www.{person['Domain'].lower()}/" if rng.random() < 0.5 else faker.url(), "URL"),
-        "date_of_birth": (person["Birthday"], "DATE"),
-        "date_time": (faker.date_time().strftime(rng.choice(["%B %d, %Y", "%Y-%m-%d", "%d.%m.%Y"])), "DATE"),
-        "ssn": (faker.ssn(), "ID_NUMBER"),
-        "us_driver_license": (faker.bothify("?#######").upper(), "ID_NUMBER"),
-        "address": (f"{person['StreetAddress']}, {person['City']}, {person['State']} {person['ZipCode']}", "ADDRESS"),
-        "street_name": (street or person["StreetAddress"], "ADDRESS"),
-        "building_number": (street_number, "ADDRESS"),
-        "secondary_address": (faker.secondary_address(), "ADDRESS"),
-        "city": (person["City"], "ADDRESS"),
-        "zipcode": (person["ZipCode"], "ADDRESS"), "postcode": (person["ZipCode"], "ADDRESS"),
-        "state_abbr": (person["State"], "ADDRESS"),
-        "prefix": ("Mr." if person["Gender"] == "male" else "Ms.", None),
-        "prefix_male": ("Mr.", None), "prefix_female": ("Ms.", None),
-        "country": (person["CountryFull"], None), "nationality": (faker.country(), None),
-        "nation_woman": ("French woman", None), "nation_plural": ("Germans", None),
-        "organization": (person["Company"], None), "job": (person["Occupation"], None),
-        "age": (str(rng.randint(18, 90)), None), "year": (str(rng.randint(1950, 2024)), None),
-        "day_of_week": (faker.day_of_week(), None),
-    }
-    return table.get(name, (faker.word(), None))
-
-
-def make_labelled_set(templates: list[str], identities: list[dict[str, str]], n: int, seed: int = 0) -> list[LabelledText]:
-    from faker import Faker
-
-    faker = Faker("en_US")
-    faker.seed_instance(seed)
-    rng = random.Random(seed)
-    usable = [i for i, t in enumerate(templates) if PLACEHOLDER.search(t)]
-    examples = []
-    for k in range(n):
-        index = usable[k % len(usable)] if k < len(usable) else rng.choice(usable)
-        template = templates[index]
-        person = rng.choice(identities)
-        text, spans, last = "", [], 0
-        for match in PLACEHOLDER.finditer(template):
-            text += template[last : match.start()]
-            value, kind = _filler(match.group(1), person, faker, rng)
-            if kind:
-                spans.append(Span(len(text), len(text) + len(value), kind, match.group(1)))
-            text += value
-            last = match.end()
-        text += template[last:]
-        examples.append(LabelledText(text, spans, index))
-    return examples
 
 
 def read_templates(path: str | Path) -> list[str]:
@@ -198,7 +131,3 @@ def score(examples: list[LabelledText], predictions: list[list[Span]]) -> dict[s
             entry.true_positives += hits
             entry.false_positives += len(pred) - hits
     return scores
-
-
-def gold_type_counts(examples: list[LabelledText]) -> Counter[str]:
-    return Counter(s.type for e in examples for s in e.spans)

@@ -39,7 +39,8 @@ RAMPART_TO_TYPE = {
     "ZIP_CODE": "ADDRESS",
 }
 # Parts of one entity may be separated by these (a name's space, an address's commas).
-JOINERS = {"PERSON": re.compile(r"[ \t]*"), "ADDRESS": re.compile(r"[\s,]*")}
+# An apostrophe or hyphen inside a name joins too (O'Brien, Jean-Luc).
+JOINERS = {"PERSON": re.compile(r"[ \t]*|['’-]"), "ADDRESS": re.compile(r"[\s,]*")}
 WINDOW_TOKENS = 256  # the model detects best in short windows (its authors scan ~480 characters)
 WINDOW_OVERLAP = 32
 

@@ -288,6 +288,7 @@ class SyntheticPii:
             used.add(name)
             text += template[last : match.start()]
             value, kind = _fill(name, who, faker, self.rng)
+            value = value.strip()  # a few identities carry stray spaces; a label never starts or ends with one
             if kind:
                 spans.append(Span(len(text), len(text) + len(value), kind, name))
             text += value
