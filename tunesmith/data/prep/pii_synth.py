@@ -130,7 +130,7 @@ NEGATIVE_TEMPLATES = (
     "I AM SO ANGRY, THE APP CRASHED AGAIN!",
     "Use the REST endpoint, not the SOAP one.",
     "The WHO and the CDC updated their guidance.",
-    "Jan's report is due in June.",
+    "The report is due in June, not in May.",
 )
 
 NAME_STYLE_RATES = (("lower", 0.07), ("upper", 0.03), ("initial", 0.06), ("comma", 0.03))
@@ -304,6 +304,55 @@ class SyntheticPii:
             kind = self.rng.choices(kinds, weights=mix)[0]
             examples.append(self.fill(self.rng.choice(self.templates[kind]), number))
         return examples
+
+
+def with_new_names(examples: list[LabelledText], source: SyntheticPii) -> list[LabelledText]:
+    """Copies of real sentences with every PERSON span replaced by another identity's name (same number of
+    words, any locale, sometimes lower-case or in capitals): real contexts, names the tagger has never seen."""
+    out = []
+    for example in examples:
+        if not any(s.type == "PERSON" for s in example.spans):
+            continue
+        text, spans, last = "", [], 0
+        for span in sorted(example.spans, key=lambda s: s.start):
+            text += example.text[last : span.start]
+            value = example.text[span.start : span.end]
+            if span.type == "PERSON":
+                who = source._identity(source.rng.choice(source.fakers))
+                value = _styled_name(who["given"], who["surname"] if " " in value else None, source.rng)
+                if " " not in value and source.rng.random() < 0.5:
+                    value = _styled_name(who["surname"], None, source.rng)
+            spans.append(Span(len(text), len(text) + len(value), span.type, span.detector))
+            text += value
+            last = span.end
+        out.append(LabelledText(text + example.text[last:], spans, example.template))
+    return out
+
+
+def joined(examples: list[LabelledText], rng: random.Random, rate: float = 0.15) -> list[LabelledText]:
+    """Some neighbours joined into one text (by a space or a blank line): names at other positions, longer inputs."""
+    out, i = [], 0
+    while i < len(examples):
+        first = examples[i]
+        if i + 1 < len(examples) and rng.random() < rate:
+            second, glue = examples[i + 1], rng.choice([" ", "\n", "\n\n"])
+            shift = len(first.text) + len(glue)
+            spans = first.spans + [Span(s.start + shift, s.end + shift, s.type, s.detector) for s in second.spans]
+            out.append(LabelledText(first.text + glue + second.text, spans, first.template))
+            i += 2
+        else:
+            out.append(first)
+            i += 1
+    return out
+
+
+def cased(examples: list[LabelledText], rng: random.Random, rate: float = 0.04) -> list[LabelledText]:
+    """Some texts wholly lower-cased (chat style), labels unchanged where case mapping keeps every offset."""
+    out = []
+    for example in examples:
+        lowered = example.text.lower()
+        out.append(LabelledText(lowered, example.spans, example.template) if rng.random() < rate and len(lowered) == len(example.text) else example)
+    return out
 
 
 def wikigold(split: Split, data: Path = DATA) -> list[LabelledText]:

