@@ -184,3 +184,33 @@ def test_shipped_tagger_finds_names_the_rules_cannot():
     found = {text[s.start : s.end]: s.type for s in tagger.find_spans(text)}
     assert found.get("Ravil G Yefimov") == "PERSON" and found.get("Satu Elomo") == "PERSON"
     assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
+
+
+def test_saved_tagger_loads_merged_with_identical_outputs(tmp_path, tokenizer):
+    """save → PiiTagger (LoRA merged into the base) gives the trained model's probabilities."""
+    import torch
+
+    from tunesmith.data.prep.pii_tagger import TaggerConfig, build_model, save
+
+    torch.manual_seed(0)
+    config = TaggerConfig(lora_r=4, lora_alpha=8)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    save(model, config, tmp_path)
+    model.eval()
+    text = "Ship to:\nAnna Berg\n12 Rue de la Paix, Paris"
+    encoded = encode(tokenizer, text)
+    ids = torch.tensor([[101, *encoded.ids, 102]])
+    shapes = torch.tensor([[0, *encoded.shapes, 0]])
+    with torch.no_grad():
+        # weights are stored in fp16: compare against the model holding the same rounded values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(p.half().float())
+        expected = model(ids, torch.ones_like(ids), shapes)[0, 1:-1].softmax(-1)
+    loaded = PiiTagger(tmp_path)
+    assert loaded.config.lora_r == 4
+    assert torch.allclose(torch.tensor(loaded.probabilities(encoded)), expected, atol=1e-4)
