@@ -157,11 +157,12 @@ def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
             self.values = values
 
         def find_spans(self, text):
-            return [Span(text.index(v), text.index(v) + len(v), k, "tagger") for v, k in self.values]
+            return [Span(text.index(v), text.index(v) + len(v), k, d) for v, k, d in self.values]
 
-    text = "C'mon, the API said OK to KATALIN TÓTH and IT in Salem, OR 97301"
-    detector.models = [Fixed([("C", "ADDRESS"), ("API", "PERSON"), ("OK", "ADDRESS"), ("KATALIN TÓTH", "PERSON"), ("IT", "ADDRESS"), ("Salem, OR 97301", "ADDRESS")])]
-    assert [text[s.start : s.end] for s in detector.find(text)] == ["KATALIN TÓTH", "Salem, OR 97301"]
+    text = "C'mon, the API said OK to KATALIN TÓTH, ANNA and IT in Salem, OR 97301"
+    detector.models = [Fixed([("C", "ADDRESS", "tagger"), ("API", "PERSON", "ner"), ("OK", "ADDRESS", "tagger"), ("KATALIN TÓTH", "PERSON", "ner"),
+                              ("ANNA", "PERSON", "tagger"), ("IT", "ADDRESS", "tagger"), ("Salem, OR 97301", "ADDRESS", "tagger")])]
+    assert [text[s.start : s.end] for s in detector.find(text)] == ["KATALIN TÓTH", "ANNA", "Salem, OR 97301"]
 
 
 def test_config_rejects_unknown_models():

@@ -36,8 +36,9 @@ class AnonymizeConfig(Strict):
     entity_types: list[str] = Field(list(ENTITY_TYPES), description="Types to replace; others are left as they are")
     ner: bool = Field(True, description="Use NER models (names, addresses) besides the rules")
     ner_models: list[Literal["rampart", "tagger"]] = Field(
-        ["rampart"], min_length=1,
-        description="Which models run when ner is on: rampart (the Rampart ONNX tagger), tagger (tunesmith's own, trained on pii_synth data)",
+        ["rampart", "tagger"], min_length=1,
+        description="Which models run when ner is on: rampart (the Rampart ONNX tagger), tagger (tunesmith's own, trained on "
+        "pii_synth data); both by default: together they let the fewest identifiers through (docs/benchmarks.md)",
     )
     ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
     tagger_path: str | None = Field(None, description="A tagger trained with pii_tagger_train; default: the one shipped with tunesmith")
@@ -100,20 +101,22 @@ class PiiDetector:
             value = text[span.start : span.end]
             if span.type not in wanted or not value.strip() or _normalized(value) in allowed:
                 continue
-            if not span.detector.startswith("rule") and _model_false_alarm(value, span.type):
+            if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
                 continue
             kept.append(span)
         return merge_spans(kept)
 
 
-def _model_false_alarm(value: str, kind: str) -> bool:
+def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
     """Shapes a model tags that are never an identifier on their own."""
     word = value.strip()
     alnum = [c for c in word if c.isalnum()]
     if len(alnum) <= 1 and not word.isdigit():
         return True  # a lone letter: the C of "C'mon", the Y of "Y'all", a list bullet
-    if kind in ("PERSON", "ADDRESS") and " " not in word and word.isupper() and len(alnum) <= (5 if kind == "PERSON" else 3):
-        return True  # a short all-caps word: JSON, HTTPS, OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    if kind == "ADDRESS" and " " not in word and word.isupper() and len(alnum) <= 3:
+        return True  # a short all-caps word: OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    if kind == "PERSON" and detector == "ner" and " " not in word and word.isupper() and len(alnum) <= 5:
+        return True  # Rampart tags acronyms (JSON, HTTPS) as names; tunesmith's tagger was trained on both
     return kind == "PERSON" and not any(c.isalpha() for c in word)
 
 
