@@ -215,3 +215,20 @@ def test_saved_tagger_loads_merged_with_identical_outputs(tmp_path, tokenizer):
     loaded = PiiTagger(tmp_path)
     assert loaded.config.lora_r == 4
     assert torch.allclose(torch.tensor(loaded.probabilities(encoded)), expected, atol=1e-4)
+
+
+def test_merging_never_uncovers_a_word():
+    from tunesmith.data.prep.anonymize import merge_spans
+
+    text = "Flat 2, 10 Downing St, +44 20 7946 0018 or https://www.example.com/x"
+    phone, url = text.index("+44"), text.index("https")
+    spans = [
+        Span(0, phone + 16, "ADDRESS", "tagger"),  # a model's address swallowing the phone number
+        Span(phone, phone + 16, "PHONE", "rule:phonenumbers"),
+        Span(url + 12, len(text), "EMAIL", "tagger"),  # a model's partial guess inside a validated URL
+        Span(url, len(text), "URL", "rule:url"),
+    ]
+    merged = merge_spans(spans, text)
+    assert [(s.type, text[s.start : s.end]) for s in merged] == [
+        ("ADDRESS", "Flat 2, 10 Downing St"), ("PHONE", "+44 20 7946 0018"), ("URL", "https://www.example.com/x")
+    ]

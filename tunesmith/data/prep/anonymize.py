@@ -24,7 +24,7 @@ from tunesmith.data.prep.pii_rules import ENTITY_TYPES, Span, find_rule_spans
 from tunesmith.data.prep.progress import Progress
 from tunesmith.records import SourceRef, TunesmithError
 
-# When spans overlap, the earlier type in this list wins: validated formats beat the model's guesses.
+# When model spans overlap, the earlier type in this list wins (rule spans beat model spans first).
 PRIORITY = ("EMAIL", "URL", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "ID_NUMBER", "DATE", "PHONE", "BANK_ACCOUNT", "PERSON", "ADDRESS")
 ID_FIELDS = ("doc_id", "chunk_id", "source", "format", "role", "task", "teacher", "augmented", "reason")
 
@@ -61,14 +61,28 @@ def _normalized(value: str) -> str:
     return " ".join(value.casefold().split())
 
 
-def merge_spans(spans: list[Span]) -> list[Span]:
-    """Non-overlapping spans; on overlap the higher-priority type wins, then the longer span."""
+def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
+    """Non-overlapping spans covering everything the detectors covered. On overlap a validated (rule) span beats
+    a model's, then the higher-priority type wins, then the longer span; the loser keeps the parts outside the
+    winner (with `text`: only parts holding a letter or digit, trimmed of spaces and commas), so merging never
+    uncovers a word — a model's partial EMAIL cannot cut a validated URL short, a phone number inside an
+    address takes only its own digits."""
     rank = {t: i for i, t in enumerate(PRIORITY)}
-    ordered = sorted(spans, key=lambda s: (rank.get(s.type, len(rank)), not s.detector.startswith("rule"), -(s.end - s.start)))
+    ordered = sorted(spans, key=lambda s: (not s.detector.startswith("rule"), rank.get(s.type, len(rank)), -(s.end - s.start)))
     kept: list[Span] = []
     for span in ordered:
-        if all(span.end <= k.start or span.start >= k.end for k in kept):
-            kept.append(span)
+        pieces = [(span.start, span.end)]
+        for k in kept:
+            pieces = [p for a, b in pieces for p in ((a, min(b, k.start)), (max(a, k.end), b)) if p[0] < p[1]]
+        for a, b in pieces:
+            if text is not None:
+                while a < b and (text[a].isspace() or text[a] in ",;"):
+                    a += 1
+                while b > a and (text[b - 1].isspace() or text[b - 1] in ",;"):
+                    b -= 1
+                if not any(c.isalnum() for c in text[a:b]):
+                    continue
+            kept.append(Span(a, b, span.type, span.detector))
     return sorted(kept, key=lambda s: s.start)
 
 
@@ -104,7 +118,7 @@ class PiiDetector:
             if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
                 continue
             kept.append(span)
-        return merge_spans(kept)
+        return merge_spans(kept, text)
 
 
 def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
