@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -344,6 +345,42 @@ def joined(examples: list[LabelledText], rng: random.Random, rate: float = 0.15)
             out.append(first)
             i += 1
     return out
+
+
+def context_noised(examples: list[LabelledText], vocabulary: list[str], rng: random.Random, rate: float = 0.5, word_rate: float = 0.2) -> list[LabelledText]:
+    """In a share `rate` of the texts, lower-case words outside the labelled spans are swapped for random words
+    with probability `word_rate`: the same template then reads differently, so the tagger must recognise a name
+    by itself and by near context, not by memorising the whole sentence."""
+    lowercase_word = re.compile(r"\b[a-z]{2,}\b")
+    out = []
+    for example in examples:
+        if rng.random() >= rate:
+            out.append(example)
+            continue
+        text, spans, last, shift = "", [], 0, 0
+        bounds = sorted(example.spans, key=lambda s: s.start) + [None]
+        for span in bounds:
+            end = span.start if span else len(example.text)
+            piece = lowercase_word.sub(lambda m: rng.choice(vocabulary) if rng.random() < word_rate else m.group(), example.text[last:end])
+            text += piece
+            if span:
+                start = len(text)
+                text += example.text[span.start : span.end]
+                spans.append(Span(start, len(text), span.type, span.detector))
+                last = span.end
+        out.append(LabelledText(text, spans, example.template))
+    return out
+
+
+def vocabulary_of(examples: list[LabelledText]) -> list[str]:
+    """The lower-case words of some texts (outside their labelled spans), sorted: material for context_noised."""
+    words = set()
+    for example in examples:
+        covered = [False] * len(example.text)
+        for span in example.spans:
+            covered[span.start : span.end] = [True] * (span.end - span.start)
+        words.update(m.group() for m in re.finditer(r"\b[a-z]{2,}\b", example.text) if not covered[m.start()])
+    return sorted(words)
 
 
 def cased(examples: list[LabelledText], rng: random.Random, rate: float = 0.04) -> list[LabelledText]:

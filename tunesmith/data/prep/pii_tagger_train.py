@@ -14,17 +14,20 @@ import time
 from pathlib import Path
 
 from tunesmith.data.prep.pii_eval import score
-from tunesmith.data.prep.pii_synth import SyntheticPii, cased, joined, wikigold, with_new_names
+from tunesmith.data.prep.pii_synth import SyntheticPii, cased, context_noised, joined, vocabulary_of, wikigold, with_new_names
 from tunesmith.data.prep.pii_tagger import IGNORE, TaggerConfig, build_model, decode, encode, load_tokenizer, save
 
 
-def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 3):
-    """Synthetic sentences (training split), WikiGold's training sentences as they are and with new names,
-    some joined, some lower-cased; shuffled. Deterministic from `seed`."""
+def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 3, context_noise: float = 0.0):
+    """Synthetic sentences (training split; a share `context_noise` with random words swapped into their
+    context), WikiGold's training sentences as they are and with new names, some joined, some lower-cased;
+    shuffled. Deterministic from `seed`."""
     rng = random.Random(seed)
     source = SyntheticPii("train", seed=seed)
-    examples = source.generate(n_synthetic)
     real = wikigold("train")
+    examples = source.generate(n_synthetic)
+    if context_noise:
+        examples = context_noised(examples, vocabulary_of(real), rng, rate=context_noise)
     examples += real * wikigold_repeats
     for _ in range(renamed_repeats):
         examples += with_new_names(real, source)
@@ -83,13 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation", type=int, default=400, help="validation sentences (training templates, new fills)")
+    parser.add_argument("--context-noise", type=float, default=0.0, help="share of synthetic sentences with random words swapped into their context")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     config = TaggerConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
     tokenizer = load_tokenizer()
-    examples = training_examples(args.sentences, args.seed)
+    examples = training_examples(args.sentences, args.seed, context_noise=args.context_noise)
     encoded = [encode(tokenizer, e.text, e.spans) for e in examples]
     validation = SyntheticPii("train", seed=args.seed + 1).generate(args.validation)
     model = build_model(config)
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"validation, threshold {threshold}: left whole {any_type.left_whole_rate:.4f} · word left {any_type.token_left_rate:.4f} · precision {any_type.precision:.4f}", file=sys.stderr)
     config.trained = {
         "synthetic_sentences": args.sentences, "wikigold_train_sentences": len(wikigold("train")), "epochs": args.epochs,
-        "texts": len(encoded),
+        "texts": len(encoded), "context_noise": args.context_noise,
         "steps": total, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "minutes": round((time.perf_counter() - started) / 60, 1), "validation": figures,
         "command": "python -m tunesmith.data.prep.pii_tagger_train " + " ".join(sys.argv[1:] if argv is None else argv),
