@@ -62,17 +62,20 @@ def _normalized(value: str) -> str:
 
 
 def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
-    """Non-overlapping spans covering everything the detectors covered. On overlap a validated (rule) span beats
-    a model's, then the higher-priority type wins, then the longer span; the loser keeps the parts outside the
-    winner (with `text`: only parts holding a letter or digit, trimmed of spaces and commas), so merging never
-    uncovers a word — a model's partial EMAIL cannot cut a validated URL short, a phone number inside an
-    address takes only its own digits."""
+    """Non-overlapping spans. On overlap a validated (rule) span beats a model's, then the higher-priority type
+    wins, then the longer span. A loser of another type keeps its parts outside the winner (with `text`: only
+    parts holding a letter or digit, trimmed of spaces and commas), so merging never uncovers a word: a model's
+    partial EMAIL cannot cut a validated URL short, a phone number inside an address takes only its own digits.
+    A loser of the same type is the same entity drawn wider, and is dropped."""
     rank = {t: i for i, t in enumerate(PRIORITY)}
     ordered = sorted(spans, key=lambda s: (not s.detector.startswith("rule"), rank.get(s.type, len(rank)), -(s.end - s.start)))
     kept: list[Span] = []
     for span in ordered:
+        winners = [k for k in kept if k.start < span.end and span.start < k.end]
+        if any(k.type == span.type for k in winners):
+            continue  # the same entity with a wider boundary: the validated or longer one stands
         pieces = [(span.start, span.end)]
-        for k in kept:
+        for k in winners:
             pieces = [p for a, b in pieces for p in ((a, min(b, k.start)), (max(a, k.end), b)) if p[0] < p[1]]
         for a, b in pieces:
             if text is not None:
@@ -185,7 +188,9 @@ class Pseudonyms:
 
     def assign(self) -> None:
         """Give every new value its pseudonym (after detection, so no fake value can contain a real one)."""
-        self._guard = self.pattern()
+        # the guard also knows the parts of full names, which become values of their own below
+        parts = [part for key, r in self.by_value.items() if r.type == "PERSON" and " " in key for part in _name_parts(self.originals[key])]
+        self._guard = self.pattern(parts)
         # Full names first: their parts then take the same person's pseudonym when they appear alone.
         entries = sorted(self.by_value.items(), key=lambda kv: not (kv[1].type == "PERSON" and " " in kv[0]))
         for key, replacement in entries:
@@ -206,7 +211,7 @@ class Pseudonyms:
             return
         for i, part in enumerate(parts):
             key = _normalized(part)
-            if len(part) < 3 or not part[0].isupper() or self.by_value.get(key, Replacement("", "", "")).pseudonym:
+            if part not in _name_parts(value) or self.by_value.get(key, Replacement("", "", "")).pseudonym:
                 continue
             stand_in = fake_parts[min(i, len(fake_parts) - 1)] if fake_parts else pseudonym
             self.originals[key] = part
@@ -242,13 +247,13 @@ class Pseudonyms:
         }
         path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    def pattern(self) -> re.Pattern[str] | None:
+    def pattern(self, extra: list[str] = ()) -> re.Pattern[str] | None:
         """One regex for every known value that is replaced everywhere (see `propagates`); word boundaries only
         where the value starts/ends with a word character. Values of several words or with digits match in any
         case; a single word matches as it was written, so a name that is also a word ("Will", "Rose", "Reed")
         takes the ordinary word with it only where it is capitalised the same way."""
         alternatives = []
-        for value in sorted(self.originals.values(), key=len, reverse=True):
+        for value in sorted({*self.originals.values(), *extra}, key=len, reverse=True):
             if not propagates(value):
                 continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
@@ -257,6 +262,12 @@ class Pseudonyms:
             single_word = " " not in value.strip() and not any(c.isdigit() for c in value) and "@" not in value
             alternatives.append(before + (escaped if single_word else f"(?i:{escaped})") + after)
         return re.compile("|".join(alternatives)) if alternatives else None
+
+
+def _name_parts(value: str) -> list[str]:
+    """The parts of a full name that stand for the person alone ('Marie Hamanová' → Marie, Hamanová)."""
+    parts = value.split()
+    return [part for part in parts if len(part) >= 3 and part[0].isupper()] if len(parts) >= 2 else []
 
 
 def propagates(value: str) -> bool:
