@@ -232,3 +232,17 @@ def test_merging_never_uncovers_a_word():
     assert [(s.type, text[s.start : s.end]) for s in merged] == [
         ("ADDRESS", "Flat 2, 10 Downing St"), ("PHONE", "+44 20 7946 0018"), ("URL", "https://www.example.com/x")
     ]
+
+
+def test_overlapping_model_spans_of_one_type_join():
+    from tunesmith.data.prep.anonymize import merge_spans
+
+    text = "Send it to 12 Rue de la Paix, Paris please, or mail a.b@example.org now"
+    email = text.index("a.b@")
+    spans = [
+        Span(11, 28, "ADDRESS", "ner"), Span(14, 35, "ADDRESS", "tagger"),  # street, and street + city
+        Span(email, email + 15, "EMAIL", "rule:email"), Span(email - 5, email + 15, "EMAIL", "tagger"),  # drawn wider
+    ]
+    assert [(s.type, text[s.start : s.end], s.detector) for s in merge_spans(spans, text)] == [
+        ("ADDRESS", "12 Rue de la Paix, Paris", "ner+tagger"), ("EMAIL", "a.b@example.org", "rule:email")
+    ]

@@ -66,9 +66,10 @@ def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
     wins, then the longer span. A loser of another type keeps its parts outside the winner (with `text`: only
     parts holding a letter or digit, trimmed of spaces and commas), so merging never uncovers a word: a model's
     partial EMAIL cannot cut a validated URL short, a phone number inside an address takes only its own digits.
-    A loser of the same type is the same entity drawn wider, and is dropped."""
+    Model spans of one type that overlap are first joined; a model span overlapping a validated span of its own
+    type is the same entity drawn wider, and is dropped."""
     rank = {t: i for i, t in enumerate(PRIORITY)}
-    ordered = sorted(spans, key=lambda s: (not s.detector.startswith("rule"), rank.get(s.type, len(rank)), -(s.end - s.start)))
+    ordered = sorted(_union_model_spans(spans), key=lambda s: (not s.detector.startswith("rule"), rank.get(s.type, len(rank)), -(s.end - s.start)))
     kept: list[Span] = []
     for span in ordered:
         winners = [k for k in kept if k.start < span.end and span.start < k.end]
@@ -87,6 +88,21 @@ def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
                     continue
             kept.append(Span(a, b, span.type, span.detector))
     return sorted(kept, key=lambda s: s.start)
+
+
+def _union_model_spans(spans: list[Span]) -> list[Span]:
+    """Overlapping model spans of one type are one entity seen by two models: their union (Rampart's street and
+    the tagger's street-and-city make one address)."""
+    rules = [s for s in spans if s.detector.startswith("rule")]
+    merged: list[Span] = []
+    for span in sorted((s for s in spans if not s.detector.startswith("rule")), key=lambda s: (s.type, s.start)):
+        last = merged[-1] if merged else None
+        if last is not None and last.type == span.type and span.start < last.end:
+            detector = last.detector if last.detector == span.detector else "+".join(sorted({*last.detector.split("+"), span.detector}))
+            merged[-1] = Span(last.start, max(last.end, span.end), span.type, detector)
+        else:
+            merged.append(span)
+    return rules + merged
 
 
 class PiiDetector:
