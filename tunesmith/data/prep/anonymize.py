@@ -137,7 +137,9 @@ class PiiDetector:
             if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
                 continue
             kept.append(span)
-        return merge_spans(kept, text)
+        # merging can leave a model span's remainder ("DOB" of "DOB 10/08/2006" once the date rule took the date)
+        merged = merge_spans(kept, text)
+        return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
 
 
 def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
