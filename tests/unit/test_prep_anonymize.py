@@ -91,6 +91,7 @@ def test_mapping_is_private_reusable_and_audit_has_no_values(tmp_path, detector)
     first = anonymize_rows(rows, AnonymizeConfig(), detector=detector)
     mapping = tmp_path / "mapping.json"
     first.pseudonyms.save(mapping)
+    assert mapping.stat().st_mode & 0o777 == 0o600  # the real values: readable by the owner only
     saved = json.loads(mapping.read_text())
     assert "PRIVATE" in saved["warning"] and saved["entities"][0]["value"] == "john.doe@example.com"
     assert all("john.doe" not in json.dumps(entry) for entry in first.audit)

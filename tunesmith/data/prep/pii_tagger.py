@@ -15,7 +15,6 @@ pretrained model unchanged).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -167,16 +166,13 @@ def trainable_state(model) -> dict:
 def save(model, config: TaggerConfig, out_dir: Path) -> None:
     """Only what training changed (LoRA, shape embedding, head) in fp16 safetensors, ~1.5 MB; the base stays in its wheel."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from tunesmith.files import atomic_write_bytes, atomic_write_json
+
     state = {k: v.to(torch.float16).contiguous() for k, v in trainable_state(model).items()}
-    tmp = out_dir / "weights.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, out_dir / "weights.safetensors")
-    tmp = out_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(asdict(config), indent=1) + "\n")
-    os.replace(tmp, out_dir / "config.json")
+    atomic_write_bytes(out_dir / "weights.safetensors", save(state))
+    atomic_write_json(out_dir / "config.json", asdict(config), indent=1)
 
 
 class PiiTagger:
