@@ -48,6 +48,7 @@ def generate_cmd(
     system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
     max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+    guardrails: Annotated[Optional[Path], typer.Option(help="A guardrails YAML (input/output rails, structured output)")] = None,
 ):
     """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0)."""
     import json
@@ -62,6 +63,17 @@ def generate_cmd(
     if system:
         conversations = [[{"role": "system", "content": system}] + c for c in conversations]
     model_obj, tokenizer = load_for_inference(run, model)
+    if guardrails:
+        from tunesmith.guardrails import Guard, generate_guarded, load_guardrails
+
+        guard = Guard(load_guardrails(guardrails), tokenizer, model_obj.config.vocab_size)
+        outputs = generate_guarded(model_obj, tokenizer, guard, conversations, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed,
+                                   precision=precision)
+        for conv, out in zip(conversations, outputs):
+            print(json.dumps({"prompt": conv[-1]["content"], "answer": out.text, "blocked": out.blocked,
+                              "rails": [d.to_dict() for d in out.decisions]}, ensure_ascii=False))
+        return
     answers = generate_chat(model_obj, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             temperature=temperature, top_p=top_p, seed=seed, precision=precision)
     for conv, answer in zip(conversations, answers):
@@ -73,11 +85,17 @@ def chat_cmd(
     run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
     model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
     system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+    guardrails: Annotated[Optional[Path], typer.Option(help="A guardrails YAML (input/output rails, structured output)")] = None,
 ):
     """Talk to a model in the terminal; the conversation is kept; empty line or Ctrl-D ends."""
     from tunesmith.generate import generate_chat, load_for_inference
 
     model_obj, tokenizer = load_for_inference(run, model)
+    guard = None
+    if guardrails:
+        from tunesmith.guardrails import Guard, generate_guarded, load_guardrails
+
+        guard = Guard(load_guardrails(guardrails), tokenizer, model_obj.config.vocab_size)
     history = [{"role": "system", "content": system}] if system else []
     while True:
         try:
@@ -87,8 +105,12 @@ def chat_cmd(
         if not line:
             break
         history.append({"role": "user", "content": line})
-        reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
-                              temperature=temperature, show_progress=False)[0]
+        if guard is not None:
+            reply = generate_guarded(model_obj, tokenizer, guard, [history], max_new_tokens=max_new_tokens,
+                                     temperature=temperature, show_progress=False)[0].text
+        else:
+            reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
+                                  temperature=temperature, show_progress=False)[0]
         history.append({"role": "assistant", "content": reply})
         print(f"model> {reply}")
 
