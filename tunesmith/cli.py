@@ -137,9 +137,11 @@ def data_show_cmd(config: ConfigArg = None, overrides: SetOpt = None,
 # Plug-in verbs: each package adds its own commands (`tunesmith data ingest ...`, `tunesmith eval`).
 from tunesmith.data.prep.cli import register as _register_data_prep  # noqa: E402
 from tunesmith.eval.cli import register as _register_eval  # noqa: E402
+from tunesmith.serve.cli import register as _register_serve  # noqa: E402
 
 _register_data_prep(data_app)
 _register_eval(app)
+_register_serve(app)
 
 
 def main() -> None:

@@ -82,7 +82,8 @@ class RowRequest:
     top_p: float = 1.0
     seed: int | None = None  # sampling only; a row's samples depend on its seed alone, not on its batch
     stop: list[str] = field(default_factory=list)  # the text ends before the first of these; not included
-    adapter: str | None = None  # a LoRA adapter loaded on the model (peft `adapter_names`); None: the base model
+    adapter: str | None = None  # a LoRA adapter on the model (peft `adapter_names`), BASE_ADAPTER for none of them;
+    # None: the model as it is (its active adapter, if any)
     constraint: TokenConstraint | None = None
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     cancelled: Callable[[], bool] | None = None  # polled every token; True ends the row (finish_reason "cancelled")
@@ -237,8 +238,8 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                 attention[row, width - len(req.prompt_ids):] = 1
             rows = _Rows(batch, tokenizer, stops, width, device)
             extra = {}
-            if hasattr(model, "peft_config") and adapters:
-                extra["adapter_names"] = [r.adapter or BASE_ADAPTER for r in batch]
+            if adapters:  # per-row adapters (peft); a row without one keeps the model's active adapter
+                extra["adapter_names"] = [r.adapter or model.active_adapter for r in batch]
             model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device),
                 max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=False, temperature=None, top_p=None,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunesmith.generate import RowRequest, encode_chat, generate_chat, generate_rows
+from tunesmith.generate import BASE_ADAPTER, RowRequest, encode_chat, generate_chat, generate_rows
 
 QUESTIONS = ["What are the papers?", "Did Alan Turing publish in ICML? " * 3, "fox", "the quick brown"]
 
@@ -128,14 +128,14 @@ def test_mixed_adapters_in_one_batch_equal_each_adapter_alone(tiny_model_dir, ti
                                       adapter_name="alpha")
     model.load_adapter(two_adapters["beta"], adapter_name="beta")
     model.eval()
-    names = ["alpha", None, "beta", "alpha"]
+    names = ["alpha", BASE_ADAPTER, "beta", "alpha"]
     rows = _rows(tiny_tokenizer, max_new_tokens=10)
     for r, name in zip(rows, names):
         r.adapter = name
     mixed = [r.text for r in generate_rows(model, tiny_tokenizer, rows, precision="fp32")]
     for r, name, text in zip(rows, names, mixed):
         reference = load_model(tiny_model_dir, device="cpu")
-        if name:
+        if name != BASE_ADAPTER:
             reference = PeftModel.from_pretrained(reference, two_adapters[name]).merge_and_unload()
         r.adapter = None
         assert generate_rows(reference.eval(), tiny_tokenizer, [r], precision="fp32")[0].text == text
