@@ -144,6 +144,7 @@ class Guard:
                                                   value_hash(m["content"])))
                 m["content"] = cleaned
         text = "\n".join(m["content"] for m in user)
+        forged = any(d.rail == "input.control" for d in out.decisions)
         if cfg.max_chars is not None and len(text) > cfg.max_chars:
             return self._block(out, "input.length", f"{len(text)} characters > {cfg.max_chars}", text)
         if self.deny_in and (hit := self.deny_in.search(text)):
@@ -154,6 +155,8 @@ class Guard:
                 return self._block(out, "input.topic", f"blocked topic {name!r}", hit.group(0))
         if cfg.injection.enabled:
             score, matched = self.injection_score(text)
+            if forged:  # a user who types chat control tokens is forging turns
+                score, matched = score + 1.0, matched + ["control tokens"]
             if score >= cfg.injection.threshold:
                 return self._block(out, "input.injection", f"prompt-injection score {score:.1f} ({', '.join(matched)})", text)
         if cfg.pii and cfg.pii.enabled:
