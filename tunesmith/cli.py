@@ -115,13 +115,47 @@ def chat_cmd(
         print(f"model> {reply}")
 
 
-@app.command("merge")
-def merge_cmd(run: Path, out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/merged)")] = None):
-    """Merge a run's adapter into its base model and save a plain transformers folder (safetensors)."""
-    from tunesmith.export import merge_run
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A trained run folder")],
+    to: Annotated[str, typer.Option("--to", help="hf (merged safetensors) | peft (the adapter alone) | gguf | ollama (GGUF + Modelfile)")],
+    quant: Annotated[Optional[str], typer.Option(help="hf: bf16|f16|f32. gguf/ollama: auto (the smallest level that passes parity), "
+                                                     "f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, or K-quants (q4_k_m ...) with llama-cpp-python; "
+                                                     "a comma list is tried in order")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/export/FORMAT)")] = None,
+    parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Compare the artifact's greedy answers with the run's (parity.json)")] = True,
+    n: Annotated[int, typer.Option("-n", help="Parity prompts (the first N of data.valid, else of data.train)")] = 32,
+    prompts: Annotated[Optional[Path], typer.Option(help="Parity prompts from this data file instead (the run's data format)")] = None,
+    max_new_tokens: int = 128,
+    min_identical: Annotated[float, typer.Option(help="Share of identical answers needed to pass parity")] = 0.9,
+    backend: Annotated[str, typer.Option(help="Who answers for a GGUF in the parity check: transformers or llama.cpp")] = "transformers",
+    untie_embeddings: Annotated[bool, typer.Option("--untie-embeddings", help="Allow merging an adapter that changes tied embeddings by untying them")] = False,
+    precision: Annotated[str, typer.Option(help="Parity generation precision for both sides: fp32 (default), bf16 or auto")] = "fp32",
+):
+    """Export a run to the runtimes users run, and check that the export answers like the run."""
+    from tunesmith.export import ExportOptions, export_run
 
-    path = merge_run(run, out)
-    console.print(f"[green]Merged model written to {path}[/]; load it with AutoModelForCausalLM.from_pretrained('{path}')")
+    if backend not in ("transformers", "llama.cpp"):
+        raise TunesmithError("--backend must be transformers or llama.cpp")
+    opts = ExportOptions(quant=quant, out=out, parity=parity, n=n, max_new_tokens=max_new_tokens, prompts=prompts,
+                         min_identical=min_identical, backend=backend, untie_embeddings=untie_embeddings,
+                         precision=precision)
+    result = export_run(run, to, opts)
+    level = f" ({result.quant})" if result.quant else ""
+    console.print(f"[green]Exported[/] {to}{level} to {result.out}: {', '.join(p.name for p in result.files)}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if result.parity and not result.parity_passed:
+        console.print(f"[bold red]Parity failed[/]: the export answers differently from the run on some prompts "
+                      f"(see {result.out / 'parity.json'}); try a larger --quant, or report it if f16/hf fails")
+        raise typer.Exit(1)
+
+
+@app.command("merge")
+def merge_cmd(run: Path, out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/merged)")] = None,
+              quant: Annotated[Optional[str], typer.Option(help="bf16 (default), f16 or f32")] = None, precision: str = "fp32"):
+    """Alias of `export RUN --to hf --out RUN/merged`: the adapter merged into a plain transformers folder."""
+    export_cmd(run, "hf", quant=quant, out=out or run / "merged", precision=precision)
 
 
 @data_app.command("show")

@@ -40,7 +40,8 @@ def test_train_generate_merge_end_to_end(tmp_path, tiny_model_dir, dblp_file):
     answers = [json.loads(l) for l in out.stdout.splitlines()]
     assert [a["prompt"] for a in answers] == ["What are the papers written by Author 3?", "Did Author 1 publish in ICML?"]
 
-    tunesmith("merge", run)
+    tunesmith("merge", run, "--quant", "f32", "--precision", "fp32")  # alias of export --to hf; parity on
+    assert json.loads((run / "merged" / "parity.json").read_text())["passed"]
     merged = run / "merged"
     assert (merged / "model.safetensors").exists()
     merged_out = tunesmith("generate", "--model", merged, "--prompt", "What are the papers written by Author 3?",

@@ -15,6 +15,9 @@ import torch.nn as nn
 
 class Method(Protocol):
     name: ClassVar[str]
+    # Optional (read with getattr, default True): False for methods whose trained layers stay separate (e.g.
+    # bottleneck adapters); `tunesmith export --to hf|gguf|ollama` then refuses and points to --to peft.
+    mergeable: ClassVar[bool]
 
     def apply(self, model: nn.Module, cfg) -> nn.Module:
         """Return the model to train: only the parameters this method trains have requires_grad."""

@@ -1,0 +1,273 @@
+"""`tunesmith export RUN --to hf|peft|gguf|ollama`: a trained run → what other runtimes load, proven to answer alike.
+
+setup (load the run; merge with checks) → run (write the artifact, in a staged folder) → check (parity against
+the run's own answers, `parity.json`) → save (rename into place, `export.json` manifest). One function per
+format; the table FORMATS is what the CLI offers.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from tunesmith.export.hf import DEFAULT_HF_DTYPE, HF_DTYPES, save_hf, staged_dir
+from tunesmith.export.parity import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MIN_IDENTICAL, DEFAULT_N, ParityResult
+from tunesmith.records import TunesmithError
+
+console = Console(stderr=True)
+
+
+@dataclass
+class ExportOptions:
+    quant: str | None = None  # format-specific; None = the format's default
+    out: Path | None = None
+    parity: bool = True
+    n: int = DEFAULT_N
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    prompts: Path | None = None
+    min_identical: float = DEFAULT_MIN_IDENTICAL
+    backend: str = "transformers"  # who answers for a GGUF in the parity check: transformers or llama.cpp
+    untie_embeddings: bool = False
+    # fp32 on both sides: bf16 activations flip greedy near-ties at random and would hide what the artifact changed
+    precision: str = "fp32"
+
+
+@dataclass
+class ExportResult:
+    format: str
+    out: Path
+    files: list[Path]
+    quant: str | None = None
+    parity: list[ParityResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parity_passed(self) -> bool:
+        chosen = [p for p in self.parity if p.quant == self.quant] or self.parity
+        return all(p.passed for p in chosen[-1:])
+
+
+class _Checker:
+    """Parity prompts and the run's own answers, computed once per export and compared with each artifact."""
+
+    def __init__(self, cfg, reference_model, tokenizer, opts: ExportOptions):
+        from tunesmith.export.parity import answers, parity_prompts
+
+        self.opts = opts
+        self.prompts = parity_prompts(cfg, opts.n, opts.prompts)
+        console.print(f"[dim]parity: the run's own greedy answers on {len(self.prompts.conversations)} prompts "
+                      f"from {self.prompts.source}[/]")
+        self.reference = answers(reference_model, tokenizer, self.prompts, opts.max_new_tokens, opts.precision)
+
+    def check(self, exported: list[str], artifact: Path, backend: str, quant: str | None, name: str | None = None) -> ParityResult:
+        from tunesmith.export.parity import compare
+
+        size = artifact.stat().st_size if artifact.is_file() else sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+        result = compare(self.prompts, self.reference, exported, name or artifact.name, backend, self.opts.min_identical,
+                         quant, size)
+        console.print(("[green]" if result.passed else "[bold red]") + result.line() + "[/]")
+        return result
+
+    def transformers(self, model, tokenizer, artifact: Path, backend: str, quant: str | None,
+                     name: str | None = None) -> ParityResult:
+        from tunesmith.export.parity import answers
+
+        return self.check(answers(model, tokenizer, self.prompts, self.opts.max_new_tokens, self.opts.precision),
+                          artifact, backend, quant, name)
+
+    def gguf(self, path: Path, quant: str) -> ParityResult:
+        if self.opts.backend == "llama.cpp":
+            from tunesmith.export.llamacpp import answer_with_llamacpp
+
+            exported = answer_with_llamacpp(path, self.prompts.conversations, self.opts.max_new_tokens)
+            return self.check(exported, path, "llama.cpp", quant)
+        from tunesmith.export.parity import load_gguf_with_transformers
+
+        model, tokenizer = load_gguf_with_transformers(path)
+        return self.transformers(model, tokenizer, path, "transformers-gguf", quant)
+
+    def to_json(self, result: ExportResult) -> dict:
+        return {"format": result.format, "chosen": result.quant, "prompts": self.prompts.source,
+                "max_new_tokens": self.opts.max_new_tokens, "precision": self.opts.precision,
+                "min_identical": self.opts.min_identical, "passed": result.parity_passed,
+                "results": [p.to_dict() for p in result.parity]}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _manifest(run: Path, cfg, result: ExportResult, extra: dict | None = None) -> dict:
+    return {"format": result.format, "run": str(run), "method": cfg.method.name, "base_model": cfg.model.name,
+            "quant": result.quant, "files": sorted(p.name for p in result.files), "notes": result.notes,
+            "parity": None if not result.parity else {"passed": result.parity_passed, "file": "parity.json"},
+            **(extra or {})}
+
+
+def _finish(tmp: Path, run: Path, cfg, result: ExportResult, checker: _Checker | None, extra: dict | None = None) -> None:
+    if checker is not None:
+        _write_json(tmp / "parity.json", checker.to_json(result))
+    _write_json(tmp / "export.json", _manifest(run, cfg, result, extra))
+
+
+# ---- the formats -------------------------------------------------------------------------------------------
+
+def export_hf(run: Path, opts: ExportOptions) -> ExportResult:
+    from tunesmith.export.merge import load_trained, merge_checked
+    from tunesmith.models.loading import load_model, load_tokenizer
+
+    dtype = opts.quant or DEFAULT_HF_DTYPE
+    if dtype not in HF_DTYPES:
+        raise TunesmithError(f"--to hf writes safetensors in {', '.join(HF_DTYPES)}; got --quant {dtype}")
+    trained = load_trained(run)
+    merged = merge_checked(trained, opts.untie_embeddings)
+    checker = _Checker(trained.cfg, merged, trained.tokenizer, opts) if opts.parity else None
+    out = opts.out or run / "export" / "hf"
+    with staged_dir(out) as tmp:
+        save_hf(merged, trained.tokenizer, tmp, dtype)
+        result = ExportResult("hf", out, sorted(tmp.iterdir()), dtype)
+        result.files = [out / p.name for p in result.files]
+        if checker:
+            result.parity.append(checker.transformers(load_model(tmp, device="cpu").eval(), load_tokenizer(tmp), tmp,
+                                                      "transformers", dtype, out.name))
+        _finish(tmp, run, trained.cfg, result, checker, {"tie_word_embeddings": bool(merged.config.tie_word_embeddings),
+                                                        "untied_by_export": opts.untie_embeddings})
+    return result
+
+
+def export_peft(run: Path, opts: ExportOptions) -> ExportResult:
+    from tunesmith.config import load_config
+    from tunesmith.export.peft import adapter_dir, copy_adapter, serving_problems
+
+    if opts.quant not in (None, "f32"):
+        raise TunesmithError("--to peft copies the adapter as trained; --quant does not apply")
+    source = adapter_dir(run)
+    problems, notes = serving_problems(source)
+    for line in problems:
+        console.print(f"[yellow]not servable by vLLM / Ray Serve LLM:[/] {line}")
+    cfg, checker = load_config(run / "config.yaml"), None
+    if opts.parity:
+        from tunesmith.export.merge import load_trained
+
+        trained = load_trained(run)
+        checker = _Checker(cfg, trained.model, trained.tokenizer, opts)
+        del trained
+    out = opts.out or run / "export" / "peft"
+    with staged_dir(out) as tmp:
+        files = copy_adapter(source, tmp)
+        result = ExportResult("peft", out, [out / f.name for f in files], None, notes=notes)
+        if checker:
+            from peft import PeftModel
+
+            from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
+
+            # What a user of the adapter does: plain peft on a fresh base, nothing of tunesmith's method code.
+            base = load_model(resolve_model(cfg.model.name), device="cpu")
+            exported = PeftModel.from_pretrained(base, tmp).eval()
+            result.parity.append(checker.transformers(exported, load_tokenizer(tmp), tmp, "transformers+peft",
+                                                      None, out.name))
+        peft_type = json.loads((source / "adapter_config.json").read_text()).get("peft_type")
+        _finish(tmp, run, cfg, result, checker, {"peft_type": peft_type, "vllm_ray_problems": problems, "vllm_notes": notes})
+    return result
+
+
+def _gguf_levels(quant: str | None, opts: ExportOptions) -> tuple[list[str], bool]:
+    from tunesmith.export.gguf import AUTO_LADDER, GGUF_TYPES
+
+    if quant in (None, "auto"):
+        if not opts.parity:
+            return ["q8_0"], False  # no parity to choose with: the level that kept trained facts in our tests
+        return list(AUTO_LADDER), True
+    levels = [q.strip().lower() for q in quant.split(",") if q.strip()]
+    unknown = [q for q in levels if q not in GGUF_TYPES]
+    if unknown:
+        raise TunesmithError(f"unknown GGUF quantization {', '.join(unknown)}; choose from auto, {', '.join(GGUF_TYPES)}")
+    return levels, len(levels) > 1
+
+
+def export_gguf(run: Path, opts: ExportOptions, ollama: bool = False) -> ExportResult:
+    from tunesmith.export import llamacpp
+    from tunesmith.export.gguf import GgufBuilder, gguf_name
+    from tunesmith.export.merge import load_trained, merge_checked
+
+    levels, choose = _gguf_levels(opts.quant, opts)
+    llamacpp.converter_dir()  # fail before any work if the converter is missing
+    trained = load_trained(run)
+    cfg = trained.cfg
+    merged = merge_checked(trained, opts.untie_embeddings)
+    checker = _Checker(cfg, merged, trained.tokenizer, opts) if opts.parity else None
+    fmt = "ollama" if ollama else "gguf"
+    out = opts.out or run / "export" / fmt
+    with staged_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="tunesmith-gguf-") as work:
+        hf_dir = Path(work) / "hf"
+        save_hf(merged, trained.tokenizer, hf_dir, "f32")  # full precision in: every GGUF level rounds only once
+        builder = GgufBuilder(hf_dir, Path(work))
+        result = ExportResult(fmt, out, [])
+        chosen = None
+        for quant in levels:
+            path = builder.build(quant, tmp / gguf_name(quant))
+            console.print(f"[dim]wrote {path.name} ({path.stat().st_size / 2**20:.1f} MiB)[/]")
+            passed = True
+            if checker:
+                outcome = checker.gguf(path, quant)
+                result.parity.append(outcome)
+                passed = outcome.passed
+            if passed or quant == levels[-1] or not choose:
+                chosen = quant
+                break
+            path.unlink()  # a level that answers differently is not kept
+        result.quant = chosen
+        if choose and checker and not result.parity_passed:
+            result.notes.append(f"no level passed parity; kept {chosen}, the largest tried")
+        files = [tmp / gguf_name(chosen)]
+        extra: dict = {"tie_word_embeddings": bool(merged.config.tie_word_embeddings),
+                       "untied_by_export": opts.untie_embeddings}
+        if ollama:
+            from tunesmith.export.ollama import modelfile
+            from tunesmith.generate import stop_token_ids
+
+            stops = trained.tokenizer.convert_ids_to_tokens(stop_token_ids(merged, trained.tokenizer))
+            (tmp / "Modelfile").write_text(modelfile(gguf_name(chosen), trained.tokenizer, stops, cfg.data.system_prompt))
+            files.append(tmp / "Modelfile")
+        elif _is_lora(run):
+            from tunesmith.models.loading import resolve_model
+
+            adapter = llamacpp.convert_lora(run / "final", resolve_model(cfg.model.name), tmp / "adapter.f16.gguf")
+            files.append(adapter)
+            extra["adapter"] = {"file": adapter.name, "apply_to": cfg.model.name,
+                                "use": f"llama-cli -m BASE.gguf --lora {adapter.name}"}
+        result.files = [out / f.name for f in files]
+        _finish(tmp, run, cfg, result, checker, extra)
+    return result
+
+
+def _is_lora(run: Path) -> bool:
+    config = run / "final" / "adapter_config.json"
+    return config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA"
+
+
+def export_ollama(run: Path, opts: ExportOptions) -> ExportResult:
+    return export_gguf(run, opts, ollama=True)
+
+
+FORMATS = {"hf": export_hf, "peft": export_peft, "gguf": export_gguf, "ollama": export_ollama}
+
+
+def export_run(run: str | Path, to: str, opts: ExportOptions | None = None) -> ExportResult:
+    run = Path(run)
+    if to not in FORMATS:
+        raise TunesmithError(f"--to must be one of {', '.join(FORMATS)}; got {to!r}")
+    if not (run / "config.yaml").is_file():
+        raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
+    return FORMATS[to](run, opts or ExportOptions())
+
+
+def merge_run(run: str | Path, out: str | Path | None = None, parity: bool = False) -> Path:
+    """The merged model as a transformers folder (`tunesmith merge`, `output.merge: true`)."""
+    run = Path(run)
+    opts = ExportOptions(out=Path(out) if out else run / "merged", parity=parity)
+    return export_run(run, "hf", opts).out
