@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not smollm2 and not integration"
+	$(PY) -m pytest -q tests/unit
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

@@ -37,6 +37,7 @@ def main() -> None:
     from tunesmith.data.formats import load_examples
     from tunesmith.eval.metrics import Normalizer, build_metrics
     from tunesmith.eval.prompts import prompt_of, reference_of
+    from tunesmith.files import atomic_write_json
     from tunesmith.generate import RowRequest, encode_chat, generate_rows, load_for_inference
     from tunesmith.guardrails.config import StructuredOutput
     from tunesmith.guardrails.structured import constraint_factory
@@ -70,7 +71,7 @@ def main() -> None:
                                      "tokens": sum(r.completion_tokens for r in results)}
         print(name, summary["variants"][name], flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_json(args.out, summary, indent=1)
     if len(predictions) < 2:
         return
     changed = [i for i, (a, b) in enumerate(zip(predictions["unconstrained"], predictions["constrained"])) if a != b]
@@ -84,7 +85,7 @@ def main() -> None:
               f"{v['cut_by_token_limit']} | {v['seconds']} |")
     print(f"\n{len(changed)} of {len(examples)} answers differ between the two.")
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_json(args.out, summary, indent=1)
 
 
 if __name__ == "__main__":

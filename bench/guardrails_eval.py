@@ -12,7 +12,6 @@ redacted is a false alarm. No model is needed: the rails run before generation.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,10 +25,11 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "examples/guardrails/labelled.jsonl"))
     args = parser.parse_args()
 
+    from tunesmith.files import read_jsonl
     from tunesmith.guardrails import Guard, load_guardrails
 
     guard = Guard(load_guardrails(args.config))
-    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(args.data)]
     outcome = []
     for row in rows:
         g = guard.check_input([{"role": "user", "content": row["text"]}])

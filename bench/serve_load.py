@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -65,9 +64,10 @@ def main() -> None:
     import yaml
 
     from tunesmith.config import load_config
+    from tunesmith.files import read_jsonl
 
     base = load_config(Path(args.run) / "config.yaml").model.name
-    questions = [json.loads(line)["question"] for line in (ROOT / "examples/dblp_quad/data/valid.jsonl").read_text().splitlines()]
+    questions = [row["question"] for _, row in read_jsonl(ROOT / "examples/dblp_quad/data/valid.jsonl")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -78,7 +78,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(cfg, f)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--config", f.name], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", f.name], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Optional, Protocol
 
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
-from tunesmith.models.loading import DEFAULT_MODEL, bf16_available, load_model, load_tokenizer, resolve_model
-from tunesmith.records import Message, TunesmithError
+from tunesmith.files import iter_jsonl
+from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
 
 console = Console(stderr=True)
 
@@ -215,8 +218,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
 
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))  # similar lengths: little padding
     device = next(model.parameters()).device
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_available(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    mode = resolve_precision(precision, device)
     pad_id = tokenizer.pad_token_id
     stops = stop_token_ids(model, tokenizer)
     adapters = {r.adapter for r in requests if r.adapter is not None}
@@ -225,7 +227,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
     results: list[RowResult | None] = [None] * len(requests)
     progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_progress)
-    with progress, torch.inference_mode(), autocast:
+    with progress, torch.inference_mode(), autocast(mode, device):
         task = progress.add_task("generate", total=len(requests))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -276,20 +278,108 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:
-    """Prompts from a file: JSONL rows with `messages`, `prompt`, or plain text lines."""
-    conversations = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
+    """Prompts from a file: JSONL rows with `messages` (a final assistant turn, the reference, is dropped) or
+    `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = line
-        if isinstance(row, dict) and "messages" in row:
-            msgs = [m for m in row["messages"] if m["role"] != "assistant" or m is not row["messages"][-1]]
-            conversations.append(msgs)
-        elif isinstance(row, dict) and "prompt" in row:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError([DataIssue(SourceRef(str(path)), f"cannot read it as UTF-8 text ({e})")]) from None
+        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    conversations: list[list[Message]] = []
+    issues: list[DataIssue] = []
+    for where, row in iter_jsonl(path):
+        if isinstance(row, DataIssue):
+            issues.append(row)
+        elif "messages" in row or "conversations" in row:
+            messages = parse_messages(row, where)
+            if isinstance(messages, DataIssue):
+                issues.append(messages)
+            else:
+                conversations.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+        elif isinstance(row.get("prompt"), str):
             conversations.append([{"role": "user", "content": row["prompt"]}])
         else:
-            conversations.append([{"role": "user", "content": str(row)}])
+            issues.append(DataIssue(where, f"expected `messages` (a chat) or `prompt` (a string); fields {sorted(row)}"))
+    if issues:
+        raise DataError(issues, hint="Each line needs `messages` or `prompt`.")
     return conversations
+
+
+GuardrailsOpt = Annotated[Optional[Path], typer.Option(
+    help="A guardrails YAML: input/output rails and structured output (docs/guardrails.md)", show_default=False)]
+
+
+def load_guard(path: Path | None, model, tokenizer):
+    """The Guard of a guardrails YAML for this model, or None without one."""
+    if path is None:
+        return None
+    from tunesmith.guardrails import Guard, load_guardrails
+
+    return Guard(load_guardrails(path), tokenizer, model.config.vocab_size)
+
+
+def generate_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder (base model + its adapter)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder (default: the embedded SmolLM2)")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Prompts: JSONL (messages or prompt) or one per line")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
+    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+    guardrails: GuardrailsOpt = None,
+):
+    """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0); JSONL on stdout.
+
+    With --guardrails each line also says whether the rails refused (`blocked`) and what they decided (`rails`)."""
+    conversations = [[{"role": "user", "content": p}] for p in prompt or []]
+    if input:
+        conversations += read_prompts(input)
+    if not conversations:
+        raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
+    if system:
+        conversations = [[{"role": "system", "content": system}] + c for c in conversations]
+    model_obj, tokenizer = load_for_inference(run, model)
+    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
+                    seed=seed, precision=precision)
+    guard = load_guard(guardrails, model_obj, tokenizer)
+    if guard is None:
+        lines = [{"answer": a} for a in generate_chat(model_obj, tokenizer, conversations, **settings)]
+    else:
+        from tunesmith.guardrails import generate_guarded
+
+        lines = [{"answer": out.text, "blocked": out.blocked, "rails": [d.to_dict() for d in out.decisions]}
+                 for out in generate_guarded(model_obj, tokenizer, guard, conversations, **settings)]
+    for conv, line in zip(conversations, lines):
+        print(json.dumps({"prompt": conv[-1]["content"], **line}, ensure_ascii=False))
+
+
+def chat_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
+    system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+    guardrails: GuardrailsOpt = None,
+):
+    """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
+    model_obj, tokenizer = load_for_inference(run, model)
+    guard = load_guard(guardrails, model_obj, tokenizer)
+    history = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        if guard is None:
+            reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
+                                  temperature=temperature, show_progress=False)[0]
+        else:
+            from tunesmith.guardrails import generate_guarded
+
+            reply = generate_guarded(model_obj, tokenizer, guard, [history], max_new_tokens=max_new_tokens,
+                                     temperature=temperature, show_progress=False)[0].text
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")

@@ -7,13 +7,13 @@ root="$(cd "$here/../.." && pwd)"
 tunesmith="${TUNESMITH:-$root/.venv/bin/tunesmith}"
 cd "$here"
 
-"$tunesmith" data ingest docs -o work/chunks.jsonl -c prep.yaml
+"$tunesmith" data ingest prep.yaml -i docs -o work/chunks.jsonl
 # Anonymize before generation, so personal data never reaches the teacher (matters for hosted teachers).
-"$tunesmith" data anonymize -i work/chunks.jsonl -o work/chunks.anon.jsonl -c prep.yaml --mapping private/pii-mapping.json
-"$tunesmith" data generate -i work/chunks.anon.jsonl -o work/pairs.jsonl -c prep.yaml
-"$tunesmith" data augment -i work/pairs.jsonl -o work/augmented.jsonl -c prep.yaml
-"$tunesmith" data split -i work/augmented.jsonl -o work/split -c prep.yaml
-"$tunesmith" data stats work/split/train.jsonl --field topic --field augmented
+"$tunesmith" data anonymize prep.yaml -i work/chunks.jsonl -o work/chunks.anon.jsonl --mapping private/pii-mapping.json
+"$tunesmith" data generate prep.yaml -i work/chunks.anon.jsonl -o work/pairs.jsonl
+"$tunesmith" data augment prep.yaml -i work/pairs.jsonl -o work/augmented.jsonl
+"$tunesmith" data split prep.yaml -i work/augmented.jsonl -o work/split
+"$tunesmith" data stats -i work/split/train.jsonl --field topic --field augmented
 
 if [[ "${1:-}" == "--train" ]]; then
   cd "$root"

@@ -75,8 +75,8 @@ def test_audit_log_holds_hashes_not_values(tmp_path, tiny_model, tiny_tokenizer)
 
 def test_config_errors_point_at_the_line(tmp_path):
     path = tmp_path / "rails.yaml"
-    path.write_text("guardrails:\n  input:\n    max_chars: -3\n  output:\n    structured: {}\n  colour: red\n")
+    path.write_text("input:\n  max_chars: -3\noutput:\n  structured: {}\ncolour: red\n")
     with pytest.raises(ConfigError) as e:
         load_guardrails(path)
     message = str(e.value)
-    assert "3 problem(s)" in message and f"{path}:3" in message and f"{path}:6" in message
+    assert "3 problem(s)" in message and f"{path}:2" in message and f"{path}:5" in message

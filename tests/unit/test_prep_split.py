@@ -63,11 +63,11 @@ def test_near_duplicates_across_splits_are_reported_and_dropped():
     in_train = sum(r["messages"][0]["content"].strip() == question for r in parts["train"])
     elsewhere = sum(r["messages"][0]["content"].strip() == question for s in ("valid", "test") for r in parts[s])
     assert in_train and elsewhere  # seed 3 spreads the copies over both sides
-    assert report["near_duplicates"]["found"] >= elsewhere
-    pair = report["near_duplicates"]["pairs"][0]
-    assert pair["jaccard"] >= 0.8 and pair["split"] in ("valid", "test")
+    leak = report["leakage"]
+    assert leak["found"] == elsewhere  # rows, not pairs
+    assert {r["split"] for r in leak["rows"]} <= {"valid", "test"} and leak["rows"][0]["kind"] == "exact_prompts"
     dropped_parts, dropped_report = split_rows(rows, config.model_copy(update={"on_near_duplicate": "drop"}))
-    assert dropped_report["near_duplicates"]["dropped"] == elsewhere
+    assert dropped_report["leakage"]["dropped"] == elsewhere
     assert not any(r["messages"][0]["content"].strip() == question for s in ("valid", "test") for r in dropped_parts[s])
 
 
@@ -91,3 +91,26 @@ def test_too_few_groups_warns_and_row_split_works():
 def test_ratios_must_sum_to_one():
     with pytest.raises(ValueError, match="must be 1"):
         SplitConfig(train=0.8, valid=0.3, test=0.1)
+
+
+def test_split_and_eval_agree_on_leakage(tmp_path):
+    """`data split` and `tunesmith eval` run the same check on the same rows: they report the same leaked items."""
+    from tunesmith.config import DataConfig
+    from tunesmith.data.dedup import Item, check_leakage
+    from tunesmith.data.formats import load_examples
+    from tunesmith.eval.prompts import question_of, reference_of
+    from tunesmith.files import atomic_write_jsonl
+
+    rows = make_rows(n_docs=10, per_doc=2)
+    near = rows[0][1]["messages"][0]["content"] + "?"  # not the same text, the same words: a near-duplicate
+    rows += [(SourceRef("in.jsonl", line=200 + i), {"messages": [{"role": "user", "content": near},
+                                                               {"role": "assistant", "content": f"other {i}"}], "doc_id": f"n{i}"})
+             for i in range(8)]
+    parts, report = split_rows(rows, SplitConfig(train=0.5, valid=0.25, test=0.25, seed=3))
+    for split in ("train", "test"):
+        atomic_write_jsonl(tmp_path / f"{split}.jsonl", parts[split])
+    examples = {s: load_examples(tmp_path / f"{s}.jsonl", DataConfig(train="unused"))[0] for s in ("train", "test")}
+    seen_by_eval = check_leakage([Item(question_of(e), reference_of(e)) for e in examples["train"]],
+                                 [Item(question_of(e), reference_of(e)) for e in examples["test"]], 0.8)
+    from_split = {r["test"] for r in report["leakage"]["rows"] if r["split"] == "test"}
+    assert from_split and seen_by_eval.leaked_items == from_split and report["leakage"]["leaked_rows"]["test"] == len(from_split)

@@ -10,6 +10,7 @@ examples never attend to each other (tests/unit/test_batching.py proves packed =
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -107,3 +108,12 @@ def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int
         # The pad tail gets positions restarting at 0: to the packed-sequence mask it is a separate sequence.
         position_ids[r, at:] = torch.arange(width - at)
     return MicroBatch(input_ids, position_ids, targets, attention_mask, sum(len(r) for r in rows))
+
+
+def iter_batches(examples: list[TokenizedExample], *, batch_size: int, row_len: int, pack: bool,
+                 pad_id: int) -> Iterator[MicroBatch]:
+    """One pass over a whole dataset for measuring it (validation loss, reference loss, KL): the plan of seed 0,
+    epoch 0, collated batch by batch."""
+    plan = plan_epoch([len(e) for e in examples], seed=0, epoch=0, batch_size=batch_size, row_len=row_len, pack=pack)
+    for rows in plan:
+        yield collate(examples, rows, pad_id, pack)

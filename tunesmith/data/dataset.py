@@ -31,7 +31,8 @@ class PreparedData:
 def prepare_data(path: str, cfg: DataConfig, tokenizer) -> PreparedData:
     """Validate and tokenize a file. All problems are raised together, or skipped and reported (on_bad_rows)."""
     examples, issues = load_examples(path, cfg)
-    tokenized, report = tokenize_examples(tokenizer, examples, cfg)
+    tokenized, report = tokenize_examples(tokenizer, examples, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation,
+                                          train_on=cfg.train_on)
     issues += report.issues
     if issues and cfg.on_bad_rows == "error":
         raise DataError(issues, hint="Fix these rows, or set data.on_bad_rows=skip to train without them (they are "

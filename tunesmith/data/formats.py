@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import DataConfig
+from tunesmith.files import iter_jsonl
 from tunesmith.records import DataIssue, Example, Message, SourceRef
 
 ROLES = {"system", "user", "assistant"}
@@ -30,17 +31,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[SourceRef, dict[str, Any] | Da
         return
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = SourceRef(name, line=lineno)
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield where, DataIssue(where, f"not valid JSON ({e.msg} at column {e.colno})")
-                    continue
-                yield where, row if isinstance(row, dict) else DataIssue(where, "expected a JSON object per line")
+        yield from iter_jsonl(path)
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -126,7 +117,7 @@ def row_to_example(row: dict[str, Any], where: SourceRef, shape: str, cfg: DataC
                 {"role": "assistant", "content": fill_template(cfg.template.completion, row)},
             ]
         elif shape == "messages":
-            messages_or_issue = _parse_messages(row, where)
+            messages_or_issue = parse_messages(row, where)
             if isinstance(messages_or_issue, DataIssue):
                 return messages_or_issue
             messages = messages_or_issue
@@ -170,7 +161,7 @@ def _meta(row: dict[str, Any], exclude: set[str]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in exclude and isinstance(v, (str, int, float, bool))}
 
 
-def _parse_messages(row: dict[str, Any], where: SourceRef) -> list[Message] | DataIssue:
+def parse_messages(row: dict[str, Any], where: SourceRef) -> list[Message] | DataIssue:
     raw = row.get("messages", row.get("conversations"))
     if not isinstance(raw, list) or not raw:
         return DataIssue(where, "'messages' must be a non-empty list")

@@ -4,16 +4,19 @@ is trained on, and the counts that tell whether the data is what you meant (leng
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tunesmith.config import RunConfig
+from tunesmith.cli import ConfigArg, SetOpt
+from tunesmith.config import RunConfig, load_config
 from tunesmith.data.dataset import prepare_data
 from tunesmith.models.loading import load_tokenizer, resolve_model
-from tunesmith.records import IGNORE_INDEX, TokenizedExample
+from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
 
 def render_tokens(tokenizer, example: TokenizedExample) -> Text:
@@ -63,3 +66,12 @@ def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
     for issue in data.skipped[:20]:
         console.print(f"[yellow]skipped[/] {issue}")
     return summary
+
+
+def show_command(config: ConfigArg = None, overrides: SetOpt = None,
+                 input: Annotated[Optional[str], typer.Option("--input", "-i", help="A data file (sets data.train)")] = None,
+                 n: Annotated[int, typer.Option("-n", help="Examples to render")] = 3):
+    """Render examples as the trainer sees them: trained tokens highlighted, with length and masking stats."""
+    if config is None and input is None:
+        raise TunesmithError("give a config file, or --input FILE")
+    show(load_config(config, overrides or [], options={"data.train": input}), n=n)

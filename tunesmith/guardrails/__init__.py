@@ -13,7 +13,9 @@ from tunesmith.guardrails.rails import Guard, GuardedInput, GuardedOutput, RailD
 def generate_guarded(model, tokenizer, guard: Guard, conversations, max_new_tokens: int = 256, batch_size: int = 16,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, precision: str = "auto",
                      show_progress: bool = True) -> list[GuardedOutput]:
-    """`generate_chat` with rails: refused prompts never reach the model; answers are checked before they return."""
+    """`generate_chat` with rails: refused prompts never reach the model; answers are checked before they return.
+
+    Each output carries every decision about its row, the input rails' first."""
     from tunesmith.generate import RowRequest, encode_chat, generate_rows
 
     checked = [guard.check_input(c) for c in conversations]
@@ -29,6 +31,8 @@ def generate_guarded(model, tokenizer, guard: Guard, conversations, max_new_toke
     for i, res in zip(todo, results):
         outputs[i] = guard.check_output(res.text.strip(), checked[i], res.finish_reason)
         guard.audit.write(outputs[i].decisions, request=i)
+    for out, g in zip(outputs, checked):
+        out.decisions[:0] = g.decisions
     return outputs
 
 

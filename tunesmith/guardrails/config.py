@@ -1,17 +1,18 @@
 """The `guardrails:` config: what is checked before a prompt reaches the model and after it answers.
 
 Same rules as every tunesmith config: unknown keys rejected, every error at once with its file and line.
-Used per served model (`tunesmith serve --config`) and by `tunesmith generate/chat --guardrails FILE`.
+Used per served model (`guardrails:` in a serve config) and by `tunesmith generate/chat --guardrails FILE`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config import ConfigError, Strict, format_validation_errors, read_config_data, yaml_line_index
+from tunesmith.config import Strict, read_config
 from tunesmith.data.prep.anonymize import AnonymizeConfig
 
 
@@ -91,17 +92,6 @@ class GuardrailsConfig(Strict):
     audit_log: str | None = Field(None, description="JSONL file of every rail decision (hashes, never the values)")
 
 
-def load_guardrails(path: str | Path | None, overrides: list[str] | None = None,
-                    data: dict | None = None) -> GuardrailsConfig:
-    """A YAML file whose top level is the guardrails section (or holds a `guardrails:` key), or a dict."""
-    text, source = "", "<config>"
-    if data is None:
-        data, text, source = read_config_data(path, overrides, None, "input, output, refusal, audit_log")
-    lines = yaml_line_index(text) if text else {}
-    if set(data) == {"guardrails"}:
-        data = data["guardrails"] or {}
-        lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("guardrails",)}
-    try:
-        return GuardrailsConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_errors(e, source, lines)) from None
+def load_guardrails(path: str | Path, overrides: Iterable[str] = ()) -> GuardrailsConfig:
+    """A guardrails YAML (its top level is this section: input, output, refusal, audit_log), through `read_config`."""
+    return read_config(GuardrailsConfig, path, overrides)

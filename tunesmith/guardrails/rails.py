@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.files import append_text
 from tunesmith.guardrails.config import GuardrailsConfig, PiiRail
 from tunesmith.records import Message
 
@@ -80,8 +80,7 @@ class AuditLog:
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
+            append_text(self.path, "", private=True)  # created 0600 now: a path that cannot be written fails at start
 
     def write(self, decisions: list[RailDecision], **context) -> None:
         for d in decisions:
@@ -89,8 +88,8 @@ class AuditLog:
         if not self.path or not decisions:
             return
         lines = "".join(json.dumps({"time": round(time.time(), 3), **context, **d.to_dict()}) + "\n" for d in decisions)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
+        with self._lock:
+            append_text(self.path, lines, private=True)
 
 
 def _term_pattern(terms: list[str]) -> re.Pattern[str] | None:

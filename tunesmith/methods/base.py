@@ -40,12 +40,18 @@ def register(method_cls):
     return method_cls
 
 
-def get_method(name: str) -> Method:
-    from tunesmith.methods import full, lora  # noqa: F401  (registration on import)
+def registry() -> dict[str, Method]:
+    """Every registered method by name (importing the plug-in modules registers them)."""
+    from tunesmith.methods import full, lora  # noqa: F401
 
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS
+
+
+def get_method(name: str) -> Method:
+    methods = registry()
+    if name not in methods:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(methods))}")
+    return methods[name]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """`tunesmith serve` settings: which models under which names, their guardrails, limits, batching, keys.
 
-A YAML file (`--config`), or just run folders on the command line. Strict like every tunesmith config.
+A YAML file read by `tunesmith.config.read_config` (`tunesmith serve serve.yaml --set limits.max_tokens=512`), or
+just run folders on the command line (`--run`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config import ConfigError, Strict, format_validation_errors, read_config_data, yaml_line_index
+from tunesmith.config import Strict
 from tunesmith.guardrails.config import GuardrailsConfig
+from tunesmith.models.precision import Precision
 from tunesmith.records import TunesmithError
 
 
@@ -54,7 +56,7 @@ class ServeConfig(Strict):
     api_keys: list[str] = Field(default_factory=list, description="Accepted Bearer keys (also: TUNESMITH_API_KEYS, --api-key-file)")
     no_auth: bool = Field(False, description="Serve without keys; refused unless host is a loopback address")
     device: str = "auto"
-    precision: str = "auto"
+    precision: Precision = Field("auto", description="auto (bf16 where the hardware has it natively), bf16 or fp32")
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
 
@@ -99,10 +101,3 @@ def resolve_keys(cfg: ServeConfig, key_file: str | Path | None) -> list[str]:
                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     return keys
 
-
-def load_serve_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> ServeConfig:
-    data, text, source = read_config_data(path, overrides, base, "host, port, models, api_keys, limits, batching")
-    try:
-        return ServeConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_errors(e, source, yaml_line_index(text) if text else {})) from None

@@ -8,6 +8,7 @@ Runs whose method cannot be mixed in a batch (full fine-tuning, DoRA, other peft
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class ModelPool:
         from tunesmith.config import load_config
         from tunesmith.generate import load_for_inference
         from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
+        from tunesmith.models.precision import resolve_precision
 
         self.entries: dict[str, Entry] = {}
         self.groups: dict[str, Group] = {}
@@ -92,11 +94,11 @@ class ModelPool:
             if served.guardrails is not None:
                 gcfg = load_guardrails(served.guardrails) if isinstance(served.guardrails, str) else served.guardrails
                 guard = Guard(gcfg, group.tokenizer, group.model.config.vocab_size)
-            import time
-
             self.entries[served.id] = Entry(served.id, group, adapter, guard, str(source), int(time.time()))
             console.print(f"[green]serving[/] {served.id} ({'adapter on ' + Path(group.key).name if adapter else source})"
                           f"{' with guardrails' if guard else ''}")
+        for group in self.groups.values():  # an explicit bf16 without native support fails now, not per request
+            resolve_precision(cfg.precision, next(group.model.parameters()).device)
 
     def get(self, name: str) -> Entry | None:
         return self.entries.get(name)
@@ -116,7 +118,7 @@ def _positions(model) -> int:
 
 
 def served_models_from_runs(runs: list[str], base: str | None) -> list[ServedModel]:
-    """`tunesmith serve RUN...`: each run under its folder name; the base model too when asked (or when no runs)."""
+    """`tunesmith serve --run RUN...`: each run under its folder name; the base model too when asked (or when no runs)."""
     from tunesmith.models.loading import DEFAULT_MODEL
 
     models = [ServedModel(run=r) for r in runs]

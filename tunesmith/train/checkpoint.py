@@ -1,7 +1,7 @@
 """Atomic checkpoints and exact resume.
 
-A checkpoint is written into a temporary folder, every file fsynced, then renamed into place: a crash at any
-moment leaves either the previous complete checkpoint or the new complete one, never half of one. It holds
+A checkpoint is written with `tunesmith.files.atomic_dir` (a temporary folder, every file fsynced, renamed into
+place): a crash at any moment leaves either the previous complete checkpoint or the new complete one, never half of one. It holds
 everything that decides the rest of the run: trained weights, optimizer and scheduler state, every RNG, and
 the position in the (deterministic) stream of micro-batches.
 """
@@ -9,7 +9,6 @@ the position in the (deterministic) stream of micro-batches.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,15 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunesmith.files import atomic_dir, atomic_write_json
+
 PREFIX = "step-"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,21 +42,12 @@ def restore_rng(state: dict) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{step:07d}"
-    tmp = directory / f".tmp-{PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    for f in tmp.iterdir():
-        _fsync(f)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync(directory)
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {**state, "step": step})
     for old in list_checkpoints(directory)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,4 +1,5 @@
-"""The loss, in one place: cross-entropy summed over trained tokens only, normalised by the caller.
+"""The loss, in one place: cross-entropy summed over trained tokens only, normalised by the caller; and the mean
+loss over a whole dataset (training's validation loss and eval's reference loss are both `dataset_loss`).
 
 Logits are computed only at positions whose target is trained. With a 49k-token vocabulary the LM head is
 a fifth of SmolLM2's compute, and prompts are often half the tokens: computing it everywhere and masking
@@ -7,12 +8,16 @@ afterwards wastes that work (and memory for a (rows, length, vocab) float tensor
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tunesmith.data.batching import MicroBatch
-from tunesmith.records import IGNORE_INDEX
+from tunesmith.data.batching import MicroBatch, iter_batches
+from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.records import IGNORE_INDEX, TokenizedExample
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
@@ -49,3 +54,35 @@ class TrainedTokenLoss(nn.Module):
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return F.cross_entropy(logits, batch.targets[trained], reduction="sum"), int(trained.sum())
+
+
+@dataclass
+class LossResult:
+    loss: float  # mean cross-entropy per trained token (nats); nan when there was nothing to score
+    n_tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss) if self.n_tokens else float("nan")
+
+
+def dataset_loss(model: nn.Module, examples: list[TokenizedExample], *, pad_id: int, batch_size: int, row_len: int,
+                 pack: bool = False, precision: str = "fp32") -> LossResult:
+    """Mean loss per trained token over a whole dataset, the model in eval mode (restored afterwards)."""
+    if not examples:
+        return LossResult(float("nan"), 0)
+    device = next(model.parameters()).device
+    mode = resolve_precision(precision, device)
+    loss_module = TrainedTokenLoss(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for batch in iter_batches(examples, batch_size=batch_size, row_len=row_len, pack=pack, pad_id=pad_id):
+                with autocast(mode, device):
+                    loss_sum, n = loss_module(batch.to(device))
+                total, count = total + float(loss_sum), count + n
+    finally:
+        model.train(was_training)
+    return LossResult(total / max(count, 1), count)

@@ -14,14 +14,17 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field
 
+from tunesmith.cli import ConfigArg, ForceOpt, InputOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.artifacts import sha256_of_text
+from tunesmith.data.prep.artifacts import sha256_of_text, skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.pii_rules import ENTITY_TYPES, Span, find_rule_spans
-from tunesmith.data.prep.progress import Progress
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.files import atomic_write_jsonl, read_jsonl
 from tunesmith.records import SourceRef, TunesmithError
 
 # When spans overlap, the earlier type in this list wins: validated formats beat the model's guesses.
@@ -319,3 +322,40 @@ def find_leaks(rows: list[dict[str, Any]], pseudonyms: Pseudonyms, skip: set[str
             for match in pattern.finditer(text):
                 leaks.append(f"row {number} {path}: a detected {pseudonyms.by_value[_normalized(match.group())].type} value survived")
     return leaks
+
+
+def anonymize_command(
+    input: InputOpt, out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="PRIVATE value→pseudonym file (default: <out>.mapping.private.json); reused if it exists")] = None,
+    audit: Annotated[Optional[Path], typer.Option(help="Audit log (default: <out>.audit.jsonl); holds hashes, never values")] = None,
+    replace_with: Annotated[Optional[str], typer.Option(help="placeholder (<PERSON_1>) or fake: type-preserving made-up values (anonymize.replace_with)")] = None,
+    ner: Annotated[Optional[bool], typer.Option("--ner/--no-ner", help="Use the NER model besides the rules (anonymize.ner)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Replace personal data consistently; the mapping goes to a separate private file."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("anonymize", config, overrides, {"anonymize.replace_with": replace_with, "anonymize.ner": ner})
+    settings = cfg.model_dump(mode="json")
+    mapping = mapping or out.with_name(out.stem + ".mapping.private.json")
+    audit = audit or out.with_name(out.stem + ".audit.jsonl")
+    if mapping.resolve() in (out.resolve(), audit.resolve(), input.resolve()):
+        raise TunesmithError("--mapping must be a file of its own, apart from the data (it holds the real values)")
+    if skip_if_up_to_date(out, "anonymize", settings, [input], force):
+        return
+    rows = read_jsonl(input)
+    pseudonyms = Pseudonyms(cfg.replace_with, cfg.seed)
+    if mapping.is_file():
+        pseudonyms.load(mapping)
+    with rich_progress() as progress:
+        result = anonymize_rows(rows, cfg, pseudonyms=pseudonyms, progress=progress)
+    if result.leaks:
+        raise TunesmithError("detected PII survived anonymization (nothing written):\n  " + "\n  ".join(result.leaks[:20]))
+    atomic_write_jsonl(out, result.rows)
+    atomic_write_jsonl(audit, result.audit)
+    pseudonyms.save(mapping)
+    counts = {"rows": len(rows), "found": dict(result.found), "replaced": dict(result.replaced), "leaks": 0}
+    # The mapping is deliberately not listed among the outputs: the manifest travels with the data.
+    write_manifest(out, "anonymize", settings, [input], [out, audit], counts)
+    console.print(f"{out}: {sum(result.replaced.values())} replacements of {sum(result.found.values())} new PII values; "
+                  f"mapping (keep private) in {mapping}, audit log in {audit}")

@@ -10,12 +10,18 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field
 
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
+from tunesmith.data.prep.progress import rich_progress
+from tunesmith.data.prep.rows import Chunk
+from tunesmith.files import atomic_write_jsonl, iter_json_lines
 from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 CODE_SUFFIXES = {
@@ -120,24 +126,19 @@ def _record_text(record: Any, text_field: str | None) -> str:
 
 
 def _read_json_records(path: Path, doc_id: str, text_field: str | None) -> list[Document]:
-    text = _read_utf8(path)
     name = str(path)
     if path.suffix.lower() == ".jsonl":
         documents, bad_lines = [], []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad_lines.append(f"line {lineno}: {e.msg}")
-                continue
-            documents.append(Document(f"{doc_id}:{lineno}", SourceRef(name, line=lineno), _record_text(record, text_field), "jsonl"))
+        for where, record in iter_json_lines(path):
+            if isinstance(record, DataIssue):
+                bad_lines.append(f"line {where.line}: {record.reason}")
+            else:
+                documents.append(Document(f"{doc_id}:{where.line}", where, _record_text(record, text_field), "jsonl"))
         if bad_lines:
             raise UnreadableFile("not valid JSONL (" + "; ".join(bad_lines[:5]) + ")")
         return documents
     try:
-        data = json.loads(text)
+        data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise UnreadableFile(f"not valid JSON ({e.msg} at line {e.lineno})") from None
     if isinstance(data, list):
@@ -188,12 +189,12 @@ def collect_files(inputs: Iterable[str | Path]) -> tuple[list[tuple[Path, str]],
     return found, issues
 
 
-def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[dict[str, Any]], list[Path], list[DataIssue]]:
+def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[Chunk], list[Path], list[DataIssue]]:
     """Read every file and chunk it. Returns (chunk rows, files read, issues for files that were skipped)."""
     files, issues = collect_files(inputs)
     if not files and not issues:
         raise TunesmithError("no supported files found in the inputs (.txt .md .html .pdf .docx .json .jsonl and source code)")
-    chunks: list[dict[str, Any]] = []
+    chunks: list[Chunk] = []
     read: list[Path] = []
     for path, doc_id in files:
         try:
@@ -209,3 +210,32 @@ def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) ->
     if issues and config.on_error == "error":
         raise DataError(issues, hint="Fix or remove these files, or pass --on-error skip to leave them out.")
     return chunks, read, issues
+
+
+def ingest_command(
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A file or folder (.txt .md .html .pdf .docx .json .jsonl, code); repeatable", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Largest chunk in tokens (ingest.chunking.max_tokens)")] = None,
+    overlap_tokens: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive chunks (ingest.chunking.overlap_tokens)")] = None,
+    on_error: Annotated[Optional[str], typer.Option(help="error (default) or skip unreadable files (ingest.on_error)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Read documents and cut them into topic chunks (by headings, then by token budget)."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("ingest", config, overrides, {
+        "ingest.chunking.max_tokens": max_tokens, "ingest.chunking.overlap_tokens": overlap_tokens, "ingest.on_error": on_error})
+    settings = cfg.model_dump(mode="json")
+    files = [path for path, _ in collect_files(inputs)[0]]
+    if skip_if_up_to_date(out, "ingest", settings, files, force):
+        return
+    with rich_progress() as progress:
+        progress.phase("ingest: reading", len(files))
+        chunks, read, issues = ingest(inputs, cfg, progress=progress.advance)
+    atomic_write_jsonl(out, chunks)
+    for issue in issues:
+        console.print(f"[yellow]skipped[/yellow] {issue}")
+    counts = {"files": len(read), "documents": len({c.doc_id for c in chunks}), "chunks": len(chunks),
+              "skipped_files": [str(i) for i in issues]}
+    write_manifest(out, "ingest", settings, read, [out], counts)
+    console.print(f"{out}: {len(chunks)} chunks from {len(read)} files" + (f", {len(issues)} skipped" if issues else ""))

@@ -142,6 +142,12 @@ class Teacher:
         if self.cache:
             self.cache.close()
 
+    def __enter__(self) -> Teacher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _wait_for(config: TeacherConfig) -> Callable[[RetryCallState], float]:
     """Exponential backoff with jitter, but never sooner than the server's Retry-After asks."""

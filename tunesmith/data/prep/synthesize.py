@@ -14,13 +14,19 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field, field_validator
 
-from tunesmith.config import Strict, import_callable
-from tunesmith.data.prep.progress import Progress
-from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
+from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
+from tunesmith.hooks import check_hook_path, import_callable
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.rows import ChatRow, Chunk, Reject, parse_rows
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
+from tunesmith.files import read_jsonl
 from tunesmith.records import TunesmithError
 
 Validator = Callable[[str], Any]
@@ -44,9 +50,7 @@ class TaskConfig(Strict):
     @field_validator("validator")
     @classmethod
     def _dotted_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError("must look like package.module:function")
-        return value
+        return None if value is None else check_hook_path(value)
 
 
 class GenerateConfig(Strict):
@@ -265,38 +269,31 @@ class PairFilter:
         return None
 
 
-def _training_row(question: str, answer: str, chunk_row: dict[str, Any], config: GenerateConfig, teacher: Teacher) -> dict[str, Any]:
+def _training_row(question: str, answer: str, chunk: Chunk, config: GenerateConfig, teacher: Teacher) -> ChatRow:
     task = config.task
-    user = f"{chunk_row['text']}\n\n{question}" if task.include_context else question
+    user = f"{chunk.text}\n\n{question}" if task.include_context else question
     messages = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return {
-        "messages": messages,
-        "doc_id": chunk_row.get("doc_id"),
-        "chunk_id": chunk_row.get("chunk_id"),
-        "topic": chunk_row.get("topic", ""),
-        "source": chunk_row.get("source"),
-        "task": task.name,
-        "teacher": teacher.config.model,
-    }
+    return ChatRow(messages=messages, doc_id=chunk.doc_id, chunk_id=chunk.chunk_id, topic=chunk.topic,
+                   source=chunk.source, task=task.name, teacher=teacher.config.model)
 
 
-def _reject(reason: str, chunk_row: dict[str, Any], question: str | None = None, answer: str | None = None) -> dict[str, Any]:
-    return {"reason": reason, "chunk_id": chunk_row.get("chunk_id"), "source": chunk_row.get("source"), "question": question, "answer": answer}
+def _reject(reason: str, chunk: Chunk, question: str | None = None, answer: str | None = None) -> Reject:
+    return Reject(reason=reason, chunk_id=chunk.chunk_id, source=chunk.source, question=question, answer=answer)
 
 
 def generate_pairs(
-    chunks: list[dict[str, Any]], config: GenerateConfig, teacher: Teacher, progress: Progress | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    chunks: list[Chunk], config: GenerateConfig, teacher: Teacher, progress: Progress | None = None
+) -> tuple[list[ChatRow], list[Reject]]:
     """(accepted training rows, rejected pairs with reasons)."""
     progress = progress or Progress()
     pair_filter = PairFilter(config)
-    candidates: list[tuple[dict[str, Any], str, str]] = []  # (chunk row, question, answer)
-    rejects: list[dict[str, Any]] = []
+    candidates: list[tuple[Chunk, str, str]] = []  # (chunk, question, answer)
+    rejects: list[Reject] = []
 
     if config.strategy == "json_list":
         progress.phase("generate: asking the teacher", len(chunks))
-        replies = teacher.complete([json_list_prompt(c["text"], config) for c in chunks], progress.advance)
+        replies = teacher.complete([json_list_prompt(c.text, config) for c in chunks], progress.advance)
         for chunk_row, reply in zip(chunks, replies):
             if isinstance(reply, TeacherFailure):
                 rejects.append(_reject(reply.reason, chunk_row))
@@ -310,16 +307,16 @@ def generate_pairs(
                 candidates.append((chunk_row, pair["question"], clean_answer(pair["answer"], config.task.kind)))
     elif config.strategy == "question_for_sentence":
         starts = config.question_starts
-        jobs_s: list[tuple[dict[str, Any], str, str]] = []  # (chunk, answer sentence, question start)
+        jobs_s: list[tuple[Chunk, str, str]] = []  # (chunk, answer sentence, question start)
         for chunk_row in chunks:
-            sentences = answer_sentences(chunk_row["text"])
+            sentences = answer_sentences(chunk_row.text)
             if not sentences:
                 rejects.append(_reject("chunk has no sentence to ask about", chunk_row))
                 continue
             for i in range(min(config.pairs_per_chunk, len(sentences) * len(starts))):
                 jobs_s.append((chunk_row, sentences[i % len(sentences)], starts[(i // len(sentences) + i) % len(starts)]))
         progress.phase("generate: questions", len(jobs_s))
-        replies = teacher.complete([sentence_question_prompt(c["text"], sent, s, config) for c, sent, s in jobs_s], progress.advance)
+        replies = teacher.complete([sentence_question_prompt(c.text, sent, s, config) for c, sent, s in jobs_s], progress.advance)
         for (chunk_row, sentence, _), reply in zip(jobs_s, replies):
             if isinstance(reply, TeacherFailure):
                 rejects.append(_reject(reply.reason, chunk_row, answer=sentence))
@@ -333,8 +330,8 @@ def generate_pairs(
         starts = config.question_starts
         jobs = [(c, starts[i % len(starts)]) for c in chunks for i in range(config.pairs_per_chunk)]
         progress.phase("generate: questions", len(jobs))
-        question_replies = teacher.complete([question_prompt(c["text"], s, config) for c, s in jobs], progress.advance)
-        asked: list[tuple[dict[str, Any], str]] = []
+        question_replies = teacher.complete([question_prompt(c.text, s, config) for c, s in jobs], progress.advance)
+        asked: list[tuple[Chunk, str]] = []
         for (chunk_row, _), reply in zip(jobs, question_replies):
             if isinstance(reply, TeacherFailure):
                 rejects.append(_reject(reply.reason, chunk_row))
@@ -345,16 +342,16 @@ def generate_pairs(
                 continue
             asked.append((chunk_row, question))
         progress.phase("generate: answers", len(asked))
-        answer_replies = teacher.complete([answer_prompt(c["text"], q, config) for c, q in asked], progress.advance)
+        answer_replies = teacher.complete([answer_prompt(c.text, q, config) for c, q in asked], progress.advance)
         for (chunk_row, question), reply in zip(asked, answer_replies):
             if isinstance(reply, TeacherFailure):
                 rejects.append(_reject(reply.reason, chunk_row, question=question))
                 continue
             candidates.append((chunk_row, question, clean_answer(reply, config.task.kind)))
 
-    accepted: list[dict[str, Any]] = []
+    accepted: list[ChatRow] = []
     for chunk_row, question, answer in candidates:
-        reason = pair_filter.reject_reason(question, answer, chunk_row["text"])
+        reason = pair_filter.reject_reason(question, answer, chunk_row.text)
         if reason:
             rejects.append(_reject(reason, chunk_row, question, answer))
         else:
@@ -362,10 +359,39 @@ def generate_pairs(
     return accepted, rejects
 
 
-def reject_counts(rejects: list[dict[str, Any]]) -> dict[str, int]:
+def reject_counts(rejects: list[Reject]) -> dict[str, int]:
     """Rejections by kind of reason (the part before any detail), for the manifest and stats."""
     counts: dict[str, int] = {}
     for reject in rejects:
-        kind = re.split(r"[(:]", reject["reason"], maxsplit=1)[0].strip()
+        kind = re.split(r"[(:]", reject.reason, maxsplit=1)[0].strip()
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def generate_command(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Chunks file from `tunesmith data ingest`", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    teacher: Annotated[Optional[str], typer.Option(help="local (transformers) or openai (any OpenAI-compatible endpoint) (generate.teacher.kind)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Teacher model name (generate.teacher.model)")] = None,
+    pairs_per_chunk: Annotated[Optional[int], typer.Option("--pairs-per-chunk", "-n", help="generate.pairs_per_chunk")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="json_list, question_then_answer or question_for_sentence (generate.strategy)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Let a teacher LLM write question/answer pairs about every chunk, filtered; rejects kept with reasons."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("generate", config, overrides, {
+        "generate.teacher.kind": teacher, "generate.teacher.model": model, "generate.pairs_per_chunk": pairs_per_chunk,
+        "generate.strategy": strategy})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "generate", settings, [input], force):
+        return
+    chunks = parse_rows(Chunk, read_jsonl(input), hint="Pass the chunks file of `tunesmith data ingest` (each row needs `text`).")
+    with make_teacher(cfg.teacher) as the_teacher, rich_progress() as progress:
+        accepted, rejects = generate_pairs(chunks, cfg, the_teacher, progress)
+    rejects_file = write_step_outputs(out, "generate", settings, [input], accepted, rejects, {
+        "chunks": len(chunks), "accepted": len(accepted), "rejected": len(rejects),
+        "rejected_by_reason": reject_counts(rejects), "teacher_requests": the_teacher.calls,
+        "cache_hits": the_teacher.cache_hits})
+    console.print(f"{out}: {len(accepted)} pairs kept, {len(rejects)} rejected (see {rejects_file}); "
+                  f"{the_teacher.calls} teacher requests, {the_teacher.cache_hits} from cache")

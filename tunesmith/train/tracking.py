@@ -1,18 +1,21 @@
-"""Training metrics: one JSONL line per log step (for programs) and TensorBoard (for people)."""
+"""Experiment tracking during training: one JSONL line per log step (for programs) and TensorBoard (for people)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from tunesmith.files import atomic_write_jsonl, read_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         if self.path.exists():
             # On resume, lines past the checkpoint are dropped: they will be logged again, identically.
-            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in keep))
+            atomic_write_jsonl(self.path, [row for row in read_metrics(run_dir) if row.get("step", 0) <= resume_step])
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -33,6 +36,7 @@ class MetricsLog:
             self._tb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, in order ([] when the run logged nothing)."""
+    path = Path(run_dir) / METRICS_FILE
+    return [row for _, row in read_jsonl(path)] if path.is_file() else []
