@@ -22,7 +22,7 @@ from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
+from tunesmith.records import DataError, DataIssue, Message, TunesmithError
 
 console = Console(stderr=True)
 

@@ -78,11 +78,17 @@ def redact(value: Any) -> Any:
     return value
 
 
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites a log record's message, arguments merged, before any handler sees it."""
+    """Rewrites a log record's message (arguments merged) and its `extra` fields before any handler sees them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact_text(record.getMessage()), None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD:
+                setattr(record, key, redact(value))
         return True
 
 
