@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunesmith.records import TunesmithError
+from tunesmith.files import read_text
+from tunesmith.records import DataError, TunesmithError
 
 
 class Strict(BaseModel):
@@ -236,12 +237,14 @@ def read_config(model: type[M], path: str | Path | None = None, overrides: Itera
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            text, source = path.read_text(encoding="utf-8-sig"), str(path)
+            text, source = read_text(path), str(path)
             loaded = yaml.safe_load(text)
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
+        except DataError as e:
+            raise ConfigError(str(e.issues[0])) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: not usable YAML (nested too deeply)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(model.model_fields)})")
         data = _merge(data, loaded or {})

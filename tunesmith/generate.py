@@ -19,10 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
-from tunesmith.files import iter_jsonl
+from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
+from tunesmith.records import DataError, DataIssue, Message, TunesmithError
 
 console = Console(stderr=True)
 
@@ -282,10 +282,7 @@ def read_prompts(path: str | Path) -> list[list[Message]]:
     `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""
     path = Path(path)
     if path.suffix.lower() != ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError([DataIssue(SourceRef(str(path)), f"cannot read it as UTF-8 text ({e})")]) from None
+        lines = read_text(path).splitlines()
         return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
     conversations: list[list[Message]] = []
     issues: list[DataIssue] = []

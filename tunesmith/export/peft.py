@@ -8,10 +8,10 @@ bias, and ranks above `--max-lora-rank` (16 unless raised); pickled `.bin` weigh
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from tunesmith.files import read_json
 from tunesmith.records import TunesmithError
 
 VLLM_DEFAULT_MAX_LORA_RANK = 16
@@ -31,7 +31,7 @@ def serving_problems(directory: Path) -> tuple[list[str], list[str]]:
     """(problems that vLLM / Ray Serve LLM reject, notes on flags they need) for a peft adapter folder."""
     from safetensors import safe_open
 
-    config = json.loads((directory / "adapter_config.json").read_text())
+    config = read_json(directory / "adapter_config.json")
     problems, notes = [], []
     if config.get("peft_type") != "LORA":
         problems.append(f"peft_type {config.get('peft_type')!r}: vLLM and Ray Serve LLM serve LoRA adapters only")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import resource
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,12 +26,14 @@ from tunesmith.cli import RequiredConfigArg, SetOpt
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
 from tunesmith.data.dataset import PreparedData, prepare_data
-from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_text
 from tunesmith.methods.base import Method, count_parameters, get_method
 from tunesmith.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
 from tunesmith.records import TokenizedExample, TunesmithError
-from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunesmith.train.checkpoint import (
+    latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
+)
 from tunesmith.train.loss import TrainedTokenLoss, dataset_loss
 from tunesmith.train.tracking import MetricsLog
 
@@ -55,7 +58,8 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
-    run = setup(cfg, resume)
+    with _removed_if_setup_fails(Path(cfg.output.dir)):
+        run = setup(cfg, resume)
     hooks: list[Hook] = [LogMetrics(run), RunProbe(run)]
     hooks.append(SaveCheckpoints(run, hooks))
     start = restore(run, hooks) if resume else 0
@@ -86,7 +90,10 @@ class Run:
     total_steps: int
     trainable: int
     total: int
-    train_seconds_before: float = 0.0  # from the checkpoint a resumed run starts at
+    train_seconds_before: float = 0.0  # the run's counters at the checkpoint a resumed run starts at
+    tokens_before: int = 0
+    trained_before: int = 0
+    fingerprints: dict[str, str | None] | None = None  # of the tokenized data, computed once (data_fingerprints)
     metrics: MetricsLog | None = None  # metrics.jsonl + TensorBoard (main process only)
     started: float = 0.0  # perf_counter() when the first step of this process began
     loop_seconds: float = 0.0  # how long the step loop ran in this process
@@ -114,7 +121,7 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     tokenizer = load_tokenizer(model_path)
     train_data = prepare_data(cfg.data.train, cfg.data, tokenizer)
     valid_data = prepare_data(cfg.data.valid, cfg.data, tokenizer) if cfg.data.valid else None
-    _write_data_report(run_dir, train_data, valid_data)
+    _write_run_files(run_dir, cfg, train_data, valid_data)
     stream = micro_batch_stream(train_data.tokenized, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(stream) // cfg.train.grad_accum
     if total_steps == 0:
@@ -142,14 +149,35 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
 
 
 def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    """Check output.dir against the command (nothing is written before the data is validated); clear what writes
+    cut short by a crash left there."""
     run_dir = Path(cfg.output.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TunesmithError(f"output.dir {run_dir} is a file, not a folder; choose another output.dir")
     saved = run_dir / "config.yaml"
-    if not resume and saved.exists() and ((run_dir / "checkpoints").exists() or (run_dir / "final").exists()):
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not resume and (checkpoints or (run_dir / "final").is_dir()):
         raise TunesmithError(f"{run_dir} holds a run already: pass --resume to continue it, or choose another output.dir")
-    if resume and saved.exists() and saved.read_text() != dump_config(cfg):
+    if resume and saved.is_file() and read_text(saved) != dump_config(cfg):
         raise TunesmithError(f"--resume needs the same config as the interrupted run; compare with {saved}")
-    atomic_write_text(saved, dump_config(cfg))
+    if resume and not checkpoints:
+        console.print(f"[yellow]--resume[/]: {run_dir / 'checkpoints'} holds no checkpoint yet (the run stopped before "
+                      "its first one, or train.save_every is not set); training starts at step 0")
+    remove_unfinished(run_dir)
+    remove_unfinished(run_dir / "checkpoints")
     return run_dir
+
+
+@contextmanager
+def _removed_if_setup_fails(run_dir: Path):
+    """A run that fails before training starts (bad data, model not found) leaves no output folder behind."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def micro_batch_stream(examples: list[TokenizedExample], cfg: RunConfig, rank: int = 0, world: int = 1) -> list[list[list[int]]]:
@@ -193,7 +221,9 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _write_data_report(run_dir: Path, train: PreparedData, valid: PreparedData | None) -> None:
+def _write_run_files(run_dir: Path, cfg: RunConfig, train: PreparedData, valid: PreparedData | None) -> None:
+    """The resolved config and the data report, written once the data is known to be good."""
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_json(run_dir / "data_report.json", {"train": train.summary(), "valid": valid.summary() if valid else None})
     skipped = train.skipped + (valid.skipped if valid else [])
     if skipped:
@@ -217,9 +247,9 @@ class StepStats:
     trained: int  # trained tokens of this step (this process)
     tokens: int  # tokens of this step, padding included (this process)
     grad_norm: float
-    tokens_seen: int = 0  # totals since this process started training (a resumed run: since the resume)
+    tokens_seen: int = 0  # totals of the run so far (a resumed run: the counters of its checkpoint included)
     trained_seen: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the run so far
 
 
 class Hook:
@@ -238,13 +268,32 @@ class Hook:
         pass
 
 
+def data_fingerprints(run: Run) -> dict[str, str | None]:
+    """What the run trains and validates on, as hashes of the tokenized examples (resume checks them)."""
+    if run.fingerprints is None:
+        run.fingerprints = {"train": run.train_data.fingerprint(),
+                            "valid": run.valid_data.fingerprint() if run.valid_data else None}
+    return run.fingerprints
+
+
 def restore(run: Run, hooks: list[Hook]) -> int:
-    """Continue from the last checkpoint: weights, optimizer, scheduler, RNGs and hook state. Returns its step."""
+    """Continue from the last checkpoint: weights, optimizer, scheduler, RNGs, counters and hook state, after
+    checking that the data is what the run trained on. Returns its step."""
     last = latest_checkpoint(run.ckpt_dir)
     if last is None:
         return 0
+    saved = read_state(last).get("data") or {}
+    now = data_fingerprints(run)
+    for split, path, what in (("train", run.cfg.data.train, "training"), ("valid", run.cfg.data.valid, "validation")):
+        if split in saved and saved[split] != now[split]:
+            raise TunesmithError(
+                f"--resume: the {what} data changed since {last} was saved ({path}: its examples are not those the run "
+                f"{'trained on' if split == 'train' else 'was validated on'}). Resuming would continue with another "
+                "batch stream. Put the original data back, or start a new run (another output.dir).")
     state = load_checkpoint(last, run.model, run.optimizer, run.scheduler)
-    run.train_seconds_before = state.get("train_seconds", 0.0)
+    counters = state.get("counters", {})
+    run.train_seconds_before = counters.get("train_seconds", 0.0)
+    run.tokens_before, run.trained_before = counters.get("tokens", 0), counters.get("trained_tokens", 0)
     for hook in hooks:
         if hook.name and state.get(hook.name):
             hook.load_state_dict(state[hook.name])
@@ -295,7 +344,7 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
         TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not run.is_main)
     t0 = run.started = time.perf_counter()
-    tokens_seen = trained_seen = 0
+    tokens_seen, trained_seen = run.tokens_before, run.trained_before
     stats = None
     with progress:
         task = progress.add_task("train", total=run.total_steps, completed=start, loss="-", tps="-")
@@ -303,7 +352,8 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
             stats = optimizer_step(run, step)
             tokens_seen += stats.tokens
             trained_seen += stats.trained
-            stats.tokens_seen, stats.trained_seen, stats.seconds = tokens_seen, trained_seen, time.perf_counter() - t0
+            stats.tokens_seen, stats.trained_seen = tokens_seen, trained_seen
+            stats.seconds = run.train_seconds_before + time.perf_counter() - t0
             progress.update(task, completed=stats.done, loss=f"{stats.loss:.3f}", tps=f"{tokens_seen / stats.seconds:,.0f}")
             stop = [hook.after_step(stats) for hook in hooks]  # every hook sees every step, in order
             if any(stop):
@@ -315,6 +365,8 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
 
 class LogMetrics(Hook):
     """metrics.jsonl + TensorBoard every `train.log_every` steps (and at the last), loss averaged over the window."""
+
+    name = "log"  # a checkpoint inside a window keeps the window's sums
 
     def __init__(self, run: Run):
         self.run = run
@@ -331,6 +383,12 @@ class LogMetrics(Hook):
                             epoch=stats.done * t.grad_accum / max(len(run.stream) / max(t.epochs, 1e-9), 1))
             self.window_loss = self.window_tokens = 0.0
         return False
+
+    def state_dict(self) -> dict | None:
+        return {"window_loss": self.window_loss, "window_tokens": self.window_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window_loss, self.window_tokens = state["window_loss"], state["window_tokens"]
 
 
 class RunProbe(Hook):
@@ -390,7 +448,11 @@ class SaveCheckpoints(Hook):
         if every and stats.done % every == 0 and stats.done < run.total_steps:
             run.accelerator.wait_for_everyone()
             if run.is_main:
-                state = {"train_seconds": run.train_seconds_before + stats.seconds}
+                if run.metrics:
+                    run.metrics.sync()  # the log up to this step survives a power loss, like the checkpoint
+                state = {"counters": {"train_seconds": stats.seconds, "tokens": stats.tokens_seen,
+                                      "trained_tokens": stats.trained_seen},
+                         "data": data_fingerprints(run)}
                 state.update({h.name: h.state_dict() for h in self.hooks if h.name})
                 save_checkpoint(run.ckpt_dir, stats.done, run.model, run.optimizer, run.scheduler, state,
                                 run.cfg.train.keep_last)
@@ -425,8 +487,9 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
         if valid_loss is not None:
             run.metrics.log(run.total_steps, valid_loss=valid_loss)
         run.metrics.close()
-    elapsed = time.perf_counter() - run.started  # throughput counts saving too, as a user waits for it
-    tokens, trained = (last.tokens_seen, last.trained_seen) if last else (0, 0)
+    # throughput counts saving too, as a user waits for it; a resumed run counts the time before the checkpoint
+    elapsed = run.train_seconds_before + time.perf_counter() - run.started
+    tokens, trained = (last.tokens_seen, last.trained_seen) if last else (run.tokens_before, run.trained_before)
     final_loss = last.loss if last else float("nan")
     result = TrainResult(
         run_dir=str(run.run_dir), output_dir=str(out_dir), steps=run.total_steps, final_loss=final_loss,
