@@ -17,6 +17,7 @@ class PreparedData:
     skipped: list[DataIssue] = field(default_factory=list)
     n_truncated: int = 0
     n_dropped: int = 0
+    label_names: list[str] = field(default_factory=list)  # classification objectives: class id → name
 
     def summary(self) -> dict:
         n_tokens = sum(len(t) for t in self.tokenized)

@@ -28,14 +28,10 @@ class TrainedRun:
 
 
 def load_trained(run: str | Path) -> TrainedRun:
-    from tunesmith.config import load_config
-    from tunesmith.generate import load_for_inference
-    from tunesmith.methods.base import get_method
+    from tunesmith.generate import load_run
 
-    run = Path(run)
-    model, tokenizer = load_for_inference(run, device="cpu", merge=False)
-    cfg = load_config(run / "config.yaml")
-    return TrainedRun(run, cfg, get_method(cfg.method.name), model, tokenizer)
+    loaded = load_run(run, device="cpu", merge=False)
+    return TrainedRun(loaded.run, loaded.cfg, loaded.method, loaded.model, loaded.tokenizer)
 
 
 def is_mergeable(method) -> bool:
