@@ -91,6 +91,25 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any], *, private: bool =
     return count
 
 
+def append_text(path: str | Path, text: str, *, private: bool = False) -> Path:
+    """Append to a log file (created, with its folder, if missing; `append_text(path, "")` only creates it).
+
+    Logs grow line by line, so they are appended, not rewritten atomically: the file is opened with O_APPEND and the
+    text goes out in whole `write` calls, so lines of concurrent writers never interleave within a line, and a crash
+    loses at most the line being written. A private log is created 0600 from its first byte.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE if private else 0o666)
+    try:
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+    return target
+
+
 def _fsync_tree(root: Path) -> None:
     for folder, _dirs, files in os.walk(root):
         for name in files:

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from tunesmith.files import (
-    atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_file,
+    append_text, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_file,
 )
 from tunesmith.records import DataError
 
@@ -48,6 +48,18 @@ def test_private_files_are_0600_from_the_start_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(public.stat().st_mode) == 0o666
     assert json.loads(path.read_text()) == {"k": "v"}
+
+
+def test_append_text_creates_a_private_log_and_only_appends(tmp_path):
+    old = os.umask(0o000)
+    try:
+        log = append_text(tmp_path / "logs" / "audit.jsonl", "", private=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and log.read_text() == ""
+    append_text(log, "one\n", private=True)
+    append_text(log, "two\nthree\n", private=True)
+    assert log.read_text() == "one\ntwo\nthree\n"
 
 
 def test_jsonl_rows_and_records(tmp_path):

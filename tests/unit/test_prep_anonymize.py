@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector, Pseudonyms, anonymize_rows, merge_spans
-from tunesmith.data.prep.pii_eval import make_labelled_set, read_identities, read_templates, score
+from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector, Pseudonyms, anonymize_rows, merge_spans, propagates
+from tunesmith.data.prep.pii_eval import score
+from tunesmith.data.prep.pii_synth import SyntheticPii
 from tunesmith.data.prep.pii_rules import Span, find_rule_spans
 from tunesmith.records import SourceRef, TunesmithError
 
@@ -90,6 +91,7 @@ def test_mapping_is_private_reusable_and_audit_has_no_values(tmp_path, detector)
     first = anonymize_rows(rows, AnonymizeConfig(), detector=detector)
     mapping = tmp_path / "mapping.json"
     first.pseudonyms.save(mapping)
+    assert mapping.stat().st_mode & 0o777 == 0o600  # the real values: readable by the owner only
     saved = json.loads(mapping.read_text())
     assert "PRIVATE" in saved["warning"] and saved["entities"][0]["value"] == "john.doe@example.com"
     assert all("john.doe" not in json.dumps(entry) for entry in first.audit)
@@ -108,24 +110,28 @@ def test_mapping_is_private_reusable_and_audit_has_no_values(tmp_path, detector)
 
 def test_no_detected_pii_value_survives_in_the_output(detector):
     """On 120 generated sentences full of fake identities: every value the detector found is gone everywhere."""
-    examples = make_labelled_set(read_templates(PII_DATA / "templates.txt"), read_identities(PII_DATA / "identities.csv"), 120, seed=3)
+    examples = SyntheticPii("eval", seed=3).generate(120)
     rows = [(SourceRef("gen", line=i), {"text": e.text, "messages": [{"role": "user", "content": e.text}]}) for i, e in enumerate(examples)]
     for mode in ("placeholder", "fake"):
         result = anonymize_rows(rows, AnonymizeConfig(replace_with=mode), detector=detector)
-        detected = {v for v in result.pseudonyms.originals.values() if len(v) >= 3}
+        detected = {v for v in result.pseudonyms.originals.values() if propagates(v)}
         assert len(detected) > 100
-        output = json.dumps(result.rows, ensure_ascii=False).casefold()
-        survivors = [v for v in detected if re.search(r"(?<!\w)" + re.escape(v.casefold()) + r"(?!\w)", output)]
+        output = "\n".join(text for row in result.rows for text in (row["text"], row["messages"][0]["content"]))
+        # one word is replaced as it was written (a name that is also a word keeps the word); longer values in any case
+        survivors = [
+            v for v in detected
+            if re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, v.split())) + r"(?!\w)", output, 0 if len(v.split()) == 1 and not any(c.isdigit() or c == "@" for c in v) else re.I)
+        ]
         assert survivors == [], mode
         assert result.leaks == []
 
 
 def test_detection_quality_floor(detector):
     """Guards against regressions; the full per-type table is produced by bench/anonymize_quality.py."""
-    examples = make_labelled_set(read_templates(PII_DATA / "templates.txt"), read_identities(PII_DATA / "identities.csv"), 209, seed=0)
+    examples = SyntheticPii("eval", seed=0).generate(200)
     scores = score(examples, [detector.find(e.text) for e in examples])
     assert scores["ANY"].recall > 0.8 and scores["ANY"].precision > 0.85
-    for kind in ("EMAIL", "CREDIT_CARD", "IBAN"):
+    for kind in ("EMAIL", "CREDIT_CARD"):
         assert scores[kind].recall > 0.9, kind
 
 

@@ -16,10 +16,13 @@ MADE_BY_SCRIPTS = ("examples/docs-to-dataset/work/",)  # written by examples/doc
 
 
 def config_model(path: Path):
-    """Which config a file is: the eval and prep configs by name, every other one a run config."""
+    """Which config a file is: the eval and prep configs by name, guardrails by folder, every other one a run config."""
     from tunesmith.data.prep.config import PrepConfig
     from tunesmith.eval.config import EvalConfig
+    from tunesmith.guardrails.config import GuardrailsConfig
 
+    if "guardrails" in path.parent.parts:
+        return GuardrailsConfig
     if path.stem.startswith("eval"):
         return EvalConfig
     if path.stem.startswith("prep"):
