@@ -6,7 +6,7 @@ same validation rows: docs/methods.md (table + plot).
     python bench/methods.py --docs-only     # rewrite docs/methods.md from the stored results
     python bench/methods.py --smoke         # 2 steps and 4 questions per method: does every path run?
 
-Each method trains from its shipped config (configs/methods/NAME.yaml: the first 320 training rows, one epoch,
+Each method trains from its shipped config (configs/methods/NAME.yaml: the first 256 training rows, one epoch,
 the method's own learning rate) with `tunesmith train` in a fresh process, so its peak RSS is its own; an
 interrupted method resumes from its checkpoints. Then, in this process: `tunesmith eval`'s runner on the first
 100 validation rows (greedy, the eval config of examples/dblp_quad/eval.yaml), and the perplexity of general
@@ -32,17 +32,17 @@ DOC = ROOT / "docs" / "methods.md"
 PLOT = ROOT / "docs" / "methods.png"
 EVAL_ROWS = 100
 # label → config (the SPARQL task)
-GENERATIVE = {
-    "full": "configs/methods/full.yaml",
-    "freeze": "configs/methods/freeze.yaml",
+GENERATIVE = {  # in the order they run: the most asked-about first, so a partial run is already useful
     "lora": "configs/methods/lora.yaml",
-    "dora": "configs/methods/dora.yaml",
+    "full": "configs/methods/full.yaml",
     "qlora": "configs/methods/qlora.yaml",
+    "freeze": "configs/methods/freeze.yaml",
     "ia3": "configs/methods/ia3.yaml",
     "adapter": "configs/methods/adapter.yaml",
     "prompt_tuning": "configs/methods/prompt_tuning.yaml",
     "prefix_tuning": "configs/methods/prefix_tuning.yaml",
     "p_tuning": "configs/methods/p_tuning.yaml",
+    "dora": "configs/methods/dora.yaml",
     "two-stage": "configs/methods/two-stage.yaml",
 }
 # label → (config, overrides): question → query type (10 classes), a classification head
@@ -114,7 +114,8 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
     from tunesmith.generate import load_for_inference
 
     run = RESULTS / label / "run"
-    overrides = [f"output.dir={run}"] + (["train.max_steps=2"] if smoke else [])
+    # no validation loss at the end of training: the eval below measures every method the same way
+    overrides = [f"output.dir={run}", "data.valid=null"] + (["train.max_steps=2"] if smoke else [])
     args = ["train", config] + [x for o in overrides for x in ("--set", o)]
     done = (run / "train_summary.json").is_file() or (run / "lineage.json").is_file() and _stages_done(run, config)
     if not done:
@@ -128,10 +129,38 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
     report = run_eval(eval_cfg, show_progress=False)
     variant = report.variants[0]
     model, tokenizer = load_for_inference(run, device="cpu")
-    return {"label": label, "config": config, "task": "sparql", "eval_rows": n,
+    return {"label": label, "config": config, "task": "sparql", "eval_rows": n, "weights_mb": weights_in_memory(config),
             "sparql_match": variant.scores["sparql_match"], "exact_match": variant.scores["exact_match"],
             "generation_seconds": variant.generation_seconds, "general_perplexity": general_perplexity(model, tokenizer),
             "trained_bytes": trained_size(run), **summary}
+
+
+def weights_in_memory(config: str) -> float:
+    """MiB of the model's tensors as training holds them (after the method's load and bf16 storage of frozen layers)."""
+    import torch
+
+    from tunesmith.config import load_config
+    from tunesmith.methods.base import get_method
+    from tunesmith.models.loading import resolve_model
+    from tunesmith.models.precision import cpu_has_bf16
+    from tunesmith.objectives.base import get_objective
+    from tunesmith.train.run import store_frozen_linear_weights_in
+    from tunesmith.train.stages import stage_config
+
+    cfg = load_config(ROOT / config)
+    if cfg.stages:
+        cfg = stage_config(cfg, len(cfg.stages) - 1, parent=cfg.model.name)
+    method, path = get_method(cfg.method.name), resolve_model(cfg.model.name)
+    task = get_objective(cfg.objective.name).task(cfg, [], path, None)
+    model = method.apply(method.load_base(path, cfg.method, "cpu", task), cfg.method, task)
+    if cpu_has_bf16():
+        store_frozen_linear_weights_in(model, torch.bfloat16)
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return round(total / 2**20, 1)
 
 
 def _stages_done(run: Path, config: str) -> bool:
@@ -154,6 +183,14 @@ def measure_classifier(label: str, config: str, overrides: list[str], smoke: boo
 
 # ---- the docs ----
 
+def data_tokens() -> str:
+    report = RESULTS / "lora" / "run" / "data_report.json"
+    if not report.is_file():
+        return "the same rows for every method"
+    train = json.loads(report.read_text())["train"]
+    return f"{train['tokens']:,} tokens, {train['trained_tokens']:,} of them trained"
+
+
 def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
@@ -165,7 +202,7 @@ def write_docs(results: dict[str, dict], base: dict, command: str) -> None:
         "# Fine-tuning methods compared",
         "",
         "Every method of tunesmith on the same task and data: DBLP-QuAD question + gold entities → SPARQL, the first",
-        "320 rows of `examples/dblp_quad/data/train.jsonl` (about 51k tokens, 29k of them trained), one epoch, each",
+        f"256 rows of `examples/dblp_quad/data/train.jsonl` ({data_tokens()}), one epoch, each",
         "method at its own usual learning rate (its config in `configs/methods/`). Then `tunesmith eval`'s runner on the",
         f"first {EVAL_ROWS} rows of `valid.jsonl` (greedy, up to 176 new tokens; SPARQL match = the same query up to",
         "variable names and whitespace), and the perplexity of general text (the 40 Self-Instruct seed tasks of the",
@@ -178,14 +215,15 @@ def write_docs(results: dict[str, dict], base: dict, command: str) -> None:
         "",
         f"Command: `{command}` (resumes per method; results in runs/bench-methods/NAME.json).",
         "",
-        "| method | SPARQL match | trainable params | trained output on disk | train time | trained tok/s | peak RSS | general-text perplexity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | SPARQL match | trainable params | trained output on disk | train time | trained tok/s | peak RSS | model in memory | general-text perplexity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in gen:
         change = 100 * (r["general_perplexity"] / base["general_perplexity"] - 1)
         lines.append(f"| {r['label']} | {r['sparql_match']:.0f}% | {r['trainable_parameters']:,} | "
                      f"{fmt_bytes(r['trained_bytes'])} | {r['train_seconds'] / 60:.1f} min | "
-                     f"{r['trained_tokens_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.2f} GiB | {change:+.1f}% |")
+                     f"{r['trained_tokens_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.2f} GiB | "
+                     f"{r['weights_mb']:.0f} MiB | {change:+.1f}% |")
     lines += ["", "![SPARQL match against trainable parameters and train time](methods.png)", ""]
     if cls:
         lines += [
@@ -225,7 +263,7 @@ def plot(rows: list[dict]) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("SPARQL match (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"SmolLM2-135M on DBLP-QuAD: 320 training rows, {EVAL_ROWS} validation questions")
+    fig.suptitle(f"SmolLM2-135M on DBLP-QuAD: 256 training rows, {EVAL_ROWS} validation questions")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
 
