@@ -107,3 +107,34 @@ def test_entities_and_classification_report():
     assert report["accuracy"] == 0.75
     assert report["confusion_matrix"]["rows_gold_columns_predicted"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     assert report["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3, abs=1e-4)
+
+
+def test_token_head_on_an_encoder_equals_the_transformers_forward(tmp_path):
+    """The PII tagger's shape: a BERT-style encoder with a per-token head, through the same HeadLoss."""
+    from transformers import BertConfig, BertModel
+
+    from tunesmith.methods.base import get_method
+    from tunesmith.objectives.classification import head_task
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path)  # a bare encoder, as MiniLM ships
+
+    class Tok:
+        pad_token_id = 0
+
+    task = head_task("TOKEN_CLS", "AutoModelForTokenClassification", ["O", "B-P", "I-P"], tmp_path, Tok())
+    from tunesmith.records import SourceRef, TokenizedExample
+
+    examples = [TokenizedExample([101, 5, 6, 7, 102], [IGNORE_INDEX, 0, 1, 2, IGNORE_INDEX], SourceRef("x")),
+                TokenizedExample([101, 8, 9, 102], [IGNORE_INDEX, 1, 0, IGNORE_INDEX], SourceRef("x"))]
+    batch = collate(examples, [[0], [1]], pad_id=0, pack=False, shift=False)
+    for name in ("feature_extraction", "lora"):
+        method = get_method(name)
+        cfg = method.config()
+        model = method.apply(method.load_base(tmp_path, cfg, "cpu", task), cfg, task).eval()
+        with torch.no_grad():
+            ours = HeadLoss(model, "token").logits(batch)
+            theirs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        torch.testing.assert_close(ours, theirs[batch.targets != IGNORE_INDEX], rtol=1e-5, atol=1e-5)
+        assert any(getattr(m, "is_causal", None) is False for m in model.modules())  # so training refuses packing

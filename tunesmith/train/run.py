@@ -132,6 +132,9 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     method = get_method(cfg.method.name)
     task = objective.task(cfg, train_data.label_names, model_path, tokenizer)
     model = method.apply(method.load_base(model_path, cfg.method, str(device), task), cfg.method, task)
+    if cfg.train.pack and any(getattr(m, "is_causal", None) is False for m in model.modules()):
+        raise TunesmithError(f"{model_path.name} attends in both directions (an encoder): packed examples would see each "
+                             "other; set train.pack: false")
     model.config.use_cache = False
     if precision == "bf16":
         store_frozen_linear_weights_in(model, torch.bfloat16)
