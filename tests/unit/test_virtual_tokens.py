@@ -75,3 +75,19 @@ def test_packing_is_refused_with_a_clear_message(name, tmp_path, tiny_model_dir,
     with pytest.raises(ConfigError, match="set train.pack: false"):
         load_config(path)
     assert load_config(path, ["train.pack=false"]).method.name == name
+
+
+def test_forgetting_measures_work_on_a_virtual_token_model(tiny_model_dir, tiny_tokenizer):
+    """eval's reference loss and KL(base || tuned) go through the same logits as training (virtual positions dropped)."""
+    from tunesmith.eval.scoring import mean_kl, reference_loss
+    from tunesmith.models.loading import load_model
+
+    method = get_method("prompt_tuning")
+    cfg = TypeAdapter(MethodConfig).validate_python({"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"})
+    torch.manual_seed(0)
+    tuned = method.apply(method.load_base(tiny_model_dir, cfg), cfg).eval()
+    base = load_model(tiny_model_dir, device="cpu").eval()
+    chats = [[{"role": "user", "content": "Who wrote it?"}, {"role": "assistant", "content": "Ada Lovelace"}]]
+    assert reference_loss(tuned, tiny_tokenizer, chats=chats, precision="fp32").n_tokens > 0
+    assert mean_kl(base, tuned, tiny_tokenizer, chats=chats, precision="fp32") > 0
+    assert mean_kl(base, base, tiny_tokenizer, chats=chats, precision="fp32") == pytest.approx(0.0, abs=1e-6)
