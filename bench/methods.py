@@ -11,7 +11,8 @@ the method's own learning rate) with `tunesmith train` in a fresh process, so it
 interrupted method resumes from its checkpoints. Then, in this process: `tunesmith eval`'s runner on the first
 100 validation rows (greedy, the eval config of examples/dblp_quad/eval.yaml), and the perplexity of general
 text (the forgetting panel's Self-Instruct seed tasks, as plain text) against the base model's. Results are stored
-per method in runs/bench-methods/NAME.json; a method with a result is not run again.
+per method in runs/bench-methods/NAME.json (a method with a result is not run again), all of them in
+docs/methods.json.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ GENERATIVE = {  # in the order they run: the most asked-about first, so a partia
 # label → (config, overrides): question → query type (10 classes), a classification head
 CLASSIFIERS = {
     "feature_extraction": ("configs/dblp-quad-query-type.yaml", []),
-    "lora-classifier": ("configs/dblp-quad-query-type.yaml", ["method={name: lora, r: 16, alpha: 32}", "train.lr=1e-3",
-                                                              "train.epochs=1"]),
+    "lora-classifier": ("configs/dblp-quad-query-type.yaml", ["method={name: lora, r: 16, alpha: 32}", "train.lr=1e-3"]),
 }
 TOKENIZER_FILES = ("tokenizer", "special_tokens_map", "chat_template", "vocab", "merges", "labels.json", "added_tokens")
 
@@ -232,7 +232,7 @@ def write_docs(results: dict[str, dict], base: dict, command: str) -> None:
             "Question → query type (all 10 DBLP-QuAD types), `configs/dblp-quad-query-type.yaml`: 1,000 training",
             "questions (100 per type), validation on 300 other ones (30 per type). feature_extraction keeps SmolLM2",
             "frozen and trains only a linear head on the mean of its last hidden states; lora-classifier trains LoRA",
-            "r=16 and the head together (one epoch, lr 1e-3). `tunesmith predict --run RUN -i FILE` labels new rows.",
+            "r=16 and the head together (the same three epochs, lr 1e-3). `tunesmith predict --run RUN -i FILE` labels new rows.",
             "",
             "| method | accuracy | macro-F1 | trainable params | trained output on disk | train time | peak RSS |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -243,6 +243,7 @@ def write_docs(results: dict[str, dict], base: dict, command: str) -> None:
                          f"{r['train_seconds'] / 60:.1f} min | {r['peak_rss_mb'] / 1024:.2f} GiB |")
         lines.append("")
     DOC.write_text("\n".join(lines) + "\n")
+    DOC.with_suffix(".json").write_text(json.dumps({"base": base, "methods": results}, indent=1) + "\n")
     if gen:
         plot(gen)
 
