@@ -43,6 +43,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("tunesmith.train.run:train_command", "Fine-tune a model as the config says."),
     "generate": Verb("tunesmith.generate:generate_command", "Answer prompts with a base model or a trained run."),
     "chat": Verb("tunesmith.generate:chat_command", "Talk to a model or a trained run in the terminal."),
+    "predict": Verb("tunesmith.predict:predict_command", "Label texts with a run that trained a classification head."),
     "export": Verb("tunesmith.export:export_command", "Export a run to hf, peft, gguf or ollama, checked for parity."),
     "merge": Verb("tunesmith.export:merge_command", "Fold a run's adapter into a plain transformers model folder."),
     "serve": Verb("tunesmith.serve:serve_command", "Serve runs through an OpenAI-compatible API, with guardrails."),

@@ -19,6 +19,7 @@ class PreparedData:
     skipped: list[DataIssue] = field(default_factory=list)
     n_truncated: int = 0
     n_dropped: int = 0
+    label_names: list[str] = field(default_factory=list)  # classification objectives: class id → name
 
     def fingerprint(self) -> str:
         """sha256 of the tokenized examples in order (ids and labels): what training actually sees of the data."""

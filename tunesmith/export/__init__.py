@@ -256,12 +256,27 @@ FORMATS = {"hf": export_hf, "peft": export_peft, "gguf": export_gguf, "ollama": 
 
 
 def export_run(run: str | Path, to: str, opts: ExportOptions | None = None) -> ExportResult:
-    run = Path(run)
+    from tunesmith.train.stages import last_stage_dir
+
+    run = last_stage_dir(Path(run))  # a multi-stage run exports its last stage
+    opts = opts or ExportOptions()
     if to not in FORMATS:
         raise TunesmithError(f"--to must be one of {', '.join(FORMATS)}; got {to!r}")
     if not (run / "config.yaml").is_file():
         raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
-    return FORMATS[to](run, opts or ExportOptions())
+    from tunesmith.config import load_config
+    from tunesmith.objectives.base import get_objective
+
+    objective = load_config(run / "config.yaml").objective.name
+    if not get_objective(objective).generates:
+        if to not in ("hf", "peft"):
+            raise TunesmithError(f"the run trained a {objective} head, which labels text instead of generating it: "
+                                 "export it with --to hf (a transformers classifier folder) or --to peft")
+        if opts.parity:
+            console.print("[dim]parity by generated answers does not apply to a classifier; the merge itself is still "
+                          "checked (merged logits == unmerged logits)[/]")
+            opts.parity = False
+    return FORMATS[to](run, opts)
 
 
 def merge_run(run: str | Path, out: str | Path | None = None, parity: bool = False) -> Path:

@@ -75,7 +75,9 @@ class ModelPool:
             if served.model is not None:
                 group, adapter = base_group(served.model), None
             else:
-                run = Path(served.run)  # type: ignore[arg-type]
+                from tunesmith.train.stages import last_stage_dir
+
+                run = last_stage_dir(Path(served.run))  # type: ignore[arg-type]  # a multi-stage run serves its last stage
                 if not (run / "config.yaml").is_file():
                     raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
                 if not (run / "final").is_dir():

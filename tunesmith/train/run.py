@@ -25,16 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.cli import RequiredConfigArg, SetOpt
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
-from tunesmith.data.dataset import PreparedData, prepare_data
+from tunesmith.data.dataset import PreparedData
 from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_text
-from tunesmith.methods.base import Method, count_parameters, get_method
-from tunesmith.models.loading import load_model, load_tokenizer, pick_device, resolve_model
+from tunesmith.methods.base import Method, Task, count_parameters, get_method
+from tunesmith.models.loading import load_tokenizer, pick_device, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.objectives.base import Objective, get_objective
 from tunesmith.records import TokenizedExample, TunesmithError
 from tunesmith.train.checkpoint import (
     latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
 )
-from tunesmith.train.loss import TrainedTokenLoss, dataset_loss
+from tunesmith.train.loss import dataset_loss
 from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
@@ -58,6 +59,10 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
+    if cfg.stages:
+        from tunesmith.train.stages import train_stages
+
+        return train_stages(cfg, resume)
     with _removed_if_setup_fails(Path(cfg.output.dir)):
         run = setup(cfg, resume)
     hooks: list[Hook] = [LogMetrics(run), RunProbe(run)]
@@ -80,6 +85,8 @@ class Run:
     precision: str  # "bf16" (autocast) or "fp32"
     tokenizer: Any
     method: Method
+    objective: Objective
+    task: Task
     model: torch.nn.Module
     loss_module: torch.nn.Module  # the model wrapped by the loss (and by accelerate/DDP)
     optimizer: torch.optim.Optimizer
@@ -119,8 +126,9 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     set_seed(cfg.train.seed)
     model_path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
-    train_data = prepare_data(cfg.data.train, cfg.data, tokenizer)
-    valid_data = prepare_data(cfg.data.valid, cfg.data, tokenizer) if cfg.data.valid else None
+    objective = get_objective(cfg.objective.name)
+    train_data = objective.prepare(cfg.data.train, cfg, tokenizer)
+    valid_data = objective.prepare(cfg.data.valid, cfg, tokenizer, train_data.label_names) if cfg.data.valid else None
     _write_run_files(run_dir, cfg, train_data, valid_data)
     stream = micro_batch_stream(train_data.tokenized, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(stream) // cfg.train.grad_accum
@@ -129,7 +137,11 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
                              "lower train.grad_accum or train.batch_size")
 
     method = get_method(cfg.method.name)
-    model = method.apply(load_model(model_path, device=str(device)), cfg.method)
+    task = objective.task(cfg, train_data.label_names, model_path, tokenizer)
+    model = method.apply(method.load_base(model_path, cfg.method, str(device), task), cfg.method, task)
+    if cfg.train.pack and any(getattr(m, "is_causal", None) is False for m in model.modules()):
+        raise TunesmithError(f"{model_path.name} attends in both directions (an encoder): packed examples would see each "
+                             "other; set train.pack: false")
     model.config.use_cache = False
     if precision == "bf16":
         store_frozen_linear_weights_in(model, torch.bfloat16)
@@ -139,13 +151,13 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule, optimizer,
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
-    loss_module, optimizer = accelerator.prepare(TrainedTokenLoss(model), optimizer)
+    loss_module, optimizer = accelerator.prepare(objective.loss_module(model, cfg), optimizer)
     console.print(
-        f"[bold]{cfg.method.name}[/] on {model_path.name}: {trainable:,} of {total:,} parameters train "
+        f"[bold]{cfg.method.name}[/] ({cfg.objective.name}) on {model_path.name}: {trainable:,} of {total:,} parameters train "
         f"({100 * trainable / total:.2f}%), {device.type}, precision {'bf16 autocast' if precision == 'bf16' else 'fp32'}; "
         f"{len(train_data.tokenized)} sequences, {total_steps} steps of {cfg.train.grad_accum} micro-batch(es)")
-    return Run(cfg, run_dir, accelerator, precision, tokenizer, method, model, loss_module, optimizer, scheduler,
-               train_data, valid_data, stream, total_steps, trainable, total)
+    return Run(cfg, run_dir, accelerator, precision, tokenizer, method, objective, task, model, loss_module, optimizer,
+               scheduler, train_data, valid_data, stream, total_steps, trainable, total)
 
 
 def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -156,7 +168,7 @@ def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
         raise TunesmithError(f"output.dir {run_dir} is a file, not a folder; choose another output.dir")
     saved = run_dir / "config.yaml"
     checkpoints = list_checkpoints(run_dir / "checkpoints")
-    if not resume and (checkpoints or (run_dir / "final").is_dir()):
+    if not resume and (checkpoints or any((run_dir / d).is_dir() for d in ("final", "stages"))):
         raise TunesmithError(f"{run_dir} holds a run already: pass --resume to continue it, or choose another output.dir")
     if resume and saved.is_file() and read_text(saved) != dump_config(cfg):
         raise TunesmithError(f"--resume needs the same config as the interrupted run; compare with {saved}")
@@ -207,7 +219,8 @@ def store_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype) -
     tied = {id(p) for p in model.get_input_embeddings().parameters()}
     n = 0
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and id(module.weight) not in tied:
+        # exactly nn.Linear: quantized subclasses (bitsandbytes Linear4bit/8bitLt) hold packed weights of their own
+        if type(module) is torch.nn.Linear and not module.weight.requires_grad and id(module.weight) not in tied:
             module.weight.data = module.weight.data.to(dtype)
             n += 1
     return n
@@ -326,7 +339,7 @@ def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator, pre
 def optimizer_step(run: Run, step: int) -> StepStats:
     """Micro-batches of step `step` → gradients → clipped → one optimizer and scheduler step."""
     accum = run.cfg.train.grad_accum
-    window = [collate(run.train_data.tokenized, rows, run.tokenizer.pad_token_id, run.cfg.train.pack)
+    window = [collate(run.train_data.tokenized, rows, run.tokenizer.pad_token_id, run.cfg.train.pack, run.objective.shift)
               for rows in run.stream[step * accum:(step + 1) * accum]]
     loss_sum, trained = accumulate_gradients(run.loss_module, window, run.accelerator, run.precision)
     max_norm = run.cfg.train.max_grad_norm
@@ -462,19 +475,27 @@ class SaveCheckpoints(Hook):
 # ---- save ----
 
 def save_model(run: Run, target: Path, model: torch.nn.Module) -> None:
-    """What the method trained (peft adapter or model folder) and the tokenizer, as one atomic folder."""
+    """What the method trained (peft adapter or model folder), the tokenizer and the objective's labels, as one
+    atomic folder."""
     with atomic_dir(target) as folder:
         run.method.save(model, folder)
         run.tokenizer.save_pretrained(folder)
+        run.objective.save(folder, run.train_data.label_names)
 
 
 def save(run: Run, last: StepStats | None) -> TrainResult:
     cfg = run.cfg
-    valid_loss = None
+    valid_loss, valid_metrics = None, None
     if run.valid_data:
         valid_loss = dataset_loss(run.model, run.valid_data.tokenized, pad_id=run.tokenizer.pad_token_id,
                                   batch_size=cfg.train.batch_size, row_len=cfg.data.max_seq_len, pack=cfg.train.pack,
-                                  precision=run.precision).loss
+                                  precision=run.precision, loss_module=run.objective.loss_module(run.model, cfg),
+                                  shift=run.objective.shift).loss
+        valid_metrics = run.objective.evaluate(run.model, run.valid_data, cfg, run.tokenizer, run.precision)
+        if valid_metrics and run.is_main:
+            atomic_write_json(run.run_dir / "valid_report.json", valid_metrics)
+            console.print("Validation: " + ", ".join(f"{k} {v}" for k, v in valid_metrics.items()
+                                                       if isinstance(v, float)) + f" ({run.run_dir / 'valid_report.json'})")
     run.accelerator.wait_for_everyone()
     out_dir = run.run_dir / "final"
     if run.is_main:
@@ -485,7 +506,8 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
             merge_run(run.run_dir)
     if run.metrics:
         if valid_loss is not None:
-            run.metrics.log(run.total_steps, valid_loss=valid_loss)
+            run.metrics.log(run.total_steps, valid_loss=valid_loss,
+                            **{f"valid_{k}": v for k, v in (valid_metrics or {}).items() if isinstance(v, float)})
         run.metrics.close()
     # throughput counts saving too, as a user waits for it; a resumed run counts the time before the checkpoint
     elapsed = run.train_seconds_before + time.perf_counter() - run.started
@@ -501,7 +523,8 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
     atomic_write_json(run.run_dir / "train_summary.json", asdict(result))
     console.print(f"[green]Done[/]: {out_dir} (loss {final_loss:.4f}"
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
-                  + f"). Next: tunesmith generate --run {run.run_dir} --prompt '...'")
+                  + f"). Next: " + (f"tunesmith generate --run {run.run_dir} --prompt '...'" if run.objective.generates
+                                    else f"tunesmith predict --run {run.run_dir} --input FILE"))
     return result
 
 
