@@ -32,7 +32,8 @@ def run_trainer(n_examples: int, out: Path) -> dict:
 
     from tunesmith.config import load_config
     from tunesmith.data.dataset import prepare_data
-    from tunesmith.models.loading import bf16_available, load_model, load_tokenizer, resolve_model
+    from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
+    from tunesmith.models.precision import bf16_available
 
     cfg = load_config(CONFIG, [f"data.limit={n_examples}"])
     path = resolve_model(cfg.model.name)

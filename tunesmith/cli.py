@@ -1,168 +1,157 @@
-"""The `tunesmith` command: one table from verb to the function that does it."""
+"""The `tunesmith` command: one table from verb to the function that does it.
+
+Each verb is a function in the module that does the work (setup → run → save there); `VERBS` below is the only
+list of verbs. A module is imported only when its verb runs (or its --help is asked for), so `tunesmith --help`
+never pays for torch. Adding a verb is one line in `VERBS`.
+
+One convention for every verb:
+- a YAML config is the first argument (required where the verb cannot work without one);
+- `--set path.to.key=value` (repeatable) overrides a setting by its dotted path from the top of that YAML;
+- a verb's own options are settings too: each names the dotted path it sets, and wins over --set
+  (`tunesmith.config.read_config(..., options={"data.n": n})`); data files are `-i/--input`, results `-o/--out`;
+- errors the user can fix (TunesmithError) print their message (secrets redacted), no traceback, and exit with code 2;
+  Ctrl-C exits with 130 and says what was kept.
+"""
 
 from __future__ import annotations
 
-import sys
+import functools
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
+from tunesmith import __version__
 from tunesmith.records import TunesmithError
+from tunesmith.redact import redact
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adapt a pretrained LLM to your domain, and prove with numbers whether it was worth it.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
-app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
-ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML run config")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: section.key=value (repeatable)")]
+
+@dataclass(frozen=True)
+class Verb:
+    target: str  # "package.module:function"
+    help: str  # one line for `tunesmith --help` (the function's docstring is the verb's own --help)
 
 
-def _config(config: Path | None, overrides: list[str] | None, data: str | None = None):
-    from tunesmith.config import load_config
+VERBS: dict[str, Verb] = {
+    "train": Verb("tunesmith.train.run:train_command", "Fine-tune a model as the config says."),
+    "generate": Verb("tunesmith.generate:generate_command", "Answer prompts with a base model or a trained run."),
+    "chat": Verb("tunesmith.generate:chat_command", "Talk to a model or a trained run in the terminal."),
+    "predict": Verb("tunesmith.predict:predict_command", "Label texts with a run that trained a classification head."),
+    "export": Verb("tunesmith.export:export_command", "Export a run to hf, peft, gguf or ollama, checked for parity."),
+    "merge": Verb("tunesmith.export:merge_command", "Fold a run's adapter into a plain transformers model folder."),
+    "serve": Verb("tunesmith.serve:serve_command", "Serve runs through an OpenAI-compatible API, with guardrails."),
+    "eval": Verb("tunesmith.eval.runner:eval_command", "Was fine-tuning worth it? Base, few-shot, RAG and tuned on one test set."),
+    "data show": Verb("tunesmith.data.show:show_command", "Render examples as the trainer sees them, with counts."),
+    "data ingest": Verb("tunesmith.data.prep.ingest:ingest_command", "Read documents and cut them into topic chunks."),
+    "data generate": Verb("tunesmith.data.prep.synthesize:generate_command", "Q/A pairs about every chunk: from its facts (no LLM) or by a teacher LLM."),
+    "data augment": Verb("tunesmith.data.prep.augment:augment_command", "Add paraphrased and template-varied prompts."),
+    "data anonymize": Verb("tunesmith.data.prep.anonymize:anonymize_command", "Replace personal data consistently."),
+    "data split": Verb("tunesmith.data.prep.split:split_command", "Grouped train/valid/test split with a leakage check."),
+    "data stats": Verb("tunesmith.data.prep.stats:stats_command", "Counts, lengths, balance, duplicates and PII of a file."),
+}
+GROUPS: dict[str, str] = {"data": "Inspect and prepare data (documents → chunks → pairs → anonymized → split)."}
 
-    base = {"data": {"train": data}} if data else None
-    if config is None and not data:
-        raise TunesmithError("give a config file, or --data FILE")
-    return load_config(config, overrides or [], base=base)
-
-
-@app.command("train")
-def train_cmd(config: ConfigArg = None, overrides: SetOpt = None,
-              resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False):
-    """Fine-tune a model as the config says."""
-    from tunesmith.train.run import train
-
-    train(_config(config, overrides), resume=resume)
-
-
-@app.command("generate")
-def generate_cmd(
-    run: Annotated[Optional[Path], typer.Option(help="A trained run folder (base model + its adapter)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="A model name or folder (default: the embedded SmolLM2)")] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="File of prompts: JSONL (messages/prompt) or lines")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
-    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
-):
-    """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0)."""
-    import json
-
-    from tunesmith.generate import generate_chat, load_for_inference, read_prompts
-
-    conversations = [[{"role": "user", "content": p}] for p in prompt or []]
-    if input:
-        conversations += read_prompts(input)
-    if not conversations:
-        raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
-    if system:
-        conversations = [[{"role": "system", "content": system}] + c for c in conversations]
-    model_obj, tokenizer = load_for_inference(run, model)
-    answers = generate_chat(model_obj, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            temperature=temperature, top_p=top_p, seed=seed, precision=precision)
-    for conv, answer in zip(conversations, answers):
-        print(json.dumps({"prompt": conv[-1]["content"], "answer": answer}, ensure_ascii=False))
+# ---- the option conventions, shared by every verb ----
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config", show_default=False)]
+RequiredConfigArg = Annotated[Path, typer.Argument(help="YAML config", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="Override a setting: path.to.key=value, from the top of the config (repeatable)")]
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="File to read", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the output is up to date with its inputs and settings")]
 
 
-@app.command("chat")
-def chat_cmd(
-    run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
-    model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
-    system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
-):
-    """Talk to a model in the terminal; the conversation is kept; empty line or Ctrl-D ends."""
-    from tunesmith.generate import generate_chat, load_for_inference
+def user_errors(function):
+    """The one error handler: a TunesmithError is its message (exit 2, no traceback); Ctrl-C exits 130."""
 
-    model_obj, tokenizer = load_for_inference(run, model)
-    history = [{"role": "system", "content": system}] if system else []
-    while True:
+    @functools.wraps(function)
+    def run(*args, **kwargs):
         try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-        if not line:
-            break
-        history.append({"role": "user", "content": line})
-        reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
-                              temperature=temperature, show_progress=False)[0]
-        history.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
+            return function(*args, **kwargs)
+        except TunesmithError as e:
+            console.print(Text.assemble(("error: ", "bold red"), redact(str(e))), soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print(Text.assemble(("interrupted", "yellow"), ": every file already written is complete (writes are "
+                                        "atomic); run the command again to continue (`train --resume` for training)"))
+            raise typer.Exit(130) from None
+
+    return run
 
 
-@app.command("export")
-def export_cmd(
-    run: Annotated[Path, typer.Argument(help="A trained run folder")],
-    to: Annotated[str, typer.Option("--to", help="hf (merged safetensors) | peft (the adapter alone) | gguf | ollama (GGUF + Modelfile)")],
-    quant: Annotated[Optional[str], typer.Option(help="hf: bf16|f16|f32. gguf/ollama: auto (the smallest level that passes parity), "
-                                                     "f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, or K-quants (q4_k_m ...) with llama-cpp-python; "
-                                                     "a comma list is tried in order")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/export/FORMAT)")] = None,
-    parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Compare the artifact's greedy answers with the run's (parity.json)")] = True,
-    n: Annotated[int, typer.Option("-n", help="Parity prompts (the first N of data.valid, else of data.train)")] = 32,
-    prompts: Annotated[Optional[Path], typer.Option(help="Parity prompts from this data file instead (the run's data format)")] = None,
-    max_new_tokens: int = 128,
-    min_identical: Annotated[float, typer.Option(help="Share of identical answers needed to pass parity")] = 0.9,
-    backend: Annotated[str, typer.Option(help="Who answers for a GGUF in the parity check: transformers or llama.cpp")] = "transformers",
-    untie_embeddings: Annotated[bool, typer.Option("--untie-embeddings", help="Allow merging an adapter that changes tied embeddings by untying them")] = False,
-    precision: Annotated[str, typer.Option(help="Parity generation precision for both sides: fp32 (default), bf16 or auto")] = "fp32",
-):
-    """Export a run to the runtimes users run, and check that the export answers like the run."""
-    from tunesmith.export import ExportOptions, export_run
-
-    if backend not in ("transformers", "llama.cpp"):
-        raise TunesmithError("--backend must be transformers or llama.cpp")
-    opts = ExportOptions(quant=quant, out=out, parity=parity, n=n, max_new_tokens=max_new_tokens, prompts=prompts,
-                         min_identical=min_identical, backend=backend, untie_embeddings=untie_embeddings,
-                         precision=precision)
-    result = export_run(run, to, opts)
-    level = f" ({result.quant})" if result.quant else ""
-    console.print(f"[green]Exported[/] {to}{level} to {result.out}: {', '.join(p.name for p in result.files)}")
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    if result.parity and not result.parity_passed:
-        console.print(f"[bold red]Parity failed[/]: the export answers differently from the run on some prompts "
-                      f"(see {result.out / 'parity.json'}); try a larger --quant, or report it if f16/hf fails")
-        raise typer.Exit(1)
+def load_verb(name: str, verb: Verb) -> TyperCommand:
+    """Import the verb's module and turn its function into a command (typer reads the signature)."""
+    module_name, _, attr = verb.target.partition(":")
+    function = getattr(importlib.import_module(module_name), attr)
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(name.split()[-1])(user_errors(function))
+    return typer.main.get_command(single)
 
 
-@app.command("merge")
-def merge_cmd(run: Path, out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/merged)")] = None,
-              quant: Annotated[Optional[str], typer.Option(help="bf16 (default), f16 or f32")] = None, precision: str = "fp32"):
-    """Alias of `export RUN --to hf --out RUN/merged`: the adapter merged into a plain transformers folder."""
-    export_cmd(run, "hf", quant=quant, out=out or run / "merged", precision=precision)
+class VerbGroup(TyperGroup):
+    """A command group whose commands come from `VERBS`; a verb's module is imported only when the verb runs or
+    its own --help is shown (the group's help lists verbs with the table's one-line help, importing nothing)."""
+
+    def __init__(self, *, prefix: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.prefix = prefix
+        self._listing = False
+
+    def _children(self) -> dict[str, str]:
+        """name → one-line help of the verbs and groups directly under this group, in table order."""
+        children: dict[str, str] = {}
+        for full, verb in VERBS.items():
+            if full.startswith(self.prefix):
+                first = full[len(self.prefix):].split()[0]
+                children.setdefault(first, GROUPS.get(self.prefix + first, verb.help))
+        return children
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(self._children())
+
+    def get_command(self, ctx, name: str):
+        full = self.prefix + name
+        if full in GROUPS:
+            return VerbGroup(prefix=full + " ", name=name, help=GROUPS[full], no_args_is_help=True)
+        if full in VERBS:
+            if self._listing:
+                return TyperCommand(name=name, short_help=VERBS[full].help)
+            return load_verb(full, VERBS[full])
+        return None
+
+    def format_help(self, ctx, formatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
 
-@data_app.command("show")
-def data_show_cmd(config: ConfigArg = None, overrides: SetOpt = None,
-                  data: Annotated[Optional[str], typer.Option(help="A data file (instead of a config)")] = None,
-                  n: Annotated[int, typer.Option("-n", help="Examples to render")] = 3):
-    """Render examples as the trainer sees them: trained tokens highlighted, with length and masking stats."""
-    from tunesmith.data.show import show
-
-    show(_config(config, overrides, data), n=n)
+app = typer.Typer(cls=VerbGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a pretrained LLM to your domain, and prove with numbers whether it was worth it.")
 
 
-# Plug-in verbs: each package adds its own commands (`tunesmith data ingest ...`, `tunesmith eval`).
-from tunesmith.data.prep.cli import register as _register_data_prep  # noqa: E402
-from tunesmith.eval.cli import register as _register_eval  # noqa: E402
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"tunesmith {__version__}")
+        raise typer.Exit()
 
-_register_data_prep(data_app)
-_register_eval(app)
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """Adapt a pretrained LLM to your domain, and prove with numbers whether it was worth it."""
 
 
 def main() -> None:
-    try:
-        app()
-    except TunesmithError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: checkpoints already written are complete; continue with --resume")
-        sys.exit(130)
+    app(prog_name="tunesmith")
 
 
 if __name__ == "__main__":

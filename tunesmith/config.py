@@ -2,17 +2,23 @@
 
 Unknown keys are rejected, every error is reported at once with the YAML file and line it comes from, and
 every field can be overridden from the command line as `section.key=value` (the value parsed as YAML).
+`read_config` is the one reader for every config model: run, eval and prep configs alike.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunesmith.records import TunesmithError
+from tunesmith.files import read_text
+from tunesmith.methods.base import get_method, method_configs
+from tunesmith.objectives.base import get_objective, objective_configs
+from tunesmith.records import DataError, TunesmithError
 
 
 class Strict(BaseModel):
@@ -53,20 +59,16 @@ class DataConfig(Strict):
         return self
 
 
-class LoraMethod(Strict):
-    name: Literal["lora"] = "lora"
-    r: int = Field(16, ge=1)
-    alpha: float = 32.0
-    # peft's dropout copies every input activation; 0 is ~35% faster on CPU and fine for short runs.
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+def _union(configs: list[type[BaseModel]], what: str):
+    """A discriminated union on `name` of every registered plug-in's config section (methods, objectives)."""
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator="name", description=what)]
 
 
-class FullMethod(Strict):
-    name: Literal["full"] = "full"
-
-
-MethodConfig = Annotated[LoraMethod | FullMethod, Field(discriminator="name")]
+# Built from the registries: a new method or objective is one file in tunesmith/methods or tunesmith/objectives.
+MethodConfig = _union(method_configs(), "The fine-tuning method (tunesmith/methods): what trains")
+ObjectiveConfig = _union(objective_configs(), "What the model learns (tunesmith/objectives): causal_lm, classification, ...")
 
 
 class TrainConfig(Strict):
@@ -99,29 +101,66 @@ class ProbeConfig(Strict):
     patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
     min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
 
+    @model_validator(mode="after")
+    def _known_metrics(self) -> ProbeConfig:
+        from tunesmith.eval.metrics import REGISTRY
+
+        unknown = [m for m in [self.metric, *self.metrics] if m not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; built-in: {', '.join(REGISTRY)}")
+        return self
+
 
 class OutputConfig(Strict):
     dir: str = "runs/latest"
     merge: bool = Field(False, description="Also write the merged model as safetensors")
 
 
+class StageConfig(Strict):
+    """One stage of a multi-stage run. It starts from the previous stage's output (the first from model.name); a
+    section it does not set is the run's own (a section it sets replaces the run's whole section)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the stage's folder: stages/NN-name")
+    data: DataConfig | None = None
+    method: MethodConfig | None = None
+    objective: ObjectiveConfig | None = None
+    train: TrainConfig | None = None
+
+
 class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig
-    method: MethodConfig = LoraMethod()
+    objective: ObjectiveConfig = Field(default_factory=lambda: get_objective("causal_lm").config())
+    method: MethodConfig = Field(default_factory=lambda: get_method("lora").config())
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig | None = None
     output: OutputConfig = OutputConfig()
+    stages: list[StageConfig] | None = Field(
+        None, description="Multi-stage: train these in order, each from the previous one's output (tunesmith/train/stages.py)")
 
     @model_validator(mode="after")
-    def _probe_needs_valid(self) -> RunConfig:
+    def _plug_ins_agree(self) -> RunConfig:
+        """Every problem between sections at once: the probe, the method's and the objective's own checks, stages."""
+        problems = []
         if self.probe is not None and not self.data.valid:
-            raise ValueError("probe: generation-based evaluation needs a validation file (data.valid)")
+            problems.append("probe: generation-based evaluation needs a validation file (data.valid)")
+        if self.stages:
+            from tunesmith.train.stages import stage_problems
+
+            problems += stage_problems(self)
+        else:
+            problems += get_method(self.method.name).check(self) + get_objective(self.objective.name).check(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
 class ConfigError(TunesmithError):
     pass
+
+
+M = TypeVar("M", bound=BaseModel)
+COMMAND_LINE = "<command line>"
 
 
 def yaml_line_index(text: str) -> dict[tuple[str, ...], int]:
@@ -146,31 +185,56 @@ def yaml_line_index(text: str) -> dict[tuple[str, ...], int]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` → (["section", "key"], value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
+        raise ConfigError(f"--set {item!r} must look like path.to.key=value, from the top of the config (e.g. train.lr=1e-4)")
     key, raw = item.split("=", 1)
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[path[-1]] = value
-    return data
+def set_path(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: {part!r} is not a section")
+    node[path[-1]] = value
 
 
-def format_validation_errors(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _location_in_input(loc: tuple, data: Any) -> tuple[str, ...]:
+    """The path of an error as the user wrote it: pydantic adds union tags to locations (method.lora.r,
+    variants.0.tuned.run); they are the parts that the input does not have, and are dropped."""
+    node, path = data, []
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            pass  # a required key that is missing: its name belongs in the message
+        else:
+            continue
+        path.append(str(part))
+    return tuple(path)
+
+
+def format_validation_errors(err: ValidationError, data: Any, source: str, lines: dict[tuple[str, ...], int],
+                             from_command_line: dict[tuple[str, ...], str]) -> str:
     out = []
     for e in err.errors():
-        # Discriminated unions put the tag in the location (method.lora.r); the file has method.r.
-        loc = tuple(str(p) for p in e["loc"] if p not in ("lora", "full"))
+        loc = _location_in_input(tuple(e["loc"]), data)
         where = source
         for depth in range(len(loc), 0, -1):
+            if loc[:depth] in from_command_line:
+                where = from_command_line[loc[:depth]]
+                break
             if loc[:depth] in lines:
                 where = f"{source}:{lines[loc[:depth]]}"
                 break
@@ -179,51 +243,53 @@ def format_validation_errors(err: ValidationError, source: str, lines: dict[tupl
     return f"{len(out)} problem(s) in the config:\n" + "\n".join(out)
 
 
-def read_config_data(path: str | Path | None, overrides: list[str] | None, base: dict | None,
-                     sections: str) -> tuple[dict[str, Any], str, str]:
-    """A YAML file (if any) over `base`, then `section.key=value` overrides: (data, the file's text, its name)."""
-    text, source = "", "<command line>"
-    data: dict[str, Any] = dict(base or {})
+def read_config(model: type[M], path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                base: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> M:
+    """The one config reader: every command's YAML goes through it.
+
+    Layers, later ones winning: `base` (defaults under the file), the YAML file, `--set path.to.key=value`
+    overrides (a dotted path from the top of the file; the value parsed as YAML), then a command's own options
+    (`options`: dotted path → value; None means "not given"). Validated once by `model`; every problem is
+    reported at once with the file and line (or the command-line setting) it comes from.
+    """
+    text, source = "", COMMAND_LINE
+    data: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
-        text, source = path.read_text(), str(path)
         try:
+            text, source = read_text(path), str(path)
             loaded = yaml.safe_load(text)
+        except DataError as e:
+            raise ConfigError(str(e.issues[0])) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: not usable YAML (nested too deeply)") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections ({sections})")
-        data.update(loaded or {})
-    return apply_overrides(data, overrides or []), text, source
-
-
-def import_callable(dotted: str, what: str):
-    """`package.module:function` named in a config (validators, metrics) → the function, or a clear error."""
-    import importlib
-
-    module_name, sep, attr = dotted.partition(":")
-    if not sep or not module_name or not attr:
-        raise TunesmithError(f"{what} {dotted!r} must look like package.module:function")
+            raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(model.model_fields)})")
+        data = _merge(data, loaded or {})
+    from_command_line: dict[tuple[str, ...], str] = {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        set_path(data, keys, value, f"--set {item!r}")
+        from_command_line[tuple(keys)] = f"--set {item}"
+    for dotted, value in (options or {}).items():
+        if value is not None:
+            set_path(data, dotted.split("."), value, f"option for {dotted}")
+            from_command_line[tuple(dotted.split("."))] = COMMAND_LINE
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise TunesmithError(f"{what} {dotted!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise TunesmithError(f"{what} {dotted!r}: {module_name} has no function {attr!r}")
-    return function
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
-    """Read a YAML config (or start from `base`), apply `section.key=value` overrides, validate everything."""
-    data, text, source = read_config_data(path, overrides, base, "model, data, method, train, probe, output")
-    try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_errors(e, source, yaml_line_index(text) if text else {})) from None
+        lines = yaml_line_index(text) if text else {}
+        raise ConfigError(format_validation_errors(e, data, source, lines, from_command_line)) from None
 
 
-def dump_config(cfg: RunConfig) -> str:
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), **layers: Any) -> RunConfig:
+    """A run config (`tunesmith train`, `data show`): `read_config(RunConfig, ...)`."""
+    return read_config(RunConfig, path, overrides, **layers)
+
+
+def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -7,18 +7,61 @@ Many prompts are generated together: sorted by length, left-padded, KV-cached, e
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Optional, Protocol
 
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
-from tunesmith.models.loading import DEFAULT_MODEL, bf16_available, load_model, load_tokenizer, resolve_model
-from tunesmith.records import Message, TunesmithError
+from tunesmith.files import iter_jsonl, read_text
+from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.records import DataError, DataIssue, Message, TunesmithError
 
 console = Console(stderr=True)
+
+
+@dataclass
+class LoadedRun:
+    run: Path  # the folder that holds the trained output (a multi-stage run's last stage)
+    cfg: object  # its RunConfig
+    method: object
+    objective: object
+    model: object
+    tokenizer: object
+    label_names: list[str]
+
+
+def load_run(run: str | Path, device: str = "auto", merge: bool = True) -> LoadedRun:
+    """A run folder → its base model with what it trained, loaded the way the method trained it (a qlora base in
+    4 bit), merged in memory where the method merges (`merge`), else with its layers in place."""
+    from tunesmith.config import load_config
+    from tunesmith.methods.base import get_method
+    from tunesmith.objectives.base import get_objective, saved_labels
+    from tunesmith.train.stages import last_stage_dir
+
+    run = last_stage_dir(Path(run))
+    if not (run / "config.yaml").exists():
+        raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    final = run / "final"
+    if not final.exists():
+        raise TunesmithError(f"{run} has no trained output yet ({final} missing): did training finish?")
+    method, objective = get_method(cfg.method.name), get_objective(cfg.objective.name)
+    base_path = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(final)
+    labels = saved_labels(final)
+    task = objective.task(cfg, labels, base_path, tokenizer)
+    trained = method.load(method.load_base(base_path, cfg.method, device, task), final, task)
+    if merge and method.mergeable:
+        trained = method.merge(trained)
+    return LoadedRun(run, cfg, method, objective, trained.eval(), tokenizer, labels)
 
 
 def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto",
@@ -26,27 +69,17 @@ def load_for_inference(run: str | Path | None = None, model: str | None = None, 
     """(model, tokenizer) for a run folder (base + its trained output), or a model name/folder as is.
 
     A run's adapter is merged into the base weights in memory by default: the same function (merged == unmerged is
-    tested) without the adapter's extra matmuls on every generated token.
+    tested) without the adapter's extra matmuls on every generated token. Methods that do not merge (bottleneck
+    adapters, virtual tokens, a 4-bit base) are loaded with their trained layers in place.
     """
     if run is None:
         path = resolve_model(model or DEFAULT_MODEL)
         return load_model(path, device=device).eval(), load_tokenizer(path)
-    from tunesmith.config import load_config
-    from tunesmith.methods.base import get_method
-
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
-    final = run / "final"
-    if not final.exists():
-        raise TunesmithError(f"{run} has no trained output yet ({final} missing): did training finish?")
-    base = load_model(resolve_model(cfg.model.name), device=device)
-    method = get_method(cfg.method.name)
-    trained = method.load(base, final)
-    if merge:
-        trained = method.merge(trained)
-    return trained.eval(), load_tokenizer(final)
+    loaded = load_run(run, device, merge)
+    if not loaded.objective.generates:
+        raise TunesmithError(f"{run} trained a {loaded.cfg.objective.name} head: it labels text instead of answering; "
+                             f"use `tunesmith predict --run {run} --input FILE`")
+    return loaded.model, loaded.tokenizer
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -56,61 +89,321 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256,
-                  batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                  precision: str = "auto", show_progress: bool = True) -> list[str]:
-    """Generate one assistant reply per conversation, in input order."""
-    prompts = [render_prompt(tokenizer, c) for c in conversations]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths → little padding
+class TokenConstraint(Protocol):
+    """Restricts which tokens one row may generate next (grammar / JSON-schema decoding: tunesmith.guardrails)."""
+
+    def mask(self, scores: torch.Tensor) -> None:
+        """Set the scores (one row, whole vocabulary) of every token not allowed next to -inf, in place."""
+
+    def advance(self, token: int) -> None:
+        """The row generated `token`."""
+
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a per-row `adapter_names` list
+
+
+@dataclass
+class RowRequest:
+    """One prompt and how to continue it. Rows with different settings generate together in one batch."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None  # sampling only; a row's samples depend on its seed alone, not on its batch
+    stop: list[str] = field(default_factory=list)  # the text ends before the first of these; not included
+    adapter: str | None = None  # a LoRA adapter on the model (peft `adapter_names`), BASE_ADAPTER for none of them;
+    # None: the model as it is (its active adapter, if any)
+    constraint: TokenConstraint | None = None
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    cancelled: Callable[[], bool] | None = None  # polled every token; True ends the row (finish_reason "cancelled")
+
+
+@dataclass
+class RowResult:
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop string), "length", "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _Rows:
+    """Per-row bookkeeping for one `model.generate` call: text, stop strings, limits, streaming, constraints.
+
+    transformers calls the logits processor before each token is chosen and the stopping criteria after it is
+    appended (with the whole sequence), and both hooks accept per-row answers, so everything per-request rides on
+    one ordinary `generate` call instead of a loop of our own.
+    """
+
+    def __init__(self, requests: list[RowRequest], tokenizer, stops: list[int], prompt_width: int, device):
+        self.requests, self.tokenizer, self.stops, self.width = requests, tokenizer, set(stops), prompt_width
+        self.tokens: list[list[int]] = [[] for _ in requests]
+        self.text = ["" for _ in requests]  # decoded text, cut at a stop string once one appears
+        self.sent = [0 for _ in requests]  # characters already handed to on_text
+        self.finish: list[str | None] = [None for _ in requests]
+        self.generators = [torch.Generator(device=device).manual_seed(r.seed if r.seed is not None else 0)
+                           if r.temperature > 0 else None for r in requests]
+        self.eos = min(stops)
+
+    # LogitsProcessor hook
+    def process(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        for r, req in enumerate(self.requests):
+            if self.finish[r] is not None:
+                continue
+            row = scores[r : r + 1]
+            if req.constraint is not None:
+                req.constraint.mask(row[0])
+                if torch.isinf(row).all():  # nothing allowed (grammar finished or failed): end the turn
+                    row[0, self.eos] = 0.0
+            if req.temperature > 0:
+                # Per-row sampling with the row's own generator; generate() then runs greedy over one finite score.
+                row = TemperatureLogitsWarper(req.temperature)(input_ids[r : r + 1], row)
+                if req.top_p < 1.0:
+                    row = TopPLogitsWarper(req.top_p)(input_ids[r : r + 1], row)
+                choice = torch.multinomial(torch.softmax(row.float(), dim=-1), 1, generator=self.generators[r])
+                scores[r].fill_(-float("inf"))
+                scores[r, choice.item()] = 0.0
+        return scores
+
+    # StoppingCriteria hook
+    def step(self, input_ids: torch.LongTensor, scores) -> torch.BoolTensor:
+        done = torch.zeros(len(self.requests), dtype=torch.bool, device=input_ids.device)
+        for r, req in enumerate(self.requests):
+            if self.finish[r] is None:
+                self._advance(r, req, int(input_ids[r, -1]))
+            done[r] = self.finish[r] is not None
+        return done
+
+    def _advance(self, r: int, req: RowRequest, token: int) -> None:
+        if token in self.stops:
+            self._end(r, "stop")
+            return
+        self.tokens[r].append(token)
+        if req.constraint is not None:
+            req.constraint.advance(token)
+        text = self.tokenizer.decode(self.tokens[r], skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in req.stop) if i >= 0]
+        if hits:
+            self.text[r] = text[: min(hits)]
+            self._end(r, "stop")
+            return
+        self.text[r] = text
+        if len(self.tokens[r]) >= req.max_new_tokens:
+            self._end(r, "length")
+        elif req.cancelled is not None and req.cancelled():
+            self._end(r, "cancelled")
+        else:
+            self._emit(r, final=False)
+
+    def _end(self, r: int, reason: str) -> None:
+        self.finish[r] = reason
+        self._emit(r, final=True)
+
+    def _emit(self, r: int, final: bool) -> None:
+        callback = self.requests[r].on_text
+        if callback is None:
+            return
+        text, end = self.text[r], len(self.text[r])
+        if not final:
+            if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+                return
+            # Hold back a tail that could still become a stop string, so a stop string is never streamed.
+            for s in self.requests[r].stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if text.endswith(s[:k]):
+                        end = min(end, len(text) - k)
+                        break
+        if end > self.sent[r]:
+            callback(text[self.sent[r] : end])
+            self.sent[r] = end
+
+
+def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int = 16, precision: str = "auto",
+                  show_progress: bool = False) -> list[RowResult]:
+    """The one generation path (generate, chat, eval, probe, serve): batched, left-padded, KV-cached.
+
+    Rows are sorted by prompt length and generated `batch_size` at a time; each row keeps its own stop strings,
+    token limit, sampling settings, seed, adapter, constraint and streaming callback.
+    """
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    class Processor(LogitsProcessor):
+        def __init__(self, rows: _Rows):
+            self.rows = rows
+
+        def __call__(self, input_ids, scores):
+            return self.rows.process(input_ids, scores)
+
+    class Stopper(StoppingCriteria):
+        def __init__(self, rows: _Rows):
+            self.rows = rows
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return self.rows.step(input_ids, scores)
+
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))  # similar lengths: little padding
     device = next(model.parameters()).device
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_available(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    mode = resolve_precision(precision, device)
     pad_id = tokenizer.pad_token_id
     stops = stop_token_ids(model, tokenizer)
-    outputs: list[str] = [""] * len(prompts)
-    if temperature > 0:
-        torch.manual_seed(seed)
+    adapters = {r.adapter for r in requests if r.adapter is not None}
+    if adapters and not hasattr(model, "peft_config"):
+        raise TunesmithError(f"adapters {sorted(adapters)} asked for, but the model has none loaded")
+    results: list[RowResult | None] = [None] * len(requests)
     progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_progress)
-    with progress, torch.inference_mode(), autocast:
-        task = progress.add_task("generate", total=len(prompts))
+    with progress, torch.inference_mode(), autocast(mode, device):
+        task = progress.add_task("generate", total=len(requests))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
+            batch = [requests[i] for i in idx]
+            width = max(len(r.prompt_ids) for r in batch)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-                input_ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                attention[r, width - len(encoded[i]):] = 1
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None, top_k=None,
-                eos_token_id=stops, pad_token_id=pad_id)
-            for r, i in enumerate(idx):
-                new = out[r, width:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in stops), len(new))
-                outputs[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(req.prompt_ids):] = torch.tensor(req.prompt_ids, dtype=torch.long)
+                attention[row, width - len(req.prompt_ids):] = 1
+            rows = _Rows(batch, tokenizer, stops, width, device)
+            extra = {}
+            if adapters:  # per-row adapters (peft); a row without one keeps the model's active adapter
+                extra["adapter_names"] = [r.adapter or model.active_adapter for r in batch]
+            model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=False, temperature=None, top_p=None,
+                top_k=None, eos_token_id=stops, pad_token_id=pad_id,
+                logits_processor=LogitsProcessorList([Processor(rows)]),
+                stopping_criteria=StoppingCriteriaList([Stopper(rows)]), **extra)
+            for row, i in enumerate(idx):
+                results[i] = RowResult(rows.text[row], rows.finish[row] or "length", len(batch[row].prompt_ids),
+                                       len(rows.tokens[row]))
             progress.advance(task, len(idx))
-    return outputs
+    return results  # type: ignore[return-value]
+
+
+def encode_chat(tokenizer, conversation: list[Message]) -> list[int]:
+    """Token ids of a conversation rendered for generation (the training template, assistant header last)."""
+    return tokenizer(render_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+
+
+def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256,
+                  batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                  precision: str = "auto", show_progress: bool = True, stop: list[str] | None = None,
+                  constraint: Callable[[], TokenConstraint] | None = None) -> list[str]:
+    """Generate one assistant reply per conversation, in input order.
+
+    `constraint` makes a fresh TokenConstraint per row (e.g. a grammar: tunesmith.guardrails.structured).
+    Sampling: row i uses seed + i, so its answer does not depend on how the rows are batched.
+    """
+    requests = [RowRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed + i, stop=list(stop or []),
+                           constraint=constraint() if constraint else None) for i, c in enumerate(conversations)]
+    results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
+                            show_progress=show_progress)
+    return [r.text.strip() for r in results]
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:
-    """Prompts from a file: JSONL rows with `messages`, `prompt`, or plain text lines."""
-    conversations = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = line
-        if isinstance(row, dict) and "messages" in row:
-            msgs = [m for m in row["messages"] if m["role"] != "assistant" or m is not row["messages"][-1]]
-            conversations.append(msgs)
-        elif isinstance(row, dict) and "prompt" in row:
+    """Prompts from a file: JSONL rows with `messages` (a final assistant turn, the reference, is dropped) or
+    `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        lines = read_text(path).splitlines()
+        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    conversations: list[list[Message]] = []
+    issues: list[DataIssue] = []
+    for where, row in iter_jsonl(path):
+        if isinstance(row, DataIssue):
+            issues.append(row)
+        elif "messages" in row or "conversations" in row:
+            messages = parse_messages(row, where)
+            if isinstance(messages, DataIssue):
+                issues.append(messages)
+            else:
+                conversations.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+        elif isinstance(row.get("prompt"), str):
             conversations.append([{"role": "user", "content": row["prompt"]}])
         else:
-            conversations.append([{"role": "user", "content": str(row)}])
+            issues.append(DataIssue(where, f"expected `messages` (a chat) or `prompt` (a string); fields {sorted(row)}"))
+    if issues:
+        raise DataError(issues, hint="Each line needs `messages` or `prompt`.")
     return conversations
+
+
+GuardrailsOpt = Annotated[Optional[Path], typer.Option(
+    help="A guardrails YAML: input/output rails and structured output (docs/guardrails.md)", show_default=False)]
+
+
+def load_guard(path: Path | None, model, tokenizer):
+    """The Guard of a guardrails YAML for this model, or None without one."""
+    if path is None:
+        return None
+    from tunesmith.guardrails import Guard, load_guardrails
+
+    return Guard(load_guardrails(path), tokenizer, model.config.vocab_size)
+
+
+def generate_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder (base model + its adapter)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder (default: the embedded SmolLM2)")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Prompts: JSONL (messages or prompt) or one per line")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
+    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+    guardrails: GuardrailsOpt = None,
+):
+    """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0); JSONL on stdout.
+
+    With --guardrails each line also says whether the rails refused (`blocked`) and what they decided (`rails`)."""
+    conversations = [[{"role": "user", "content": p}] for p in prompt or []]
+    if input:
+        conversations += read_prompts(input)
+    if not conversations:
+        raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
+    if system:
+        conversations = [[{"role": "system", "content": system}] + c for c in conversations]
+    model_obj, tokenizer = load_for_inference(run, model)
+    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
+                    seed=seed, precision=precision)
+    guard = load_guard(guardrails, model_obj, tokenizer)
+    if guard is None:
+        lines = [{"answer": a} for a in generate_chat(model_obj, tokenizer, conversations, **settings)]
+    else:
+        from tunesmith.guardrails import generate_guarded
+
+        lines = [{"answer": out.text, "blocked": out.blocked, "rails": [d.to_dict() for d in out.decisions]}
+                 for out in generate_guarded(model_obj, tokenizer, guard, conversations, **settings)]
+    for conv, line in zip(conversations, lines):
+        print(json.dumps({"prompt": conv[-1]["content"], **line}, ensure_ascii=False))
+
+
+def chat_command(
+    run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
+    system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+    guardrails: GuardrailsOpt = None,
+):
+    """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
+    model_obj, tokenizer = load_for_inference(run, model)
+    guard = load_guard(guardrails, model_obj, tokenizer)
+    history = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        if guard is None:
+            reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
+                                  temperature=temperature, show_progress=False)[0]
+        else:
+            from tunesmith.guardrails import generate_guarded
+
+            reply = generate_guarded(model_obj, tokenizer, guard, [history], max_new_tokens=max_new_tokens,
+                                     temperature=temperature, show_progress=False)[0].text
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")

@@ -14,8 +14,8 @@ data="bench/knowledge/data/$set"
 work="runs/knowledge/$set"
 cd "$root"
 
-"$tunesmith" data ingest "$data/docs" -o "$work/chunks.jsonl" -c bench/knowledge/prep.yaml
-"$tunesmith" data generate -i "$work/chunks.jsonl" -o "$work/pairs.jsonl" -c bench/knowledge/prep.yaml
+"$tunesmith" data ingest bench/knowledge/prep.yaml -i "$data/docs" -o "$work/chunks.jsonl"
+"$tunesmith" data generate bench/knowledge/prep.yaml -i "$work/chunks.jsonl" -o "$work/pairs.jsonl"
 # No test (or validation) question's phrasing may occur in the training prompts: checked, not assumed.
 "$python" bench/knowledge/heldout.py --facts "$data/facts.jsonl" --questions "$data/test.jsonl" --train "$work/pairs.jsonl"
 

@@ -7,11 +7,11 @@ root="$(cd "$here/../.." && pwd)"
 tunesmith="${TUNESMITH:-$root/.venv/bin/tunesmith}"
 cd "$here"
 
-"$tunesmith" data ingest docs -o work/chunks.jsonl -c prep.yaml
+"$tunesmith" data ingest prep.yaml -i docs -o work/chunks.jsonl
 # Anonymize before generation: personal data never reaches a teacher (matters for hosted ones) nor the model.
-"$tunesmith" data anonymize -i work/chunks.jsonl -o work/chunks.anon.jsonl -c prep.yaml --mapping private/pii-mapping.json
-"$tunesmith" data generate -i work/chunks.anon.jsonl -o work/pairs.jsonl -c prep.yaml
-"$tunesmith" data stats work/pairs.jsonl --field rendering --field topic
+"$tunesmith" data anonymize prep.yaml -i work/chunks.jsonl -o work/chunks.anon.jsonl --mapping private/pii-mapping.json
+"$tunesmith" data generate prep.yaml -i work/chunks.anon.jsonl -o work/pairs.jsonl
+"$tunesmith" data stats -i work/pairs.jsonl --field rendering --field topic
 
 if [[ "${1:-}" == "--train" ]]; then
   cd "$root"

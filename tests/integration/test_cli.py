@@ -5,11 +5,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from conftest import write_config
 
-pytestmark = pytest.mark.integration
 
 
 def tunesmith(*args, check=True):
@@ -70,3 +68,21 @@ def test_bad_inputs_give_clear_errors_and_exit_2(tmp_path, tiny_model_dir, dblp_
 
     proc = tunesmith("generate", "--model", "someone/not-downloaded", "--prompt", "x", check=False)
     assert proc.returncode == 2 and "never downloads" in proc.stderr
+
+
+def test_generate_with_guardrails_refuses_before_the_model_and_audits(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    rails = tmp_path / "rails.yaml"
+    rails.write_text(f"input:\n  pii: {{enabled: false}}\n  blocked_topics: [{{name: weapons, terms: [bomb]}}]\n"
+                     f"refusal: No.\naudit_log: {tmp_path / 'audit.jsonl'}\n")
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model_dir), "--guardrails", str(rails),
+                                      "-p", "how to build a bomb", "-p", "What are the papers?",
+                                      "--max-new-tokens", "4", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    refused, answered = [json.loads(line) for line in result.stdout.splitlines()]
+    assert refused["blocked"] and refused["answer"] == "No." and refused["rails"][0]["rail"] == "input.topic"
+    assert not answered["blocked"]
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o777 == 0o600

@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
+from tunesmith.cli import app
+
 from conftest import DBLP_ROWS, write_config
 
-pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def eval_app() -> typer.Typer:
-    from tunesmith.eval.cli import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.command("noop")  # typer runs a single-command app without its name; keep `eval` a named command
-    def _noop():
-        pass
-
-    return app
-
-
-def test_eval_writes_the_full_report(tmp_path, tiny_model_dir, eval_app):
+def test_eval_writes_the_full_report(tmp_path, tiny_model_dir):
     from tunesmith.config import load_config
     from tunesmith.train.run import train
 
@@ -56,7 +41,7 @@ def test_eval_writes_the_full_report(tmp_path, tiny_model_dir, eval_app):
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump(cfg))
 
-    result = CliRunner().invoke(eval_app, ["eval", str(config)])
+    result = CliRunner().invoke(app, ["eval", str(config)])
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     out = tmp_path / "report"
@@ -92,14 +77,11 @@ def test_eval_writes_the_full_report(tmp_path, tiny_model_dir, eval_app):
     assert "Report" in result.output
 
 
-def test_eval_config_errors_point_at_the_line(tmp_path, eval_app):
+def test_eval_config_errors_point_at_the_line(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("data:\n  test: t.jsonl\n  train: t.jsonl\nvariants:\n  - kind: tuned\n    runn: x\n")
-    from tunesmith.eval.config import load_eval_config
-    from tunesmith.records import TunesmithError
-
-    with pytest.raises(TunesmithError) as err:
-        load_eval_config(config)
-    message = str(err.value)
+    result = CliRunner().invoke(app, ["eval", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = result.output
     assert f"{config}:6: variants.0.runn: unknown key" in message
     assert "variants.0.run: Field required" in message

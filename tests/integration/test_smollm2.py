@@ -3,15 +3,13 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from tunesmith.config import load_config
-from tunesmith.data.batching import collate, plan_epoch
 from tunesmith.data.dataset import prepare_data
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
 from tunesmith.records import IGNORE_INDEX
-from tunesmith.train.loss import TrainedTokenLoss
+from tunesmith.train.loss import dataset_loss
 from tunesmith.train.run import train
 
 pytestmark = pytest.mark.smollm2
@@ -41,12 +39,7 @@ def test_few_lora_steps_lower_the_loss(tmp_path, smol_path):
         "train.batch_size=1", "train.lr=2e-3", "train.warmup_ratio=0", f"output.dir={tmp_path / 'run'}"])
     tokenizer = load_tokenizer(smol_path)
     data = prepare_data(cfg.data.train, cfg.data, tokenizer)
-    loss_module = TrainedTokenLoss(load_model(smol_path, device="cpu")).eval()
-    total = count = 0
-    with torch.no_grad():
-        for rows in plan_epoch([len(e) for e in data.tokenized], seed=0, epoch=0, batch_size=4, row_len=512, pack=True):
-            loss_sum, n = loss_module(collate(data.tokenized, rows, tokenizer.pad_token_id, True))
-            total, count = total + float(loss_sum), count + n
-    before = total / count
+    before = dataset_loss(load_model(smol_path, device="cpu"), data.tokenized, pad_id=tokenizer.pad_token_id,
+                          batch_size=4, row_len=512, pack=True).loss
     result = train(cfg)
     assert result.valid_loss < 0.8 * before, (before, result.valid_loss)

@@ -1,6 +1,7 @@
 import pytest
 
-from tunesmith.config import ConfigError, LoraMethod, load_config
+from tunesmith.config import ConfigError, load_config
+from tunesmith.methods.lora import LoraSettings
 
 GOOD = """\
 data:
@@ -17,7 +18,7 @@ def test_good_config_and_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
     cfg = load_config(path)
-    assert isinstance(cfg.method, LoraMethod) and cfg.method.r == 8
+    assert isinstance(cfg.method, LoraSettings) and cfg.method.r == 8
     assert cfg.train.lr == 1e-4 and cfg.model.name == "smollm2-135m-instruct"
 
 
@@ -41,7 +42,7 @@ def test_overrides_from_command_line(tmp_path):
     assert cfg.train.lr == 3e-4 and cfg.method.r == 32 and cfg.train.pack is False and cfg.output.dir == "/tmp/x"
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(path, ["train.nonsense=1"])
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match="path.to.key=value"):
         load_config(path, ["train.lr"])
 
 
@@ -64,3 +65,30 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_bad_value_from_the_command_line_is_blamed_on_the_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.lr=fast"])
+    assert "--set train.lr=fast: train.lr:" in str(err.value)
+
+
+def test_options_win_over_set_and_set_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    cfg = load_config(path, ["train.lr=3e-4", "method.r=4"], options={"train.lr": 5e-4, "output.dir": None})
+    assert cfg.train.lr == 5e-4 and cfg.method.r == 4 and cfg.output.dir == "runs/latest"  # None: option not given
+
+
+def test_union_tags_never_show_in_error_locations():
+    """pydantic reports variants.0.tuned.run; the user wrote variants.0.run. Handled once, for every config."""
+    from tunesmith.config import read_config
+    from tunesmith.eval.config import EvalConfig
+
+    with pytest.raises(ConfigError) as err:
+        read_config(EvalConfig, None, ["data.test=t.jsonl", "data.train=t.jsonl", "variants=[{kind: tuned}, {kind: rag, k: 0}]"])
+    text = str(err.value)
+    assert "variants.0.run: Field required" in text and "variants.1.k: unknown key" in text
+    assert ".tuned." not in text and ".rag." not in text

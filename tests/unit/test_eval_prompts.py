@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-
-from tunesmith.eval.leakage import check_leakage
-from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, training_pairs_as_passages
+from tunesmith.data.dedup import Item, check_leakage
+from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, question_of, reference_of, training_pairs_as_passages
 from tunesmith.eval.retrieval import VectorIndex, load_corpus, split_passages
 from tunesmith.records import Example, SourceRef
 
@@ -52,10 +51,13 @@ def test_few_shot_random_is_seeded_and_differs_per_item(tiny_tokenizer):
 def test_prompt_length_guard_drops_least_similar_first(tiny_tokenizer, tmp_path):
     test = chat("Who wrote the paper about graph neural networks?", "gold")
     full = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).build([test])[0]
-    zero = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path)).guard.n_tokens(test.messages[:1])
-    guarded = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path), max_prompt_tokens=zero + 40).build([test])[0]
-    assert guarded.dropped >= 1 and guarded.shown == full.shown[: len(guarded.shown)]
-    assert FewShotBuilder(POOL, tiny_tokenizer).guard.n_tokens(guarded.conversation) <= zero + 40 or not guarded.shown
+    guard = FewShotBuilder(POOL, tiny_tokenizer, k=1, cache_dir=str(tmp_path))
+    one_shot = guard.build([test])[0]
+    assert one_shot.shown == full.shown[:1]
+    budget = guard.guard.n_tokens(one_shot.conversation)  # room for exactly the most similar example
+    guarded = FewShotBuilder(POOL, tiny_tokenizer, k=3, cache_dir=str(tmp_path), max_prompt_tokens=budget).build([test])[0]
+    assert guarded.shown == full.shown[:1] and guarded.dropped == 2  # the two least similar went first
+    assert guard.guard.n_tokens(guarded.conversation) <= budget < guard.guard.n_tokens(full.conversation)
 
 
 def test_rag_puts_top_passages_above_the_question(tiny_tokenizer, tmp_path):
@@ -101,9 +103,12 @@ def test_leakage_finds_exact_near_duplicate_and_shared_targets():
             chat("What are the papers written by the person Ada Lovelace in the year 1843 ?!", "x"),  # near-duplicate
             chat("A fresh question", "SELECT shared"),  # shared target
             chat("Something else entirely", "unique")]
-    report = check_leakage(train, test, threshold=0.7)
+    def items(examples):
+        return [Item(question_of(e), reference_of(e)) for e in examples]
+
+    report = check_leakage(items(train), items(test), threshold=0.7)
     assert [d["test"] for d in report.exact_prompts] == [0]
     assert [d["test"] for d in report.near_duplicate_prompts] == [1] and report.near_duplicate_prompts[0]["train"] == 0
     assert [d["test"] for d in report.shared_targets] == [2]
     assert report.leaked_items == {0, 1, 2} and not report.clean
-    assert check_leakage(train, test[3:]).clean
+    assert check_leakage(items(train), items(test[3:])).clean

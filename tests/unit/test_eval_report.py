@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tunesmith.eval.report import verdict, write_report
+from tunesmith.eval.results import EvalReport, VariantResult
 
 
 def variant(name, kind, items, cost=None, forgetting=None, ci=None):
@@ -27,11 +28,12 @@ def make_report(tuned_items, leak_items=()):
                              "answers": ["t1", "t2"], "seconds": 1.0},
                   "verdict": {"text_perplexity_change": 0.2, "answer_perplexity_change": 0.02, "chrf_change": -1.0,
                               "kl_from_base": 0.04, "flagged": True, "reasons": ["general-text perplexity up 20% (threshold 10%)"]}}
-    variants = [variant("base", "base", [0.0, 0.0, 0.0, 100.0]),
+    variants = [VariantResult.model_validate(v) for v in [
+                variant("base", "base", [0.0, 0.0, 0.0, 100.0]),
                 variant("few-shot", "few_shot", [100.0, 0.0, 0.0, 100.0]),
                 variant("tuned (demo)", "tuned", tuned_items,
                         cost={"train_seconds": 300.0, "trained_tokens": 66633, "trainable_parameters": 4884480},
-                        forgetting=forgetting)]
+                        forgetting=forgetting)]]
     from tunesmith.eval.runner import compare
 
     class Cfg:  # the two settings compare() reads
@@ -42,10 +44,10 @@ def make_report(tuned_items, leak_items=()):
                 samples, confidence, seed = 200, 0.95, 0
 
     leaked = list(leak_items)
-    return {
+    return EvalReport.model_validate({
         "title": "Was it worth it?", "n_test": 4, "n_train": 10, "headline": "exact_match", "confidence": 0.95,
         "metrics": [{"name": "exact_match", "description": "exact"}, {"name": "chrf", "description": "chrF <b>"}],
-        "leakage": {"clean": not leaked, "leaked_items": leaked, "threshold": 0.8,
+        "leakage": {"n_test": 4, "n_train": 10, "clean": not leaked, "leaked_items": leaked, "threshold": 0.8,
                     "exact_prompts": [{"test": i, "train": 7, "text": "q"} for i in leaked],
                     "near_duplicate_prompts": [], "shared_targets": []},
         "variants": variants, "comparisons": compare(variants, Cfg),
@@ -55,7 +57,7 @@ def make_report(tuned_items, leak_items=()):
                             "answers": ["b1", "b2"], "seconds": 1.0},
         "general_prompts": ["Give me a fruit", "Name a colour"], "general_answers": ["apple", "red"],
         "wall_seconds": 12.3,
-    }
+    })
 
 
 def test_writes_md_html_json_with_tables_plots_and_failures(tmp_path):
@@ -63,6 +65,7 @@ def test_writes_md_html_json_with_tables_plots_and_failures(tmp_path):
     paths = write_report(report, tmp_path, worst=3)
     md, html = paths["md"].read_text(), paths["html"].read_text()
     assert json.loads(paths["json"].read_text())["comparisons"]["winner"] == "tuned (demo)"
+    assert EvalReport.model_validate(json.loads(paths["json"].read_text())) == report  # report.json reads back as is
     assert "| **tuned (demo)** | 75.0 [65.0, 85.0] | 37.5 |" in md  # headline with CI, winner in bold
     assert "| 5.0 | 66,633 | 4,884,480 |" in md  # train minutes, trained tokens, trainable parameters
     assert "## exact match by query_type" in md and "| A | 2 | 0.0 | 100.0 | 100.0 |" in md

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.generate import generate_chat, read_prompts, stop_token_ids
+from tunesmith.records import DataError
 
 
 def test_batched_left_padded_equals_one_at_a_time(tiny_model, tiny_tokenizer):
@@ -31,7 +33,17 @@ def test_generation_uses_training_template_and_stops_at_end_of_turn(tiny_model, 
 
 def test_read_prompts_formats(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a"}\n{"messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "gold"}]}\nplain line\n')
-    convs = read_prompts(path)
-    assert convs == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}],
-                     [{"role": "user", "content": "plain line"}]]
+    path.write_text('{"prompt": "a"}\n{"messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "gold"}]}\n')
+    assert read_prompts(path) == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    lines = tmp_path / "p.txt"
+    lines.write_text("first question\n\nsecond question\n")
+    assert read_prompts(lines) == [[{"role": "user", "content": "first question"}], [{"role": "user", "content": "second question"}]]
+
+
+def test_read_prompts_reports_every_bad_row(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\nplain line\n{"question": "b"}\n{"messages": [{"role": "robot", "content": "c"}]}\n')
+    with pytest.raises(DataError, match="3 problem") as err:
+        read_prompts(path)
+    assert f"{path}:2: not valid JSON" in str(err.value) and f"{path}:3: expected `messages`" in str(err.value)
+    assert f"{path}:4: message 0 has role 'robot'" in str(err.value)

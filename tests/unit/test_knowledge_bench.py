@@ -8,7 +8,7 @@ import yaml
 
 from bench.knowledge import heldout, world
 from tunesmith.data.prep.chunking import ChunkingConfig
-from tunesmith.data.prep.generate import GenerateConfig, generate_pairs
+from tunesmith.data.prep.synthesize import GenerateConfig, generate_pairs
 from tunesmith.data.prep.ingest import IngestConfig, ingest
 
 HERE = Path(world.__file__).resolve().parent
@@ -51,7 +51,7 @@ def test_no_test_phrasing_occurs_in_the_generated_training_data(name):
     chunks, _, _ = ingest([DATA / name / "docs"], IngestConfig(chunking=ChunkingConfig(**prep["ingest"]["chunking"])))
     pairs, _ = generate_pairs(chunks, GenerateConfig(**prep["generate"]))
     assert len(pairs) > 3 * len(_rows(DATA / name / "facts.jsonl"))
-    prompts = [m["content"] for row in pairs for m in row["messages"] if m["role"] == "user"]
+    prompts = [m["content"] for row in pairs for m in row.messages if m["role"] == "user"]
     facts = _rows(DATA / name / "facts.jsonl")
     for split in ("valid", "test") if name == "a" else ("test",):
         questions = [r["messages"][0]["content"] for r in _rows(DATA / name / f"{split}.jsonl")]
@@ -63,9 +63,9 @@ def test_no_test_phrasing_occurs_in_the_generated_training_data(name):
 
 @pytest.mark.parametrize("folder", ["bench/knowledge", "examples/docs-to-dataset"])
 def test_shipped_train_and_eval_configs_are_valid(folder):
-    from tunesmith.config import load_config
-    from tunesmith.eval.config import load_eval_config
+    from tunesmith.config import load_config, read_config
+    from tunesmith.eval.config import EvalConfig
 
     root = HERE.parent.parent / folder
     assert load_config(root / "train.yaml").method.name in ("lora", "full")
-    assert load_eval_config(root / "eval.yaml").metrics.headline == "contains"
+    assert read_config(EvalConfig, root / "eval.yaml").metrics.headline == "contains"

@@ -3,7 +3,8 @@
 import pytest
 
 from tunesmith.data.prep.facts import FactsConfig, chunk_items, chunk_statements, load_spacy, name_like
-from tunesmith.data.prep.generate import STRATEGIES, GenerateConfig, PairFilter, generate_pairs, names_subject
+from tunesmith.data.prep.rows import Chunk
+from tunesmith.data.prep.synthesize import STRATEGIES, GenerateConfig, PairFilter, generate_pairs, names_subject
 
 COMPANY = ("## Velmora Labs\n\nVelmora Labs makes ceramic water filters. It is headquartered in Corran. "
            "Its logo shows a heron. Founded in 1987 by Ilsa Morrow, the company grew slowly at first.")
@@ -81,13 +82,13 @@ def test_headings_that_name_something():
 
 
 def test_facts_strategy_needs_no_teacher_and_marks_rows():
-    chunks = [{"chunk_id": "c#0", "doc_id": "c", "topic": "Companies > Velmora Labs", "text": COMPANY},
-              {"chunk_id": "d#0", "doc_id": "d", "topic": "", "text": "# Contents"}]
+    chunks = [Chunk(chunk_id="c#0", doc_id="c", topic="Companies > Velmora Labs", text=COMPANY),
+              Chunk(chunk_id="d#0", doc_id="d", topic="", text="# Contents")]
     assert not STRATEGIES["facts"].uses_teacher and STRATEGIES["json_list"].uses_teacher
     accepted, rejects = generate_pairs(chunks, GenerateConfig(strategy="facts"))
-    assert accepted and all(r["strategy"] == "facts" and r["teacher"] == "facts" for r in accepted)
-    assert {r["rendering"] for r in accepted} >= {"question", "cloze", "about"}
-    assert any(r["reason"].startswith("no fact found in the chunk") and r["chunk_id"] == "d#0" for r in rejects)
+    assert accepted and all(r.strategy == "facts" and r.teacher == "facts" for r in accepted)
+    assert {r.rendering for r in accepted} >= {"question", "cloze", "about"}
+    assert any(r.reason.startswith("no fact found in the chunk") and r.chunk_id == "d#0" for r in rejects)
 
 
 def test_unknown_strategy_is_a_config_error():
@@ -97,7 +98,7 @@ def test_unknown_strategy_is_a_config_error():
 
 def test_the_question_check_rejects_questions_about_the_page():
     pair_filter = PairFilter(GenerateConfig())
-    chunk = {"text": COMPANY}
+    chunk = Chunk(text=COMPANY)
     assert pair_filter.question_problem("When was Velmora Labs founded?", chunk) is None
     assert "refers to the text" in pair_filter.question_problem("What is the origin of the information in the text?", chunk)
     assert "names nothing" in pair_filter.question_problem("What is the answer to this riddle?", chunk)

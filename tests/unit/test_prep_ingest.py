@@ -35,10 +35,10 @@ def minimal_pdf(text: str) -> bytes:
 def test_markdown_is_cut_by_headings_with_topic_paths():
     text = (DOCS / "guide.md").read_text()
     chunks = chunk_document("guide.md", "guide.md", "markdown", text, ChunkingConfig(min_tokens=0))
-    topics = [c["topic"] for c in chunks]
+    topics = [c.topic for c in chunks]
     assert topics == ["Lumen Queue", "Lumen Queue > Publishing", "Lumen Queue > Publishing > Ordering", "Lumen Queue > Consuming"]
-    assert all(text[c["char_start"] : c["char_end"]].strip() == c["text"] for c in chunks)
-    assert "redelivered after thirty seconds" in chunks[-1]["text"]
+    assert all(text[c.char_start : c.char_end].strip() == c.text for c in chunks)
+    assert "redelivered after thirty seconds" in chunks[-1].text
 
 
 def test_headings_inside_code_fences_do_not_split():
@@ -49,10 +49,10 @@ def test_headings_inside_code_fences_do_not_split():
 def test_long_sections_are_windowed_with_overlap():
     words = [f"w{i}" for i in range(100)]
     chunks = chunk_document("d", "d", "text", " ".join(words), ChunkingConfig(max_tokens=30, overlap_tokens=10, min_tokens=0))
-    assert [c["n_tokens"] for c in chunks] == [30, 30, 30, 30, 20]
-    first, second = chunks[0]["text"].split(), chunks[1]["text"].split()
+    assert [c.n_tokens for c in chunks] == [30, 30, 30, 30, 20]
+    first, second = chunks[0].text.split(), chunks[1].text.split()
     assert first[-10:] == second[:10]  # the overlap
-    assert {w for c in chunks for w in c["text"].split()} == set(words)  # nothing lost
+    assert {w for c in chunks for w in c.text.split()} == set(words)  # nothing lost
 
 
 def test_overlap_must_be_below_budget():
@@ -70,15 +70,15 @@ def test_every_supported_format_is_read_with_provenance(tmp_path):
     (tmp_path / "manual.pdf").write_bytes(minimal_pdf("Lumen PDF manual says hello"))
     chunks, read, issues = ingest([DOCS, tmp_path], IngestConfig())
     assert issues == []
-    by_format = {c["format"] for c in chunks}
+    by_format = {c.format for c in chunks}
     assert by_format == {"markdown", "html", "text", "jsonl", "code", "docx", "pdf"}
-    html = [c for c in chunks if c["format"] == "html"]
-    assert any(c["topic"] == "Lumen FAQ > Limits" for c in html)
-    assert not any("var x" in c["text"] or "color: red" in c["text"] for c in html)  # script/style dropped
-    jsonl = [c for c in chunks if c["format"] == "jsonl"]
-    assert [c["doc_id"] for c in jsonl] == ["records.jsonl:1", "records.jsonl:2"]
-    assert any("Lumen PDF manual" in c["text"] for c in chunks if c["format"] == "pdf")
-    assert any(c["topic"] == "Word Doc" for c in chunks if c["format"] == "docx")
+    html = [c for c in chunks if c.format == "html"]
+    assert any(c.topic == "Lumen FAQ > Limits" for c in html)
+    assert not any("var x" in c.text or "color: red" in c.text for c in html)  # script/style dropped
+    jsonl = [c for c in chunks if c.format == "jsonl"]
+    assert [c.doc_id for c in jsonl] == ["records.jsonl:1", "records.jsonl:2"]
+    assert any("Lumen PDF manual" in c.text for c in chunks if c.format == "pdf")
+    assert any(c.topic == "Word Doc" for c in chunks if c.format == "docx")
     assert len(read) == 7
 
 
@@ -91,8 +91,8 @@ def test_unreadable_files_are_all_reported_at_once(tmp_path):
     with pytest.raises(DataError) as caught:
         ingest([tmp_path], IngestConfig())
     message = str(caught.value)
-    assert "latin1.txt: not UTF-8 text" in message and "re-save the file as UTF-8" in message
-    assert "broken.pdf" in message and "broken.docx" in message and "bad.json: not valid JSON" in message
+    assert "latin1.txt:1: not UTF-8 text" in message and "re-save the file as UTF-8" in message
+    assert "broken.pdf" in message and "broken.docx" in message and "bad.json:1: not valid JSON" in message
     assert "--on-error skip" in message
     chunks, read, issues = ingest([tmp_path], IngestConfig(on_error="skip"))
     assert [p.name for p in read] == ["good.txt"] and len(issues) == 4
@@ -105,7 +105,7 @@ def test_permission_denied_tells_what_to_do(tmp_path, monkeypatch):
     def deny(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_text", deny)
+    monkeypatch.setattr(Path, "read_bytes", deny)
     with pytest.raises(DataError, match="permission denied; make the file readable"):
         ingest([target], IngestConfig())
 
@@ -129,5 +129,5 @@ def test_tokenizer_json_counts_real_tokens(tmp_path):
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     chunks = chunk_document("d", "d", "text", "a,b,c,d,e,f", ChunkingConfig(max_tokens=16, overlap_tokens=0, min_tokens=0, tokenizer=str(path)))
-    assert chunks[0]["n_tokens"] == 11
-    assert json.loads(json.dumps(chunks))  # rows are plain JSON
+    assert chunks[0].n_tokens == 11
+    assert json.loads(json.dumps([c.to_json() for c in chunks]))  # rows are plain JSON

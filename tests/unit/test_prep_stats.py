@@ -3,7 +3,8 @@ import json
 
 from rich.console import Console
 
-from tunesmith.data.prep.artifacts import read_jsonl, write_jsonl, write_manifest
+from tunesmith.data.prep.artifacts import write_manifest
+from tunesmith.files import atomic_write_jsonl, read_jsonl
 from tunesmith.data.prep.stats import compute_stats, render_stats
 
 
@@ -15,7 +16,7 @@ def test_stats_count_lengths_balance_duplicates_and_pii(tmp_path):
         {"text": "Raw pretraining text written by <PERSON_1> and <EMAIL_1>."},
     ]
     path = tmp_path / "anon.jsonl"
-    write_jsonl(path, rows)
+    atomic_write_jsonl(path, rows)
     write_manifest(path, "anonymize", {}, [], [path], {"found": {"PERSON": 1, "EMAIL": 1}, "replaced": {"PERSON": 2, "EMAIL": 1}})
     stats = compute_stats(path, read_jsonl(path), fields=["topic"])
     assert stats["rows"] == 4 and stats["chat_rows"] == 3 and stats["text_rows"] == 1
@@ -34,6 +35,6 @@ def test_stats_scan_finds_remaining_pii(tmp_path):
     from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector
 
     path = tmp_path / "raw.jsonl"
-    write_jsonl(path, [{"text": "Mail jane@example.com or call <PHONE_1>."}])
+    atomic_write_jsonl(path, [{"text": "Mail jane@example.com or call <PHONE_1>."}])
     stats = compute_stats(path, read_jsonl(path), pii_detector=PiiDetector(AnonymizeConfig(ner=False)))
     assert stats["pii"]["detected_now"] == {"EMAIL": 1}

@@ -4,16 +4,19 @@ is trained on, and the counts that tell whether the data is what you meant (leng
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tunesmith.config import RunConfig
-from tunesmith.data.dataset import prepare_data
+from tunesmith.cli import ConfigArg, SetOpt
+from tunesmith.config import RunConfig, load_config
+from tunesmith.objectives.base import get_objective
 from tunesmith.models.loading import load_tokenizer, resolve_model
-from tunesmith.records import IGNORE_INDEX, TokenizedExample
+from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
 
 def render_tokens(tokenizer, example: TokenizedExample) -> Text:
@@ -47,11 +50,13 @@ def length_histogram(lengths: list[int], bins: int = 8, width: int = 40) -> Tabl
 def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
     console = console or Console()
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    data = prepare_data(cfg.data.train, cfg.data, tokenizer)
+    data = get_objective(cfg.objective.name).prepare(cfg.data.train, cfg, tokenizer)
     for example in data.tokenized[:n]:
         title = f"{example.source} · {len(example)} tokens, {example.n_trained} trained" + (" · TRUNCATED" if example.truncated else "")
         console.print(Panel(render_tokens(tokenizer, example), title=title, title_align="left"))
-    console.print(Text.assemble(("trained", "bold black on green"), "  ", ("not trained (prompt, template, padding)", "dim")))
+    console.print(Text.assemble(("trained" + (" (labelled)" if data.label_names else ""), "bold black on green"), "  ",
+                                ("not trained (prompt, template, padding)", "dim"))
+                  + (Text(f"  labels: {', '.join(data.label_names)}") if data.label_names else Text()))
     summary = data.summary()
     table = Table(title="data summary", box=None)
     table.add_column("")
@@ -63,3 +68,12 @@ def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
     for issue in data.skipped[:20]:
         console.print(f"[yellow]skipped[/] {issue}")
     return summary
+
+
+def show_command(config: ConfigArg = None, overrides: SetOpt = None,
+                 input: Annotated[Optional[str], typer.Option("--input", "-i", help="A data file (sets data.train)")] = None,
+                 n: Annotated[int, typer.Option("-n", help="Examples to render")] = 3):
+    """Render examples as the trainer sees them: trained tokens highlighted, with length and masking stats."""
+    if config is None and input is None:
+        raise TunesmithError("give a config file, or --input FILE")
+    show(load_config(config, overrides or [], options={"data.train": input}), n=n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.config import DataConfig
 from tunesmith.records import IGNORE_INDEX, DataIssue, Example, Message, TokenizedExample, TunesmithError
 
 
@@ -54,18 +53,21 @@ class TokenizeReport:
     issues: list[DataIssue] = field(default_factory=list)
 
 
-def tokenize_example(tokenizer, example: Example, cfg: DataConfig) -> TokenizedExample | DataIssue:
-    """Token ids and labels for one example, before any length policy is applied."""
+def tokenize_example(tokenizer, example: Example, train_on: str = "assistant") -> TokenizedExample | DataIssue:
+    """Token ids and labels for one example, before any length policy is applied.
+
+    train_on: "assistant" (every assistant turn), "last_assistant" (only the last one; earlier turns are context,
+    e.g. few-shot examples) or "all" (every token)."""
     if not example.is_chat:
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]  # documents end: the model should learn where text stops
         return TokenizedExample(input_ids=ids, labels=list(ids), source=example.source)
 
-    text, spans = assistant_spans(tokenizer, example.messages, cfg.train_on)
+    text, spans = assistant_spans(tokenizer, example.messages, train_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if cfg.train_on == "all":
+    if train_on == "all":
         labels = list(ids)
     else:
         labels = [
@@ -86,30 +88,33 @@ def split_text(tok: TokenizedExample, max_len: int) -> list[TokenizedExample]:
     ]
 
 
-def tokenize_examples(tokenizer, examples: list[Example], cfg: DataConfig) -> tuple[list[TokenizedExample], TokenizeReport]:
-    """Tokenize everything and apply the explicit length policy; every decision lands in the report."""
+def tokenize_examples(tokenizer, examples: list[Example], *, max_seq_len: int, truncation: str = "error",
+                      train_on: str = "assistant") -> tuple[list[TokenizedExample], TokenizeReport]:
+    """Tokenize everything and apply the explicit length policy; every decision lands in the report.
+
+    truncation (examples longer than max_seq_len): "error" (reported), "drop", or "right" (cut the end)."""
     report = TokenizeReport(n_examples=len(examples))
     out: list[TokenizedExample] = []
     for example in examples:
-        tok = tokenize_example(tokenizer, example, cfg)
+        tok = tokenize_example(tokenizer, example, train_on)
         if isinstance(tok, DataIssue):
             report.issues.append(tok)
             continue
         if not example.is_chat:
-            out.extend(split_text(tok, cfg.max_seq_len))
+            out.extend(split_text(tok, max_seq_len))
             continue
-        if len(tok) <= cfg.max_seq_len:
+        if len(tok) <= max_seq_len:
             out.append(tok)
             continue
-        if cfg.truncation == "error":
+        if truncation == "error":
             report.issues.append(DataIssue(
-                tok.source, f"{len(tok)} tokens is longer than data.max_seq_len={cfg.max_seq_len}"))
-        elif cfg.truncation == "drop":
+                tok.source, f"{len(tok)} tokens is longer than data.max_seq_len={max_seq_len}"))
+        elif truncation == "drop":
             report.n_dropped += 1
         else:
-            cut = TokenizedExample(tok.input_ids[: cfg.max_seq_len], tok.labels[: cfg.max_seq_len], tok.source, truncated=True)
+            cut = TokenizedExample(tok.input_ids[: max_seq_len], tok.labels[: max_seq_len], tok.source, truncated=True)
             if cut.n_trained == 0:
-                report.issues.append(DataIssue(tok.source, f"truncation to {cfg.max_seq_len} tokens cuts the target away entirely"))
+                report.issues.append(DataIssue(tok.source, f"truncation to {max_seq_len} tokens cuts the target away entirely"))
                 continue
             report.n_truncated += 1
             out.append(cut)

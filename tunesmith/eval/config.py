@@ -1,20 +1,18 @@
 """The eval config: which test set, which variants, which metrics, where the report goes.
 
-Same rules as the run config (tunesmith.config): unknown keys rejected, every error at once with its line,
-`--set section.key=value` overrides. One `data:` section shapes the test rows *and* the training pool exactly as
+Read like every config (`tunesmith.config.read_config`): unknown keys rejected, every error at once with its
+line, `--set section.key=value` overrides. One `data:` section shapes the test rows *and* the training pool exactly as
 `tunesmith train` does (same DataConfig fields), so every variant sees the same prompts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config import (
-    ConfigError, DataConfig, ModelConfig, Strict, format_validation_errors, read_config_data, yaml_line_index,
-)
+from tunesmith.config import DataConfig, ModelConfig, Strict
 
 
 class EvalDataConfig(DataConfig):
@@ -30,23 +28,28 @@ class BaseVariant(Strict):
     kind: Literal["base"] = "base"
     name: str = "base"
 
+    @property
+    def label(self) -> str:
+        """The variant's name in the report."""
+        return self.name
 
-class FewShotVariant(Strict):
-    kind: Literal["few_shot"] = "few_shot"
+
+class FewShotVariant(BaseVariant):
+    kind: Literal["few_shot"] = "few_shot"  # type: ignore[assignment]
     name: str = "few-shot"
     k: int = Field(3, ge=1, le=32)
     select: Literal["similar", "random"] = "similar"
     seed: int = 0
 
 
-class RagVariant(Strict):
-    kind: Literal["rag"] = "rag"
+class RagVariant(BaseVariant):
+    kind: Literal["rag"] = "rag"  # type: ignore[assignment]
     name: str = "rag"
 
 
-class TunedVariant(Strict):
-    kind: Literal["tuned"] = "tuned"
-    name: str | None = None  # default: "tuned (<run folder name>)"
+class TunedVariant(BaseVariant):
+    kind: Literal["tuned"] = "tuned"  # type: ignore[assignment]
+    name: str | None = None  # type: ignore[assignment]  # default: "tuned (<run folder name>)"
     run: str = Field(..., description="A run folder written by `tunesmith train`")
     rag: bool = Field(False, description="Also put retrieved passages in the prompt (tuned + RAG)")
 
@@ -55,7 +58,6 @@ class TunedVariant(Strict):
         return self.name or f"tuned ({Path(self.run).name}){' + rag' if self.rag else ''}"
 
 
-VARIANT_TAGS = ("base", "few_shot", "rag", "tuned")
 Variant = Annotated[BaseVariant | FewShotVariant | RagVariant | TunedVariant, Field(discriminator="kind")]
 
 
@@ -83,7 +85,7 @@ class BootstrapConfig(Strict):
 class MetricsConfig(Strict):
     use: list[str] = Field(
         default_factory=lambda: ["exact_match", "token_f1", "bleu", "chrf", "rouge_l"],
-        description="Built-in metrics: exact_match token_f1 contains bleu chrf rouge_l label_accuracy json_valid sparql_match")
+        description="Built-in metrics: the names in tunesmith.eval.metrics.REGISTRY")
     headline: str = Field("exact_match", description="The metric the verdict, CIs and worst failures are about")
     custom: dict[str, str] = Field(default_factory=dict, description="name: 'package.module:function' (pred, ref) -> float")
     normalize: NormalizeConfig = NormalizeConfig()
@@ -93,11 +95,11 @@ class MetricsConfig(Strict):
 
     @model_validator(mode="after")
     def _headline_is_computed(self) -> MetricsConfig:
-        from tunesmith.eval.metrics import BUILTIN
+        from tunesmith.eval.metrics import REGISTRY
 
-        unknown = [m for m in self.use if m not in BUILTIN]
+        unknown = [m for m in self.use if m not in REGISTRY]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; built-in: {sorted(BUILTIN)} (others go in `custom:`)")
+            raise ValueError(f"unknown metric(s) {unknown}; built-in: {', '.join(REGISTRY)} (others go in `custom:`)")
         if self.headline not in self.use and self.headline not in self.custom:
             raise ValueError(f"headline {self.headline!r} must be one of the metrics in `use` or `custom`")
         return self
@@ -150,31 +152,10 @@ class EvalConfig(Strict):
 
     @model_validator(mode="after")
     def _names_unique(self) -> EvalConfig:
-        names = [variant_label(v) for v in self.variants]
+        names = [v.label for v in self.variants]
         if not names:
             raise ValueError("list at least one variant")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique; repeated: {dupes} (give each a `name:`)")
         return self
-
-
-def variant_label(variant: Any) -> str:
-    return variant.label if isinstance(variant, TunedVariant) else variant.name
-
-
-def load_eval_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> EvalConfig:
-    data, text, source = read_config_data(path, overrides, base, "model, data, variants, ...")
-    try:
-        return EvalConfig.model_validate(data)
-    except ValidationError as e:
-        # Variant tags appear in error locations (variants.0.tuned.run); the file has variants.0.run.
-        lines = yaml_line_index(text) if text else {}
-        for key, line in list(lines.items()):
-            if key[:1] == ("variants",) and len(key) > 2:
-                for tag in VARIANT_TAGS:
-                    lines.setdefault(key[:2] + (tag,) + key[2:], line)
-        message = format_validation_errors(e, source, lines)
-        for tag in VARIANT_TAGS:
-            message = message.replace(f".{tag}.", ".")
-        raise ConfigError(message) from None

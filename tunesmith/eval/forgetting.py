@@ -9,12 +9,12 @@ distributions over the human answers. A tuned model is flagged when any of these
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunesmith.eval.metrics import corpus_chrf
+from tunesmith.files import read_jsonl
 from tunesmith.eval.scoring import mean_kl, reference_loss
 from tunesmith.generate import generate_chat
 from tunesmith.records import Message, TunesmithError
@@ -38,16 +38,13 @@ def load_general_tasks(path: str | Path | None = None, n: int = 40) -> list[Gene
     if not path.is_file():
         raise TunesmithError(f"forgetting.data {path} not found")
     tasks = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for where, row in read_jsonl(path):
         try:
             instance = row["instances"][0]
             prompt = row["instruction"] + (f"\n\n{instance['input']}" if instance.get("input", "").strip() else "")
             answer = instance["output"]
-        except (KeyError, IndexError, TypeError):
-            raise TunesmithError(f"{path}:{lineno}: expected a Self-Instruct seed task (instruction, instances[{{input, output}}])") from None
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise TunesmithError(f"{where}: expected a Self-Instruct seed task (instruction, instances[{{input, output}}])") from None
         if answer.strip():
             tasks.append(GeneralTask([{"role": "user", "content": prompt}], answer))
         if len(tasks) >= n:

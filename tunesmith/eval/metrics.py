@@ -1,12 +1,14 @@
 """Task metrics: one score per item (0-100, higher is better) and one score for the whole set.
 
+`REGISTRY` is the one table of metrics (name, display name, description, scale, direction, scorer): the eval
+config, the report, the training probe and the demo all read it.
+
 Library implementations wherever a well-kept one exists (sacrebleu for BLEU/chrF, rouge-score for ROUGE-L,
 rdflib for SPARQL, scipy for the bootstrap). Written here: exact match and token F1 (a few lines each, with
 normalisation that must be configurable) and label accuracy.
 """
 
 from __future__ import annotations
-
 
 import json
 import re
@@ -18,7 +20,8 @@ from functools import cache
 
 import numpy as np
 
-from tunesmith.config import import_callable
+from tunesmith.hooks import import_callable
+from tunesmith.records import TunesmithError
 
 ItemScore = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 100]
 
@@ -44,25 +47,6 @@ class Normalizer:
     @classmethod
     def from_config(cls, cfg) -> Normalizer:
         return cls(**cfg.model_dump())
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-item score and, where the metric's standard definition is corpus-level (BLEU, chrF), that too."""
-
-    name: str
-    item: ItemScore
-    corpus: Callable[[list[str], list[str]], float] | None = None
-    description: str = ""
-
-    def score_items(self, predictions: list[str], references: list[str]) -> list[float]:
-        return [float(self.item(p, r)) for p, r in zip(predictions, references, strict=True)]
-
-    def score_corpus(self, predictions: list[str], references: list[str], items: list[float] | None = None) -> float:
-        if self.corpus is not None:
-            return float(self.corpus(predictions, references))
-        items = items if items is not None else self.score_items(predictions, references)
-        return float(np.mean(items)) if items else float("nan")
 
 
 def exact_match(normalize: Normalizer) -> ItemScore:
@@ -167,38 +151,81 @@ def sparql_valid(pred: str, _ref: str) -> float:
     return 100.0 * parses(pred)
 
 
-BUILTIN = {
-    "exact_match": "exact string match after the configured normalisation",
-    "token_f1": "SQuAD-style token-overlap F1",
-    "contains": "the reference occurs in the answer as whole words (case, punctuation and articles ignored)",
-    "bleu": "sacrebleu corpus BLEU",
-    "chrf": "sacrebleu corpus chrF",
-    "rouge_l": "ROUGE-L F-measure (rouge-score)",
-    "label_accuracy": "the answer is the reference label",
-    "json_valid": "the answer parses as JSON",
-    "sparql_match": "same SPARQL query modulo variable names, whitespace and triple order (rdflib)",
-    "sparql_valid": "the answer parses as SPARQL",
-}
+@dataclass(frozen=True)
+class MetricSpec:
+    """One entry of the metric registry: everything any part of tunesmith knows about a metric."""
+
+    name: str
+    display: str  # how reports, plots and tables name it
+    description: str
+    scorer: Callable[[Normalizer], ItemScore]  # the configured normaliser → a per-item score
+    corpus: Callable[[list[str], list[str]], float] | None = None  # corpus-level score where that is the standard
+    scale: tuple[float, float] = (0.0, 100.0)
+    higher_is_better: bool = True
+    companion: str | None = None  # a metric that always comes with this one (reported next to it)
+
+
+def _plain(score: ItemScore) -> Callable[[Normalizer], ItemScore]:
+    return lambda _normalize: score
+
+
+REGISTRY: dict[str, MetricSpec] = {spec.name: spec for spec in (
+    MetricSpec("exact_match", "exact match", "exact string match after the configured normalisation", exact_match),
+    MetricSpec("token_f1", "token F1", "SQuAD-style token-overlap F1", _plain(token_f1)),
+    MetricSpec("contains", "contains", "the reference occurs in the answer as whole words (case, punctuation and "
+               "articles ignored)", _plain(contains)),
+    MetricSpec("bleu", "BLEU", "sacrebleu corpus BLEU", _plain(sentence_bleu), corpus_bleu),
+    MetricSpec("chrf", "chrF", "sacrebleu corpus chrF", _plain(sentence_chrf), corpus_chrf),
+    MetricSpec("rouge_l", "ROUGE-L", "ROUGE-L F-measure (rouge-score)", _plain(rouge_l)),
+    MetricSpec("label_accuracy", "label acc.", "the answer is the reference label", label_accuracy),
+    MetricSpec("json_valid", "valid JSON", "the answer parses as JSON", _plain(json_valid)),
+    MetricSpec("sparql_match", "SPARQL match", "same SPARQL query modulo variable names, whitespace and triple order "
+               "(rdflib)", _plain(sparql_match), companion="sparql_valid"),
+    MetricSpec("sparql_valid", "parsable SPARQL", "the answer parses as SPARQL", _plain(sparql_valid)),
+)}
+
+
+def display_name(name: str) -> str:
+    """The registry's display name; a custom metric is shown by its own name."""
+    return REGISTRY[name].display if name in REGISTRY else name
+
+
+def scale_of(name: str) -> tuple[float, float]:
+    return REGISTRY[name].scale if name in REGISTRY else (0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric ready to score: per-item scores and, where the standard definition is corpus-level (BLEU, chrF),
+    the corpus score."""
+
+    name: str
+    item: ItemScore
+    corpus: Callable[[list[str], list[str]], float] | None = None
+    description: str = ""
+
+    def score_items(self, predictions: list[str], references: list[str]) -> list[float]:
+        return [float(self.item(p, r)) for p, r in zip(predictions, references, strict=True)]
+
+    def score_corpus(self, predictions: list[str], references: list[str], items: list[float] | None = None) -> float:
+        if self.corpus is not None:
+            return float(self.corpus(predictions, references))
+        items = items if items is not None else self.score_items(predictions, references)
+        return float(np.mean(items)) if items else float("nan")
 
 
 def build_metrics(names: list[str], normalize: Normalizer, custom: dict[str, str] | None = None) -> list[Metric]:
-    """Metric objects in the order asked for; `sparql_match` brings `sparql_valid` (unparsable answers counted)."""
-    factories: dict[str, Callable[[], Metric]] = {
-        "exact_match": lambda: Metric("exact_match", exact_match(normalize), description=BUILTIN["exact_match"]),
-        "token_f1": lambda: Metric("token_f1", token_f1, description=BUILTIN["token_f1"]),
-        "contains": lambda: Metric("contains", contains, description=BUILTIN["contains"]),
-        "bleu": lambda: Metric("bleu", sentence_bleu, corpus_bleu, BUILTIN["bleu"]),
-        "chrf": lambda: Metric("chrf", sentence_chrf, corpus_chrf, BUILTIN["chrf"]),
-        "rouge_l": lambda: Metric("rouge_l", rouge_l, description=BUILTIN["rouge_l"]),
-        "label_accuracy": lambda: Metric("label_accuracy", label_accuracy(normalize), description=BUILTIN["label_accuracy"]),
-        "json_valid": lambda: Metric("json_valid", json_valid, description=BUILTIN["json_valid"]),
-        "sparql_match": lambda: Metric("sparql_match", sparql_match, description=BUILTIN["sparql_match"]),
-        "sparql_valid": lambda: Metric("sparql_valid", sparql_valid, description=BUILTIN["sparql_valid"]),
-    }
-    wanted = list(names)
-    if "sparql_match" in wanted and "sparql_valid" not in wanted:
-        wanted.insert(wanted.index("sparql_match") + 1, "sparql_valid")
-    metrics = [factories[name]() for name in wanted]
+    """Metrics in the order asked for, each followed by its companion (sparql_match brings sparql_valid)."""
+    wanted: list[str] = []
+    for name in names:
+        if name not in REGISTRY:
+            raise TunesmithError(f"unknown metric {name!r}; built-in: {', '.join(REGISTRY)}")
+        wanted.append(name)
+        companion = REGISTRY[name].companion
+        if companion and companion not in names:
+            wanted.append(companion)
+    metrics = [Metric(n, REGISTRY[n].scorer(normalize), REGISTRY[n].corpus, REGISTRY[n].description)
+               for n in dict.fromkeys(wanted)]
     for name, dotted in (custom or {}).items():
         metrics.append(Metric(name, user_metric(dotted), description=f"user metric {dotted}"))
     return metrics

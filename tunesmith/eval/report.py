@@ -1,27 +1,23 @@
 """The report: report.json (everything), report.md (for a repository), report.html (one self-contained file).
 
-Both documents are rendered by jinja2 from the same view of the results, so they cannot disagree; plots are
-drawn with matplotlib (Agg, no display) and embedded in the HTML as base64 PNG, and saved beside report.md.
+Both documents are rendered by jinja2 from the same view of a typed `EvalReport`, so they cannot disagree; plots
+are drawn with matplotlib (Agg, no display), embedded in the HTML as base64 PNG, and saved beside report.md.
+Metric names, scales and descriptions come from the metric registry (tunesmith/eval/metrics.py).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-PRETTY = {"exact_match": "exact match", "token_f1": "token F1", "bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L",
-          "label_accuracy": "label acc.", "json_valid": "valid JSON", "sparql_match": "SPARQL match",
-          "sparql_valid": "parsable SPARQL"}
-
-
-def pretty(metric: str) -> str:
-    return PRETTY.get(metric, metric)
+from tunesmith.eval.metrics import display_name, scale_of
+from tunesmith.eval.results import EvalReport
+from tunesmith.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -41,121 +37,120 @@ def short(text: str, limit: int = 240) -> str:
 
 # ---- the words ----
 
-def verdict(report: dict[str, Any]) -> list[str]:
+def verdict(report: EvalReport) -> list[str]:
     """Plain-language conclusions: who wins, by how much, at what cost, whether forgetting or leakage was seen."""
-    h, conf = report["headline"], round(100 * report["confidence"])
-    by_name = {v["name"]: v for v in report["variants"]}
-    comparisons = report["comparisons"]
-    winner = by_name[comparisons["winner"]]
+    h, conf = report.headline, round(100 * report.confidence)
+    comparisons = report.comparisons
+    winner = report.variant(comparisons.winner)
     lines = []
-    leak = report["leakage"]
-    if not leak["clean"]:
-        lines.append(f"Warning: {len(leak['leaked_items'])} of {report['n_test']} test items overlap the training data "
+    if not report.leakage.clean:
+        lines.append(f"Warning: {len(report.leakage.leaked_items)} of {report.n_test} test items overlap the training data "
                      "(see the leakage check); scores on them say little.")
-    w_low, w_high = winner["headline_ci"]
-    lead = (f"**{winner['name']}** scores best on {pretty(h)}: {fmt(winner['scores'][h])} "
-            f"({conf}% CI {fmt(w_low)}–{fmt(w_high)}) on {report['n_test']} held-out items")
-    if "difference" in comparisons:
-        d = comparisons["difference"]
-        judged = ("a real difference: the interval excludes zero" if d["significant"]
+    w_low, w_high = winner.headline_ci
+    lead = (f"**{winner.name}** scores best on {display_name(h)}: {fmt(winner.scores[h])} "
+            f"({conf}% CI {fmt(w_low)}–{fmt(w_high)}) on {report.n_test} held-out items")
+    if comparisons.difference is not None:
+        d = comparisons.difference
+        judged = ("a real difference: the interval excludes zero" if d.significant
                   else "not a clear difference: the interval includes zero, so more test items are needed to separate them")
-        lead += (f", {d['mean']:+.1f} points over {comparisons['runner_up']} "
-                 f"({conf}% CI of the paired difference {d['ci'][0]:+.1f} to {d['ci'][1]:+.1f}; {judged}).")
+        lead += (f", {d.mean:+.1f} points over {comparisons.runner_up} "
+                 f"({conf}% CI of the paired difference {d.ci[0]:+.1f} to {d.ci[1]:+.1f}; {judged}).")
     else:
         lead += "."
     lines.append(lead)
-    tva = comparisons.get("tuned_vs_best_alternative")
+    tva = comparisons.tuned_vs_best_alternative
     if tva:
-        tuned, alt = by_name[tva["tuned"]], by_name[tva["alternative"]]
-        cost = tuned.get("cost", {})
+        tuned, alt = report.variant(tva.tuned), report.variant(tva.alternative)
+        cost = tuned.cost
         spent = []
-        if cost.get("train_seconds") is not None:
-            spent.append(f"{cost['train_seconds'] / 60:.1f} min of training")
-        if cost.get("trained_tokens") is not None:
-            spent.append(f"{cost['trained_tokens']:,} trained tokens")
-        if cost.get("trainable_parameters") is not None:
-            spent.append(f"{cost['trainable_parameters']:,} trainable parameters")
+        if cost and cost.train_seconds is not None:
+            spent.append(f"{cost.train_seconds / 60:.1f} min of training")
+        if cost and cost.trained_tokens is not None:
+            spent.append(f"{cost.trained_tokens:,} trained tokens")
+        if cost and cost.trainable_parameters is not None:
+            spent.append(f"{cost.trainable_parameters:,} trainable parameters")
         spent_text = f" It cost {', '.join(spent)}." if spent else ""
-        speed = (f" Per item, {tuned['name']} takes {tuned['seconds_per_item']:.2f} s to answer with "
-                 f"{tuned['prompt_tokens_mean']:.0f} prompt tokens, {alt['name']} {alt['seconds_per_item']:.2f} s with "
-                 f"{alt['prompt_tokens_mean']:.0f}.")
-        if tva["mean"] > 0 and tva["significant"]:
-            lines.append(f"Fine-tuning was worth it: {tuned['name']} beats the best variant without training "
-                         f"({alt['name']}) by {tva['mean']:+.1f} points of {pretty(h)}.{spent_text}{speed}")
-        elif tva["mean"] > 0:
-            lines.append(f"Fine-tuning helped only marginally: {tuned['name']} is {tva['mean']:+.1f} points above "
-                         f"{alt['name']}, within the noise of {report['n_test']} items.{spent_text}{speed}")
+        speed = (f" Per item, {tuned.name} takes {tuned.seconds_per_item:.2f} s to answer with "
+                 f"{tuned.prompt_tokens_mean:.0f} prompt tokens, {alt.name} {alt.seconds_per_item:.2f} s with "
+                 f"{alt.prompt_tokens_mean:.0f}.")
+        if tva.mean > 0 and tva.significant:
+            lines.append(f"Fine-tuning was worth it: {tuned.name} beats the best variant without training "
+                         f"({alt.name}) by {tva.mean:+.1f} points of {display_name(h)}.{spent_text}{speed}")
+        elif tva.mean > 0:
+            lines.append(f"Fine-tuning helped only marginally: {tuned.name} is {tva.mean:+.1f} points above "
+                         f"{alt.name}, within the noise of {report.n_test} items.{spent_text}{speed}")
         else:
-            lines.append(f"Fine-tuning was not worth it here: {alt['name']} does as well or better without training "
-                         f"({-tva['mean']:.1f} points ahead of {tuned['name']}).{spent_text}{speed}")
+            lines.append(f"Fine-tuning was not worth it here: {alt.name} does as well or better without training "
+                         f"({-tva.mean:.1f} points ahead of {tuned.name}).{spent_text}{speed}")
     measured, runs_seen = [], set()
-    for v in report["variants"]:  # tuned and tuned+rag are one model: report its forgetting once
-        if "forgetting" in v and v.get("run", v["name"]) not in runs_seen:
-            runs_seen.add(v.get("run", v["name"]))
+    for v in report.variants:  # tuned and tuned+rag are one model: report its forgetting once
+        if v.forgetting is not None and (v.run or v.name) not in runs_seen:
+            runs_seen.add(v.run or v.name)
             measured.append(v)
-    flagged = [v for v in measured if v["forgetting"]["verdict"]["flagged"]]
+    flagged = [v for v in measured if v.forgetting.verdict.flagged]
     if flagged:
         for v in flagged:
-            lines.append(f"Forgetting seen in {v['name']}: " + "; ".join(v["forgetting"]["verdict"]["reasons"]) + ".")
+            lines.append(f"Forgetting seen in {v.name}: " + "; ".join(v.forgetting.verdict.reasons) + ".")
     elif measured:
         parts = []
         for v in measured:
-            fv = v["forgetting"]["verdict"]
-            kl = f", KL(base‖tuned) {fv['kl_from_base']:.3f} nats/token" if fv["kl_from_base"] is not None else ""
-            parts.append(f"{v['name']}: general-text perplexity {100 * fv['text_perplexity_change']:+.0f}%, "
-                         f"chrF of general answers {fv['chrf_change']:+.1f}{kl}")
+            fv = v.forgetting.verdict
+            kl = f", KL(base‖tuned) {fv.kl_from_base:.3f} nats/token" if fv.kl_from_base is not None else ""
+            parts.append(f"{v.name}: general-text perplexity {100 * fv.text_perplexity_change:+.0f}%, "
+                         f"chrF of general answers {fv.chrf_change:+.1f}{kl}")
         lines.append("No forgetting beyond the thresholds on general instructions (" + "; ".join(parts) + ").")
     return lines
 
 
 # ---- plots ----
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def plot_headline(report: dict[str, Any]) -> bytes:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h = report["headline"]
-    names = [v["name"] for v in report["variants"]]
-    values = [v["scores"][h] for v in report["variants"]]
-    low = [max(0.0, val - v["headline_ci"][0]) for val, v in zip(values, report["variants"])]
-    high = [max(0.0, v["headline_ci"][1] - val) for val, v in zip(values, report["variants"])]
-    colors = ["#2b8a3e" if v["kind"] == "tuned" else "#868e96" for v in report["variants"]]
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def plot_headline(report: EvalReport) -> bytes:
+    plt = _pyplot()
+    h = report.headline
+    low_end, high_end = scale_of(h)
+    names = [v.name for v in report.variants]
+    values = [v.scores[h] for v in report.variants]
+    low = [max(0.0, val - v.headline_ci[0]) for val, v in zip(values, report.variants)]
+    high = [max(0.0, v.headline_ci[1] - val) for val, v in zip(values, report.variants)]
+    colors = ["#2b8a3e" if v.kind == "tuned" else "#868e96" for v in report.variants]
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     ax.bar(names, values, yerr=[low, high], capsize=4, color=colors)
     for x, val in enumerate(values):
         ax.text(x, val + 1, f"{val:.1f}", ha="center", va="bottom", fontsize=9)
-    ax.set_ylabel(f"{pretty(h)} (0–100)")
-    ax.set_ylim(0, max(100.0, max(values) * 1.15) if values else 100)
-    ax.set_title(f"{pretty(h)} with {round(100 * report['confidence'])}% bootstrap CI")
+    ax.set_ylabel(f"{display_name(h)} ({low_end:g}–{high_end:g})")
+    ax.set_ylim(low_end, max(high_end, max(values) * 1.15) if values else high_end)
+    ax.set_title(f"{display_name(h)} with {round(100 * report.confidence)}% bootstrap CI")
     ax.tick_params(axis="x", labelrotation=15)
     return _png(fig)
 
 
-def plot_metrics(report: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_metrics(report: EvalReport) -> bytes:
     import numpy as np
 
-    metrics = [m["name"] for m in report["metrics"]]
-    variants = report["variants"]
+    plt = _pyplot()
+    metrics = [m.name for m in report.metrics]
+    variants = report.variants
     width = 0.8 / max(1, len(variants))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(metrics)), 3.2))
     for i, v in enumerate(variants):
-        ax.bar(np.arange(len(metrics)) + i * width, [v["scores"][m] for m in metrics], width, label=v["name"])
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(variants) - 1) / 2, [pretty(m) for m in metrics],
+        ax.bar(np.arange(len(metrics)) + i * width, [v.scores[m] for m in metrics], width, label=v.name)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(variants) - 1) / 2, [display_name(m) for m in metrics],
                   rotation=20, ha="right")
     ax.set_ylabel("score (0–100)")
     ax.set_ylim(0, 100)
@@ -164,25 +159,20 @@ def plot_metrics(report: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def plot_loss_curves(report: dict[str, Any]) -> bytes | None:
-    curves = [(v["name"], v["loss_curve"]) for v in report["variants"] if v.get("loss_curve", {}).get("step")]
+def plot_loss_curves(report: EvalReport) -> bytes | None:
+    curves = [(v.name, v.loss_curve) for v in report.variants if v.loss_curve is not None and v.loss_curve.step]
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
     seen = set()
     for name, curve in curves:
-        run_key = json.dumps(curve["loss"])
-        if run_key in seen:  # tuned and tuned+rag share one training run
+        if tuple(curve.loss) in seen:  # tuned and tuned+rag share one training run
             continue
-        seen.add(run_key)
-        ax.plot(curve["step"], curve["loss"], label=f"{name}: train")
-        if curve["valid_step"]:
-            ax.plot(curve["valid_step"], curve["valid_loss"], "o", label=f"{name}: valid")
+        seen.add(tuple(curve.loss))
+        ax.plot(curve.step, curve.loss, label=f"{name}: train")
+        if curve.valid_step:
+            ax.plot(curve.valid_step, curve.valid_loss, "o", label=f"{name}: valid")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per trained token")
     ax.set_title("training loss (from the run's metrics.jsonl)")
@@ -192,85 +182,78 @@ def plot_loss_curves(report: dict[str, Any]) -> bytes | None:
 
 # ---- tables as data, shared by both renderings ----
 
-def view(report: dict[str, Any], worst: int = 8) -> dict[str, Any]:
-    h = report["headline"]
-    metrics = [m["name"] for m in report["metrics"]]
+def view(report: EvalReport, worst: int = 8) -> dict[str, Any]:
+    h = report.headline
+    metrics = [m.name for m in report.metrics]
     headline_rows = []
-    for v in report["variants"]:
-        cost = v.get("cost", {})
+    for v in report.variants:
+        cost = v.cost
         cells = []
         for m in metrics:
-            cell = fmt(v["scores"][m])
+            cell = fmt(v.scores[m])
             if m == h:
-                cell += f" [{fmt(v['headline_ci'][0])}, {fmt(v['headline_ci'][1])}]"
+                cell += f" [{fmt(v.headline_ci[0])}, {fmt(v.headline_ci[1])}]"
             cells.append(cell)
         headline_rows.append({
-            "name": v["name"], "winner": v["name"] == report["comparisons"]["winner"], "cells": cells,
-            "ppl": fmt(v.get("reference_perplexity"), 2), "s_item": fmt(v["seconds_per_item"], 2),
-            "prompt_tokens": fmt(v["prompt_tokens_mean"], 0), "peak_mb": fmt(v["peak_rss_mb"], 0),
-            "train_min": fmt(cost["train_seconds"] / 60, 1) if cost.get("train_seconds") is not None else "–",
-            "trained_tokens": fmt(cost.get("trained_tokens")), "trainable": fmt(cost.get("trainable_parameters")),
+            "name": v.name, "winner": v.name == report.comparisons.winner, "cells": cells,
+            "ppl": fmt(v.reference_perplexity, 2), "s_item": fmt(v.seconds_per_item, 2),
+            "prompt_tokens": fmt(v.prompt_tokens_mean, 0), "peak_mb": fmt(v.peak_rss_mb, 0),
+            "train_min": fmt(cost.train_seconds / 60, 1) if cost and cost.train_seconds is not None else "–",
+            "trained_tokens": fmt(cost.trained_tokens if cost else None),
+            "trainable": fmt(cost.trainable_parameters if cost else None),
         })
     breakdowns = []
-    for v0 in report["variants"][:1]:
-        for field, groups in v0["breakdown"].items():
-            rows = []
-            for value in groups:
-                rows.append({"value": value, "n": groups[value]["n"],
-                             "cells": [fmt(v["breakdown"][field][value]["score"]) for v in report["variants"]]})
+    for v0 in report.variants[:1]:
+        for field, groups in v0.breakdown.items():
+            rows = [{"value": value, "n": cell.n, "cells": [fmt(v.breakdown[field][value].score) for v in report.variants]}
+                    for value, cell in groups.items()]
             breakdowns.append({"field": field, "rows": rows})
 
     forgetting = None
-    if report.get("forgetting_base"):
-        base = report["forgetting_base"]
-        rows = [{"name": "base", "text_ppl": fmt(base["text_perplexity"], 2), "answer_ppl": fmt(base["answer_perplexity"], 2),
-                 "chrf": fmt(base["answer_chrf"]), "kl": "–", "flag": ""}]
-        for v in report["variants"]:
-            if "forgetting" not in v:
-                continue
-            s, fv = v["forgetting"]["scores"], v["forgetting"]["verdict"]
-            rows.append({"name": v["name"],
-                         "text_ppl": f"{fmt(s['text_perplexity'], 2)} ({100 * fv['text_perplexity_change']:+.0f}%)",
-                         "answer_ppl": f"{fmt(s['answer_perplexity'], 2)} ({100 * fv['answer_perplexity_change']:+.0f}%)",
-                         "chrf": f"{fmt(s['answer_chrf'])} ({fv['chrf_change']:+.1f})",
-                         "kl": fmt(fv["kl_from_base"], 3), "flag": "REGRESSION" if fv["flagged"] else "ok"})
+    base = report.forgetting_base
+    if base is not None:
+        rows = [{"name": "base", "text_ppl": fmt(base.text_perplexity, 2), "answer_ppl": fmt(base.answer_perplexity, 2),
+                 "chrf": fmt(base.answer_chrf), "kl": "–", "flag": ""}]
+        tuned_forgetting = [v for v in report.variants if v.forgetting is not None]
+        for v in tuned_forgetting:
+            s, fv = v.forgetting.scores, v.forgetting.verdict
+            rows.append({"name": v.name,
+                         "text_ppl": f"{fmt(s.text_perplexity, 2)} ({100 * fv.text_perplexity_change:+.0f}%)",
+                         "answer_ppl": f"{fmt(s.answer_perplexity, 2)} ({100 * fv.answer_perplexity_change:+.0f}%)",
+                         "chrf": f"{fmt(s.answer_chrf)} ({fv.chrf_change:+.1f})",
+                         "kl": fmt(fv.kl_from_base, 3), "flag": "REGRESSION" if fv.flagged else "ok"})
         examples = []
-        tuned_forgetting = [v for v in report["variants"] if "forgetting" in v]
-        for i, prompt in enumerate(report.get("general_prompts", [])[:3]):
-            examples.append({"prompt": short(prompt, 160), "human": short(report["general_answers"][i], 160),
-                             "answers": [("base", short(base["answers"][i], 160))] +
-                                        [(v["name"], short(v["forgetting"]["scores"]["answers"][i], 160)) for v in tuned_forgetting]})
-        forgetting = {"rows": rows, "examples": examples, "n": len(report.get("general_prompts", []))}
+        for i, prompt in enumerate(report.general_prompts[:3]):
+            examples.append({"prompt": short(prompt, 160), "human": short(report.general_answers[i], 160),
+                             "answers": [("base", short(base.answers[i], 160))] +
+                                        [(v.name, short(v.forgetting.scores.answers[i], 160)) for v in tuned_forgetting]})
+        forgetting = {"rows": rows, "examples": examples, "n": len(report.general_prompts)}
 
     # Worst failures of the variant that matters most: the best tuned one if any, else the winner.
-    tuned = [v for v in report["variants"] if v["kind"] == "tuned"]
-    focus = max(tuned, key=lambda v: v["scores"][h]) if tuned else \
-        next(v for v in report["variants"] if v["name"] == report["comparisons"]["winner"])
-    secondary = "token_f1" if "token_f1" in focus["items"] else h
-    order = sorted(range(report["n_test"]), key=lambda i: (focus["items"][h][i], focus["items"][secondary][i]))
+    tuned = [v for v in report.variants if v.kind == "tuned"]
+    focus = max(tuned, key=lambda v: v.scores[h]) if tuned else report.variant(report.comparisons.winner)
+    secondary = "token_f1" if "token_f1" in focus.items else h
+    order = sorted(range(report.n_test), key=lambda i: (focus.items[h][i], focus.items[secondary][i]))
+    breakdown_fields = set(report.variants[0].breakdown) if report.variants else set()
     failures = []
     for i in order[:worst]:
-        if focus["items"][h][i] >= 100.0:
+        if focus.items[h][i] >= 100.0:
             break
-        item = report["items"][i]
-        failures.append({"index": i, "question": short(item["question"], 200), "reference": short(item["reference"], 300),
-                         "meta": ", ".join(f"{k}={v}" for k, v in item["meta"].items() if k in _breakdown_fields(report)),
-                         "answers": [(v["name"], short(v["predictions"][i], 300), v["items"][h][i] >= 100.0)
-                                     for v in report["variants"]]})
-    leak = report["leakage"]
+        item = report.items[i]
+        failures.append({"index": i, "question": short(item.question, 200), "reference": short(item.reference, 300),
+                         "meta": ", ".join(f"{k}={v}" for k, v in item.meta.items() if k in breakdown_fields),
+                         "answers": [(v.name, short(v.predictions[i], 300), v.items[h][i] >= 100.0)
+                                     for v in report.variants]})
+    leak = report.leakage
     return {
-        "title": report["title"], "headline": pretty(h), "metric_names": [pretty(m) for m in metrics],
-        "variant_names": [v["name"] for v in report["variants"]], "headline_rows": headline_rows,
-        "breakdowns": breakdowns, "forgetting": forgetting, "failures": failures, "focus": focus["name"],
-        "verdict": verdict(report), "leak": leak, "n_test": report["n_test"], "n_train": report["n_train"],
-        "confidence": round(100 * report["confidence"]), "wall_seconds": report.get("wall_seconds"),
-        "leak_examples": (leak["exact_prompts"] + leak["near_duplicate_prompts"] + leak["shared_targets"])[:5],
-        "metric_help": [(pretty(m["name"]), m["description"]) for m in report["metrics"]],
+        "title": report.title, "headline": display_name(h), "metric_names": [display_name(m) for m in metrics],
+        "variant_names": [v.name for v in report.variants], "headline_rows": headline_rows,
+        "breakdowns": breakdowns, "forgetting": forgetting, "failures": failures, "focus": focus.name,
+        "verdict": verdict(report), "leak": leak, "n_test": report.n_test, "n_train": report.n_train,
+        "confidence": round(100 * report.confidence), "wall_seconds": report.wall_seconds,
+        "leak_examples": (leak.exact_prompts + leak.near_duplicate_prompts + leak.shared_targets)[:5],
+        "metric_help": [(display_name(m.name), m.description) for m in report.metrics],
     }
-
-
-def _breakdown_fields(report: dict[str, Any]) -> set[str]:
-    return set(report["variants"][0]["breakdown"]) if report["variants"] else set()
 
 
 MARKDOWN = """# {{ title }}
@@ -392,15 +375,14 @@ def _bold(text: str) -> Any:
     return Markup(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", str(escape(text))))
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, worst: int = 8) -> dict[str, Path]:
+def write_report(report: EvalReport, out_dir: str | Path, worst: int = 8) -> dict[str, Path]:
     out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = {"headline": plot_headline(report), "metrics": plot_metrics(report)}
     loss = plot_loss_curves(report)
     if loss is not None:
         plots["loss"] = loss
     for name, png in plots.items():
-        (out / "plots" / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(out / "plots" / f"{name}.png", png)
     context = view(report, worst)
     context["has_loss"] = loss is not None
     context["plots"] = [(name, base64.b64encode(png).decode()) for name, png in plots.items()]
@@ -408,7 +390,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, worst: int = 8) ->
     html_env = jinja2.Environment(autoescape=True)
     html_env.filters["bold"] = _bold
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
-    paths["json"].write_text(json.dumps(report, indent=1, default=str))
-    paths["md"].write_text(md_env.from_string(MARKDOWN).render(**context))
-    paths["html"].write_text(html_env.from_string(HTML).render(**context))
+    atomic_write_json(paths["json"], report.to_json(), indent=1)
+    atomic_write_text(paths["md"], md_env.from_string(MARKDOWN).render(**context))
+    atomic_write_text(paths["html"], html_env.from_string(HTML).render(**context))
     return paths

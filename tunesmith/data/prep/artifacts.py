@@ -1,4 +1,4 @@
-"""JSONL files and the manifest that each prep step writes beside its output.
+"""The manifest that each prep step writes beside its output, and what steps read from rows.
 
 A manifest records what a step read (paths + sha256), the config it ran with, what it wrote and how
 many rows of each kind. A step whose manifest matches its current inputs and config, and whose outputs
@@ -9,66 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tunesmith import __version__
-from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
-
-
-def sha256_of_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from tunesmith.files import atomic_write_json, read_json, sha256_file
+from tunesmith.records import DataError
+from tunesmith.redact import redact
 
 
 def sha256_of_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def read_jsonl(path: str | Path) -> list[tuple[SourceRef, dict[str, Any]]]:
-    """All rows with their file:line; every unparsable line is reported at once in one DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise TunesmithError(f"{path}: file not found (pass the output of the previous step, e.g. chunks.jsonl)")
-    rows: list[tuple[SourceRef, dict[str, Any]]] = []
-    issues: list[DataIssue] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = SourceRef(str(path), line=lineno)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                issues.append(DataIssue(where, f"not valid JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(row, dict):
-                issues.append(DataIssue(where, "expected a JSON object per line"))
-                continue
-            rows.append((where, row))
-    if issues:
-        raise DataError(issues, hint="Fix or remove these lines and run the step again.")
-    return rows
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write atomically (temp file + rename) so an interrupted step never leaves a half file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp, path)
-    return count
 
 
 def iter_texts(row: dict[str, Any]) -> Iterator[str]:
@@ -99,7 +51,7 @@ def manifest_path(output: str | Path) -> Path:
 
 
 def _file_entries(paths: Iterable[str | Path]) -> list[dict[str, str]]:
-    return [{"path": str(p), "sha256": sha256_of_file(p)} for p in paths]
+    return [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
 
 
 def write_manifest(
@@ -109,7 +61,10 @@ def write_manifest(
     inputs: Iterable[str | Path],
     outputs: Iterable[str | Path],
     counts: dict[str, Any],
+    private_outputs: Iterable[str | Path] = (),
 ) -> Path:
+    """`private_outputs` (the PII mapping) are recorded by hash only, apart from the outputs that travel with the
+    data; the step is up to date only while they are intact too. Secrets in the config or counts are redacted."""
     manifest = {
         "step": step,
         "tunesmith_version": __version__,
@@ -117,12 +72,10 @@ def write_manifest(
         "config": config,
         "inputs": _file_entries(inputs),
         "outputs": _file_entries(outputs),
+        "private_outputs": _file_entries(private_outputs),
         "counts": counts,
     }
-    target = manifest_path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return target
+    return atomic_write_json(manifest_path(output), redact(manifest))
 
 
 def read_manifest(output: str | Path) -> dict[str, Any] | None:
@@ -130,19 +83,55 @@ def read_manifest(output: str | Path) -> dict[str, Any] | None:
     if not target.is_file():
         return None
     try:
-        return json.loads(target.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        manifest = read_json(target)
+    except DataError:
         return None  # a damaged manifest only means the step runs again
+    return manifest if isinstance(manifest, dict) else None
 
 
-def is_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path]) -> bool:
-    """True when the last run of `step` used the same config and inputs and its outputs are untouched."""
+def is_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path],
+                  private_outputs: Iterable[str | Path] = ()) -> bool:
+    """True when the last run of `step` used the same config and inputs and its outputs (private ones included)
+    are untouched."""
     manifest = read_manifest(output)
-    if manifest is None or manifest.get("step") != step or manifest.get("config") != config:
+    if manifest is None or manifest.get("step") != step or manifest.get("config") != redact(config):
         return False
     try:
         if manifest.get("inputs") != _file_entries(inputs):
             return False
-        return all(Path(o["path"]).is_file() and sha256_of_file(o["path"]) == o["sha256"] for o in manifest["outputs"])
+        private = manifest.get("private_outputs", [])
+        if [entry["path"] for entry in private] != [str(p) for p in private_outputs]:
+            return False
+        return all(Path(o["path"]).is_file() and sha256_file(o["path"]) == o["sha256"] for o in manifest["outputs"] + private)
     except (OSError, KeyError, TypeError):
         return False
+
+
+def skip_if_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path], force: bool,
+                       private_outputs: Iterable[str | Path] = ()) -> bool:
+    """For a verb: True (and says so) when its output is up to date and --force was not given."""
+    if not force and is_up_to_date(output, step, config, inputs, private_outputs):
+        from tunesmith.cli import console
+
+        console.print(f"{output}: up to date with its inputs and settings (nothing to do; --force to redo)")
+        return True
+    return False
+
+
+def rejects_path(out: str | Path) -> Path:
+    """Where a step writes what it rejected, with reasons: pairs.jsonl → pairs.rejects.jsonl."""
+    out = Path(out)
+    return out.with_name(out.stem + ".rejects.jsonl")
+
+
+def write_step_outputs(out: Path, step: str, settings: dict[str, Any], inputs: list[Path], rows: list,
+                       rejects: list, counts: dict[str, Any]) -> Path:
+    """A teacher step's results: the rows, the rejects beside them (with reasons), and the manifest; returns the
+    rejects file."""
+    from tunesmith.files import atomic_write_jsonl
+
+    rejected = rejects_path(out)
+    atomic_write_jsonl(out, rows)
+    atomic_write_jsonl(rejected, (redact(r.to_json() if hasattr(r, "to_json") else r) for r in rejects))
+    write_manifest(out, step, settings, inputs, [out, rejected], counts)
+    return rejected

@@ -8,15 +8,21 @@ variants on the same side.
 
 from __future__ import annotations
 
-import copy
 import re
-from typing import Any
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
 from pydantic import Field, field_validator
 
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.progress import Progress
-from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.rows import ChatRow, Reject, parse_rows
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
+from tunesmith.files import read_jsonl
 
 PARAPHRASE_STYLES = (
     "in different words",
@@ -43,21 +49,16 @@ class AugmentConfig(Strict):
         return templates
 
 
-def _last_user_index(row: dict[str, Any]) -> int | None:
-    messages = row.get("messages")
-    if not isinstance(messages, list):
-        return None
-    for i in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[i], dict) and messages[i].get("role") == "user":
+def _last_user_index(row: ChatRow) -> int | None:
+    for i in range(len(row.messages or []) - 1, -1, -1):
+        if row.messages[i].get("role") == "user" and isinstance(row.messages[i].get("content"), str):
             return i
     return None
 
 
-def _with_prompt(row: dict[str, Any], index: int, prompt: str, how: str, origin: int) -> dict[str, Any]:
-    variant = copy.deepcopy(row)
-    variant["messages"][index]["content"] = prompt
-    variant["augmented"] = how
-    variant["augmented_from"] = origin
+def _with_prompt(row: ChatRow, index: int, prompt: str, how: str, origin: int) -> ChatRow:
+    variant = row.model_copy(deep=True, update={"augmented": how, "augmented_from": origin})
+    variant.messages[index]["content"] = prompt
     return variant
 
 
@@ -82,22 +83,22 @@ def _normalized(text: str) -> str:
 
 
 def augment_rows(
-    rows: list[dict[str, Any]], config: AugmentConfig, teacher: Teacher | None, progress: Progress | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows: list[ChatRow], config: AugmentConfig, teacher: Teacher | None, progress: Progress | None = None
+) -> tuple[list[ChatRow], list[Reject]]:
     """(original + variant rows, rejected variants with reasons)."""
     progress = progress or Progress()
-    out: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
+    out: list[ChatRow] = []
+    rejects: list[Reject] = []
     seen: set[str] = set()
     targets: list[tuple[int, int, str]] = []  # (row number, message index, prompt)
     for number, row in enumerate(rows):
         index = _last_user_index(row)
         if index is None:
-            rejects.append({"reason": "row has no user message to vary", "row": number})
+            rejects.append(Reject(reason="row has no user message to vary", row=number))
             if config.keep_original:
                 out.append(row)
             continue
-        prompt = row["messages"][index]["content"]
+        prompt = row.messages[index]["content"]
         seen.add(_normalized(prompt))
         targets.append((number, index, prompt))
         if config.keep_original:
@@ -117,7 +118,7 @@ def augment_rows(
         replies = teacher.complete([paraphrase_prompt(p, style) for _, _, p, style in jobs], progress.advance)
         for (number, index, prompt, style), reply in zip(jobs, replies):
             if isinstance(reply, TeacherFailure):
-                rejects.append({"reason": reply.reason, "row": number, "prompt": prompt})
+                rejects.append(Reject(reason=reply.reason, row=number, prompt=prompt))
                 continue
             paraphrase = _clean_paraphrase(reply)
             key = _normalized(paraphrase)
@@ -132,8 +133,30 @@ def augment_rows(
             else:
                 reason = None
             if reason:
-                rejects.append({"reason": reason, "row": number, "prompt": prompt, "paraphrase": paraphrase})
+                rejects.append(Reject(reason=reason, row=number, prompt=prompt, paraphrase=paraphrase))
                 continue
             seen.add(key)
             out.append(_with_prompt(rows[number], index, paraphrase, f"paraphrase:{style}", number))
     return out, rejects
+
+
+def augment_command(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Pairs file (chat messages JSONL)", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    paraphrases: Annotated[Optional[int], typer.Option(help="Teacher paraphrases per prompt, 0: templates only (augment.paraphrases_per_row)")] = None,
+    template: Annotated[Optional[list[str]], typer.Option(help='Prompt template with {prompt}, e.g. "Quick question: {prompt}"; repeatable (augment.templates)')] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Add paraphrased and template-varied prompts; variants keep their original's group keys."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("augment", config, overrides, {"augment.paraphrases_per_row": paraphrases, "augment.templates": template or None})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "augment", settings, [input], force):
+        return
+    rows = parse_rows(ChatRow, read_jsonl(input))
+    with (make_teacher(cfg.teacher) if cfg.paraphrases_per_row else nullcontext()) as the_teacher, rich_progress() as progress:
+        augmented, rejects = augment_rows(rows, cfg, the_teacher, progress)
+    write_step_outputs(out, "augment", settings, [input], augmented, rejects,
+                       {"input_rows": len(rows), "output_rows": len(augmented), "rejected": len(rejects)})
+    console.print(f"{out}: {len(rows)} rows → {len(augmented)} ({len(rejects)} variants rejected)")

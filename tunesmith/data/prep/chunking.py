@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
 from pydantic import Field, model_validator
 
 from tunesmith.config import Strict
+from tunesmith.data.prep.rows import Chunk
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -99,7 +98,7 @@ def _windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
         start += step
 
 
-def chunk_document(doc_id: str, source: str, fmt: str, text: str, config: ChunkingConfig) -> list[dict[str, Any]]:
+def chunk_document(doc_id: str, source: str, fmt: str, text: str, config: ChunkingConfig) -> list[Chunk]:
     sections = find_sections(text, config.split_on_headings)
     merged: list[Section] = []
     for section in sections:
@@ -108,7 +107,7 @@ def chunk_document(doc_id: str, source: str, fmt: str, text: str, config: Chunki
             merged[-1] = Section(merged[-1].topic or section.topic, merged[-1].start, section.end)
         else:
             merged.append(section)
-    chunks: list[dict[str, Any]] = []
+    chunks: list[Chunk] = []
     for section in merged:
         body = text[section.start : section.end]
         spans = token_spans(body, config.tokenizer)
@@ -120,17 +119,7 @@ def chunk_document(doc_id: str, source: str, fmt: str, text: str, config: Chunki
             chunk_text = text[char_start:char_end].strip()
             if not chunk_text:
                 continue
-            chunks.append(
-                {
-                    "chunk_id": f"{doc_id}#{len(chunks)}",
-                    "doc_id": doc_id,
-                    "source": source,
-                    "format": fmt,
-                    "topic": " > ".join(section.topic),
-                    "text": chunk_text,
-                    "n_tokens": last - first,
-                    "char_start": char_start,
-                    "char_end": char_end,
-                }
-            )
+            chunks.append(Chunk(chunk_id=f"{doc_id}#{len(chunks)}", doc_id=doc_id, source=source, format=fmt,
+                                topic=" > ".join(section.topic), text=chunk_text, n_tokens=last - first,
+                                char_start=char_start, char_end=char_end))
     return chunks

@@ -10,12 +10,18 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field
 
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
 from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
+from tunesmith.data.prep.progress import rich_progress
+from tunesmith.data.prep.rows import Chunk
+from tunesmith.files import atomic_write_jsonl, iter_json_lines, parse_json, read_text
 from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 CODE_SUFFIXES = {
@@ -46,14 +52,18 @@ class Document:
 
 
 class UnreadableFile(Exception):
-    """Raised by a reader with a message that says why and what to do."""
+    """Raised by a reader with a message that says why and what to do (and the line, where one applies)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
 
 
 def _read_utf8(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UnreadableFile(f"not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+        return read_text(path)
+    except DataError as e:
+        raise UnreadableFile(e.issues[0].reason, e.issues[0].source.line) from None
 
 
 def _read_html(path: Path) -> str:
@@ -80,8 +90,12 @@ def _read_pdf(path: Path) -> str:
         if reader.is_encrypted:
             raise UnreadableFile("the PDF is encrypted; save an unencrypted copy")
         pages = [page.extract_text() or "" for page in reader.pages]
+    except UnreadableFile:
+        raise
     except PdfReadError as e:
         raise UnreadableFile(f"not a readable PDF ({e})") from None
+    except Exception as e:  # noqa: BLE001 - pypdf raises many kinds of error on a damaged file; each is the file's fault
+        raise UnreadableFile(f"not a readable PDF ({type(e).__name__}: {e})") from None
     text = "\n\n".join(pages).strip()
     if not text:
         raise UnreadableFile("the PDF has no extractable text (scanned images need OCR first)")
@@ -96,6 +110,8 @@ def _read_docx(path: Path) -> str:
         document = docx.Document(str(path))
     except (PackageNotFoundError, KeyError, ValueError) as e:
         raise UnreadableFile(f"not a readable .docx file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged zip or XML inside raises errors of zipfile, lxml, ...
+        raise UnreadableFile(f"not a readable .docx file ({type(e).__name__}: {e})") from None
     lines = []
     for paragraph in document.paragraphs:
         style = (paragraph.style.name if paragraph.style is not None else "") or ""
@@ -120,26 +136,20 @@ def _record_text(record: Any, text_field: str | None) -> str:
 
 
 def _read_json_records(path: Path, doc_id: str, text_field: str | None) -> list[Document]:
-    text = _read_utf8(path)
     name = str(path)
     if path.suffix.lower() == ".jsonl":
         documents, bad_lines = [], []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad_lines.append(f"line {lineno}: {e.msg}")
-                continue
-            documents.append(Document(f"{doc_id}:{lineno}", SourceRef(name, line=lineno), _record_text(record, text_field), "jsonl"))
+        for where, record in iter_json_lines(path):
+            if isinstance(record, DataIssue):
+                bad_lines.append(f"line {where.line}: {record.reason}")
+            else:
+                documents.append(Document(f"{doc_id}:{where.line}", where, _record_text(record, text_field), "jsonl"))
         if bad_lines:
             raise UnreadableFile("not valid JSONL (" + "; ".join(bad_lines[:5]) + ")")
         return documents
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UnreadableFile(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = parse_json(_read_utf8(path), SourceRef(name))
+    if isinstance(data, DataIssue):
+        raise UnreadableFile(data.reason, data.source.line)
     if isinstance(data, list):
         return [Document(f"{doc_id}[{i}]", SourceRef(name, item=i), _record_text(r, text_field), "json") for i, r in enumerate(data)]
     return [Document(doc_id, SourceRef(name), _record_text(data, text_field), "json")]
@@ -188,18 +198,18 @@ def collect_files(inputs: Iterable[str | Path]) -> tuple[list[tuple[Path, str]],
     return found, issues
 
 
-def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[dict[str, Any]], list[Path], list[DataIssue]]:
+def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) -> tuple[list[Chunk], list[Path], list[DataIssue]]:
     """Read every file and chunk it. Returns (chunk rows, files read, issues for files that were skipped)."""
     files, issues = collect_files(inputs)
     if not files and not issues:
         raise TunesmithError("no supported files found in the inputs (.txt .md .html .pdf .docx .json .jsonl and source code)")
-    chunks: list[dict[str, Any]] = []
+    chunks: list[Chunk] = []
     read: list[Path] = []
     for path, doc_id in files:
         try:
             documents = read_document(path, doc_id, config)
         except UnreadableFile as e:
-            issues.append(DataIssue(SourceRef(str(path)), str(e)))
+            issues.append(DataIssue(SourceRef(str(path), line=e.line), str(e)))
             continue
         read.append(path)
         for document in documents:
@@ -209,3 +219,32 @@ def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) ->
     if issues and config.on_error == "error":
         raise DataError(issues, hint="Fix or remove these files, or pass --on-error skip to leave them out.")
     return chunks, read, issues
+
+
+def ingest_command(
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A file or folder (.txt .md .html .pdf .docx .json .jsonl, code); repeatable", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Largest chunk in tokens (ingest.chunking.max_tokens)")] = None,
+    overlap_tokens: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive chunks (ingest.chunking.overlap_tokens)")] = None,
+    on_error: Annotated[Optional[str], typer.Option(help="error (default) or skip unreadable files (ingest.on_error)")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Read documents and cut them into topic chunks (by headings, then by token budget)."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("ingest", config, overrides, {
+        "ingest.chunking.max_tokens": max_tokens, "ingest.chunking.overlap_tokens": overlap_tokens, "ingest.on_error": on_error})
+    settings = cfg.model_dump(mode="json")
+    files = [path for path, _ in collect_files(inputs)[0]]
+    if skip_if_up_to_date(out, "ingest", settings, files, force):
+        return
+    with rich_progress() as progress:
+        progress.phase("ingest: reading", len(files))
+        chunks, read, issues = ingest(inputs, cfg, progress=progress.advance)
+    atomic_write_jsonl(out, chunks)
+    for issue in issues:
+        console.print(f"[yellow]skipped[/yellow] {issue}")
+    counts = {"files": len(read), "documents": len({c.doc_id for c in chunks}), "chunks": len(chunks),
+              "skipped_files": [str(i) for i in issues]}
+    write_manifest(out, "ingest", settings, read, [out], counts)
+    console.print(f"{out}: {len(chunks)} chunks from {len(read)} files" + (f", {len(issues)} skipped" if issues else ""))

@@ -39,7 +39,8 @@ RAMPART_TO_TYPE = {
     "ZIP_CODE": "ADDRESS",
 }
 # Parts of one entity may be separated by these (a name's space, an address's commas).
-JOINERS = {"PERSON": re.compile(r"[ \t]*"), "ADDRESS": re.compile(r"[\s,]*")}
+# An apostrophe or hyphen inside a name joins too (O'Brien, Jean-Luc).
+JOINERS = {"PERSON": re.compile(r"[ \t]*|['’-]"), "ADDRESS": re.compile(r"[\s,]*")}
 WINDOW_TOKENS = 256  # the model detects best in short windows (its authors scan ~480 characters)
 WINDOW_OVERLAP = 32
 
@@ -94,9 +95,7 @@ class RampartNer:
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
         ids, offsets = encoding.ids, encoding.offsets
         token_types: dict[int, str] = {}  # token index → entity type (windows overlap; first verdict kept)
-        start = 0
-        while start < len(ids):
-            end = min(start + WINDOW_TOKENS, len(ids))
+        for start, end in token_windows(len(ids)):
             label_ids, scores = self._classify(ids[start:end])
             for i, (label_id, score) in enumerate(zip(label_ids, scores), start):
                 label = self.labels.get(label_id, "O")
@@ -104,23 +103,41 @@ class RampartNer:
                     entity = RAMPART_TO_TYPE.get(label[2:])
                     if entity:
                         token_types[i] = entity
-            if end == len(ids):
-                break
-            start = end - WINDOW_OVERLAP
-        spans: list[Span] = []
-        for i in sorted(token_types):
-            a, b = offsets[i]
-            if b <= a:
+        # Rampart's B- marks the start of a name *part* (B-GIVEN_NAME, B-SURNAME), so it cannot split entities.
+        return group_token_spans(text, offsets, token_types, "ner")
+
+
+def token_windows(n_tokens: int, size: int = WINDOW_TOKENS, overlap: int = WINDOW_OVERLAP):
+    """(start, end) token windows covering 0..n_tokens, consecutive ones overlapping by `overlap`."""
+    start = 0
+    while start < n_tokens:
+        end = min(start + size, n_tokens)
+        yield start, end
+        if end == n_tokens:
+            break
+        start = end - overlap
+
+
+def group_token_spans(
+    text: str, offsets: list[tuple[int, int]], token_types: dict[int, str], detector: str, starts: set[int] = frozenset()
+) -> list[Span]:
+    """Tagged tokens → character spans: neighbours of one type join across that type's joiner (a name's space,
+    an address's commas and line breaks) unless the token is in `starts` (a B- tag: a new entity begins);
+    a span that ends inside a word is widened to the whole word."""
+    spans: list[Span] = []
+    for i in sorted(token_types):
+        a, b = offsets[i]
+        if b <= a:
+            continue
+        kind = token_types[i]
+        if spans and spans[-1].type == kind:
+            gap = text[spans[-1].end : a]
+            joiner = JOINERS.get(kind, re.compile(r"\s*"))
+            if (gap == "" or i not in starts) and joiner.fullmatch(gap):
+                spans[-1] = Span(spans[-1].start, b, kind, detector)
                 continue
-            kind = token_types[i]
-            if spans and spans[-1].type == kind:
-                gap = text[spans[-1].end : a]
-                joiner = JOINERS.get(kind, re.compile(r"\s*"))
-                if joiner.fullmatch(gap):
-                    spans[-1] = Span(spans[-1].start, b, kind, "ner")
-                    continue
-            spans.append(Span(a, b, kind, "ner"))
-        return [_widen_to_words(text, s) for s in spans]
+        spans.append(Span(a, b, kind, detector))
+    return [_widen_to_words(text, s) for s in spans]
 
 
 def _widen_to_words(text: str, span: Span) -> Span:

@@ -2,22 +2,27 @@
 
 Rows are grouped by a key (source document, topic, template, API name, ...) and whole groups are dealt
 to the splits, so no group appears on two sides; optionally within strata of a field, so each split
-keeps its label balance. Afterwards MinHash (datasketch) finds valid/test rows that are near-duplicates
-of training rows — leakage a grouping key cannot see — and reports them, or drops them when asked.
+keeps its label balance. Afterwards the leakage check of `tunesmith eval` (tunesmith/data/dedup.py: same or
+near-duplicate prompts, shared answers) finds valid/test rows that overlap training rows — leakage a grouping key
+cannot see — and reports them, or drops them when asked.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, model_validator
+import typer
+from pydantic import Field, field_validator, model_validator
 
+from tunesmith.cli import ConfigArg, ForceOpt, InputOpt, SetOpt, console
 from tunesmith.config import Strict
-from tunesmith.data.prep.artifacts import field_value, iter_texts
-from tunesmith.records import DataError, DataIssue, SourceRef
+from tunesmith.data.dedup import Item, check_leakage
+from tunesmith.data.prep.artifacts import field_value, iter_texts, skip_if_up_to_date, write_manifest
+from tunesmith.files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 SPLITS = ("train", "valid", "test")
 
@@ -29,9 +34,14 @@ class SplitConfig(Strict):
     seed: int = 0
     group_by: str | None = Field("doc_id", description="Field (dotted path) whose rows stay together; None: every row alone")
     stratify_by: str | None = Field(None, description="Field whose value distribution each split keeps")
-    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that counts as near-duplicate")
-    on_near_duplicate: Literal["report", "drop"] = Field("report", description="drop: remove such valid/test rows")
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Word 3-gram Jaccard at which prompts count as near-duplicates")
+    on_near_duplicate: Literal["report", "drop"] = Field("report", description="drop: remove the valid/test rows the leakage check flags")
     num_perm: int = Field(128, ge=16)
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _none_means_row_by_row(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null", "") else value
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitConfig:
@@ -77,49 +87,16 @@ def assign_groups(sizes: dict[str, int], ratios: dict[str, float], rng: random.R
     return result
 
 
-def _shingles(text: str) -> set[str]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < 3:
-        return set(words) or {text}
-    return {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
-
-
-def _row_text(row: dict[str, Any]) -> str:
-    return "\n".join(iter_texts(row))
-
-
-def find_near_duplicates(split_rows: dict[str, list[dict[str, Any]]], threshold: float, num_perm: int) -> list[dict[str, Any]]:
-    from datasketch import MinHash, MinHashLSH
-
-    def signature(row: dict[str, Any]) -> MinHash:
-        minhash = MinHash(num_perm=num_perm, seed=1)
-        minhash.update_batch([s.encode("utf-8") for s in _shingles(_row_text(row))])
-        return minhash
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    train_signatures = []
-    for i, row in enumerate(split_rows["train"]):
-        sig = signature(row)
-        train_signatures.append(sig)
-        lsh.insert(str(i), sig)
-    found = []
-    for split in ("valid", "test"):
-        for i, row in enumerate(split_rows[split]):
-            sig = signature(row)
-            for key in lsh.query(sig):
-                similarity = sig.jaccard(train_signatures[int(key)])
-                if similarity >= threshold:
-                    found.append(
-                        {
-                            "split": split,
-                            "row": i,
-                            "train_row": int(key),
-                            "jaccard": round(similarity, 3),
-                            "text": _row_text(row)[:120],
-                            "train_text": _row_text(split_rows["train"][int(key)])[:120],
-                        }
-                    )
-    return found
+def leakage_item(row: dict[str, Any]) -> Item:
+    """What the leakage check compares, as `tunesmith eval` sees the same row: the last user message and the final
+    assistant message of a chat; the text of any other row."""
+    messages = row.get("messages") if isinstance(row.get("messages"), list) else None
+    if messages:
+        turns = [m for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)]
+        users = [m["content"] for m in turns if m.get("role") == "user"]
+        target = turns[-1]["content"] if turns and turns[-1].get("role") == "assistant" else None
+        return Item(users[-1] if users else "", target)
+    return Item("\n".join(iter_texts(row)))
 
 
 def split_rows(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
@@ -147,13 +124,19 @@ def split_rows(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig
         out[group_split[key]].append(row)
         groups_per_split[group_split[key]].add(key)
 
-    near = find_near_duplicates(out, config.near_duplicate_threshold, config.num_perm)
-    dropped = 0
-    if config.on_near_duplicate == "drop" and near:
-        for split in ("valid", "test"):
-            leaking = {d["row"] for d in near if d["split"] == split}
-            out[split] = [row for i, row in enumerate(out[split]) if i not in leaking]
-            dropped += len(leaking)
+    train_items = [leakage_item(row) for row in out["train"]]
+    leakage: dict[str, Any] = {"threshold": config.near_duplicate_threshold, "leaked_rows": {}, "dropped": 0, "rows": []}
+    for split in ("valid", "test"):
+        found = check_leakage(train_items, [leakage_item(row) for row in out[split]], config.near_duplicate_threshold,
+                              config.num_perm)
+        leakage["leaked_rows"][split] = len(found.leaked_items)
+        for kind in ("exact_prompts", "near_duplicate_prompts", "shared_targets"):
+            leakage["rows"] += [{"split": split, "kind": kind, **d} for d in getattr(found, kind)]
+        if config.on_near_duplicate == "drop" and found.leaked_items:
+            out[split] = [row for i, row in enumerate(out[split]) if i not in found.leaked_items]
+            leakage["dropped"] += len(found.leaked_items)
+    leakage["found"] = sum(leakage["leaked_rows"].values())
+    leakage["rows"] = leakage["rows"][:200]
 
     warnings = [
         f"{split} is empty: only {len(group_split)} group(s) of {config.group_by!r}; group by a finer field (e.g. chunk_id or topic)"
@@ -170,7 +153,57 @@ def split_rows(rows: list[tuple[SourceRef, dict[str, Any]]], config: SplitConfig
         }
         if config.stratify_by
         else None,
-        "near_duplicates": {"threshold": config.near_duplicate_threshold, "found": len(near), "dropped": dropped, "pairs": near[:200]},
+        "leakage": leakage,
         "warnings": warnings,
     }
     return out, report
+
+
+def split_command(
+    input: InputOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for train.jsonl, valid.jsonl, test.jsonl and report.json", show_default=False)],
+    config: ConfigArg = None, overrides: SetOpt = None,
+    group_by: Annotated[Optional[str], typer.Option(help="Field whose rows stay on one side; 'none' for row by row (split.group_by)")] = None,
+    stratify_by: Annotated[Optional[str], typer.Option(help="Field whose distribution each split keeps (split.stratify_by)")] = None,
+    ratios: Annotated[Optional[str], typer.Option(help="train,valid,test fractions, e.g. 0.8,0.1,0.1 (split.train/valid/test)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="split.seed")] = None,
+    drop_near_duplicates: Annotated[bool, typer.Option("--drop-near-duplicates", help="Remove valid/test rows that leak from training (split.on_near_duplicate=drop)")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Seeded grouped split, with the leakage check of `tunesmith eval` across the splits."""
+    from tunesmith.data.prep.config import step_settings
+
+    shares: list[float | None] = [None, None, None]
+    if ratios is not None:
+        try:
+            shares = [float(x) for x in ratios.split(",")]
+        except ValueError:
+            shares = []
+        if len(shares) != 3:
+            raise TunesmithError(f"--ratios {ratios!r}: give three numbers, e.g. 0.8,0.1,0.1")
+    cfg = step_settings("split", config, overrides, {
+        "split.group_by": group_by, "split.stratify_by": stratify_by, "split.seed": seed,
+        "split.train": shares[0], "split.valid": shares[1], "split.test": shares[2],
+        "split.on_near_duplicate": "drop" if drop_near_duplicates else None})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "split", settings, [input], force):
+        return
+    parts, report = split_rows(read_jsonl(input), cfg)
+    written = []
+    for split in SPLITS:
+        target = out / f"{split}.jsonl"
+        if parts[split] or getattr(cfg, split) > 0:
+            atomic_write_jsonl(target, parts[split])
+            written.append(target)
+        elif target.exists():
+            target.unlink()
+    atomic_write_json(out / "report.json", report)
+    write_manifest(out, "split", settings, [input], written + [out / "report.json"], report["rows"])
+    console.print(f"{out}: " + ", ".join(f"{s} {report['rows'][s]} rows / {report['groups'][s]} groups" for s in SPLITS))
+    leak = report["leakage"]
+    if leak["found"]:
+        console.print(f"[yellow]{leak['found']} valid/test rows overlap the training rows[/yellow] (same or near-duplicate "
+                      f"prompt, Jaccard ≥ {leak['threshold']}, or same answer); "
+                      + ("dropped" if leak["dropped"] else f"see {out / 'report.json'}, or pass --drop-near-duplicates"))
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")

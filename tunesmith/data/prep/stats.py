@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import numpy as np
+import typer
 
+from tunesmith.cli import InputOpt
 from tunesmith.data.prep.artifacts import field_value, iter_texts, read_manifest
 from tunesmith.data.prep.chunking import count_tokens
+from tunesmith.files import atomic_write_json, read_jsonl
 from tunesmith.records import SourceRef
 
 PLACEHOLDER = re.compile(r"<([A-Z_]+)_\d+>")
@@ -106,3 +109,24 @@ def render_stats(stats: dict[str, Any], console) -> None:
         for kind in kinds:
             table.add_row(kind, *(str(pii.get(k, {}).get(kind, "")) for k in ("found", "replaced", "placeholders_in_text", "detected_now")))
         console.print(table)
+
+
+def stats_command(
+    input: InputOpt,
+    field: Annotated[Optional[list[str]], typer.Option(help="Show the balance of this field (repeatable), e.g. topic")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer.json for token counts (default: words)")] = None,
+    scan_pii: Annotated[bool, typer.Option("--scan-pii", help="Also run the PII detector over the text")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON")] = None,
+) -> None:
+    """Counts, token-length histogram, label balance, duplicates and PII of a prep file."""
+    from rich.console import Console
+
+    detector = None
+    if scan_pii:
+        from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector
+
+        detector = PiiDetector(AnonymizeConfig())
+    stats = compute_stats(input, read_jsonl(input), field or [], tokenizer, detector)
+    render_stats(stats, Console())
+    if json_out:
+        atomic_write_json(json_out, stats)

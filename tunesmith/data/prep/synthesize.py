@@ -18,15 +18,22 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from contextlib import nullcontext
+from typing import Annotated, Any, Literal, Optional
 
+import typer
 from pydantic import Field, field_validator
 
-from tunesmith.config import Strict, import_callable
+from tunesmith.cli import ConfigArg, ForceOpt, OutOpt, SetOpt, console
+from tunesmith.config import Strict
+from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
 from tunesmith.data.prep.facts import FactsConfig
-from tunesmith.data.prep.progress import Progress
-from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure
-from tunesmith.records import TunesmithError
+from tunesmith.hooks import check_hook_path, import_callable
+from tunesmith.data.prep.progress import Progress, rich_progress
+from tunesmith.data.prep.rows import ChatRow, Chunk, Reject, parse_rows
+from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
+from tunesmith.files import read_json, read_jsonl
+from tunesmith.records import DataError, TunesmithError
 
 Validator = Callable[[str], Any]
 
@@ -49,9 +56,7 @@ class TaskConfig(Strict):
     @field_validator("validator")
     @classmethod
     def _dotted_path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError("must look like package.module:function")
-        return value
+        return None if value is None else check_hook_path(value)
 
 
 class GenerateConfig(Strict):
@@ -213,12 +218,13 @@ def load_validator(dotted: str) -> Validator:
 def schema_validator(schema_path: str) -> Validator:
     import jsonschema
 
-    path = Path(schema_path)
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = read_json(schema_path)
         jsonschema.Draft202012Validator.check_schema(schema)
-    except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as e:
-        raise TunesmithError(f"task.json_schema {schema_path}: not a usable JSON Schema ({e})") from None
+    except DataError as e:
+        raise TunesmithError(f"task.json_schema {e.issues[0]}") from None
+    except jsonschema.SchemaError as e:
+        raise TunesmithError(f"task.json_schema {schema_path}: not a usable JSON Schema ({e.message})") from None
     checker = jsonschema.Draft202012Validator(schema)
 
     def validate(answer: str) -> str | None:
@@ -287,10 +293,10 @@ class PairFilter:
         self.seen: set[str] = set()
         self.require_subject = config.require_subject if config.require_subject is not None else task.kind == "free"
 
-    def question_problem(self, question: str, chunk: dict[str, Any] | str, form: str = "question") -> str | None:
+    def question_problem(self, question: str, chunk: Chunk | str, form: str = "question") -> str | None:
         """Why a question is unusable, or None: the one question check every strategy goes through."""
         c = self.config
-        text = chunk if isinstance(chunk, str) else chunk.get("text", "")
+        text = chunk if isinstance(chunk, str) else chunk.text
         if not c.min_question_chars <= len(question) <= c.max_question_chars:
             return f"question length {len(question)} outside {c.min_question_chars}..{c.max_question_chars} characters"
         if form == "question" and not question.rstrip().endswith("?"):
@@ -302,9 +308,9 @@ class PairFilter:
                 return f"question names nothing the chunk is about: {question[:120]!r}"
         return None
 
-    def reject_reason(self, question: str, answer: str, chunk: dict[str, Any] | str, form: str = "question") -> str | None:
+    def reject_reason(self, question: str, answer: str, chunk: Chunk | str, form: str = "question") -> str | None:
         c = self.config
-        text = chunk if isinstance(chunk, str) else chunk.get("text", "")
+        text = chunk if isinstance(chunk, str) else chunk.text
         reason = self.question_problem(question, text, form)
         if reason:
             return reason
@@ -333,15 +339,15 @@ class PairFilter:
 class Candidate:
     """A question/answer pair a strategy proposes for a chunk, before the filters."""
 
-    chunk: dict[str, Any]
+    chunk: Chunk
     question: str
     answer: str
     form: Literal["question", "instruction"] = "question"  # instructions ("Fill in the blank: ...") need no "?"
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields for the training row
 
 
-Rejects = list[dict[str, Any]]
-QuestionCheck = Callable[[str, dict[str, Any], str], "str | None"]  # (question, chunk row, form) → reason or None
+Rejects = list[Reject]
+QuestionCheck = Callable[[str, Chunk, str], "str | None"]  # (question, chunk row, form) → reason or None
 
 
 @dataclass(frozen=True)
@@ -349,7 +355,7 @@ class Strategy:
     """One way of turning chunks into candidate pairs; `uses_teacher`: needs an LLM (teacher settings apply)."""
 
     name: str
-    run: Callable[[list[dict[str, Any]], GenerateConfig, Teacher | None, Progress, QuestionCheck], tuple[list[Candidate], Rejects]]
+    run: Callable[[list[Chunk], GenerateConfig, Teacher | None, Progress, QuestionCheck], tuple[list[Candidate], Rejects]]
     uses_teacher: bool
     help: str
 
@@ -368,7 +374,7 @@ def strategy(name: str, *, uses_teacher: bool, help: str):
 @strategy("json_list", uses_teacher=True, help="the teacher writes all pairs of a chunk as one JSON array (capable teachers)")
 def _json_list(chunks, config, teacher, progress, check_question):
     progress.phase("generate: asking the teacher", len(chunks))
-    replies = teacher.complete([json_list_prompt(c["text"], config) for c in chunks], progress.advance)
+    replies = teacher.complete([json_list_prompt(c.text, config) for c in chunks], progress.advance)
     candidates, rejects = [], []
     for chunk_row, reply in zip(chunks, replies):
         if isinstance(reply, TeacherFailure):
@@ -390,9 +396,9 @@ def _question_then_answer(chunks, config, teacher, progress, check_question):
     starts = config.question_starts
     jobs = [(c, starts[i % len(starts)]) for c in chunks for i in range(config.pairs_per_chunk)]
     progress.phase("generate: questions", len(jobs))
-    question_replies = teacher.complete([question_prompt(c["text"], s, config) for c, s in jobs], progress.advance)
+    question_replies = teacher.complete([question_prompt(c.text, s, config) for c, s in jobs], progress.advance)
     rejects: Rejects = []
-    asked: list[tuple[dict[str, Any], str]] = []
+    asked: list[tuple[Chunk, str]] = []
     for (chunk_row, _), reply in zip(jobs, question_replies):
         if isinstance(reply, TeacherFailure):
             rejects.append(_reject(reply.reason, chunk_row))
@@ -404,7 +410,7 @@ def _question_then_answer(chunks, config, teacher, progress, check_question):
             continue
         asked.append((chunk_row, question))
     progress.phase("generate: answers", len(asked))
-    answer_replies = teacher.complete([answer_prompt(c["text"], q, config) for c, q in asked], progress.advance)
+    answer_replies = teacher.complete([answer_prompt(c.text, q, config) for c, q in asked], progress.advance)
     candidates = []
     for (chunk_row, question), reply in zip(asked, answer_replies):
         if isinstance(reply, TeacherFailure):
@@ -419,16 +425,16 @@ def _question_then_answer(chunks, config, teacher, progress, check_question):
 def _question_for_sentence(chunks, config, teacher, progress, check_question):
     starts = config.question_starts
     rejects: Rejects = []
-    jobs: list[tuple[dict[str, Any], str, str]] = []  # (chunk, answer sentence, question start)
+    jobs: list[tuple[Chunk, str, str]] = []  # (chunk, answer sentence, question start)
     for chunk_row in chunks:
-        sentences = answer_sentences(chunk_row["text"])
+        sentences = answer_sentences(chunk_row.text)
         if not sentences:
             rejects.append(_reject("chunk has no sentence to ask about", chunk_row))
             continue
         for i in range(min(config.pairs_per_chunk, len(sentences) * len(starts))):
             jobs.append((chunk_row, sentences[i % len(sentences)], starts[(i // len(sentences) + i) % len(starts)]))
     progress.phase("generate: questions", len(jobs))
-    replies = teacher.complete([sentence_question_prompt(c["text"], sent, s, config) for c, sent, s in jobs], progress.advance)
+    replies = teacher.complete([sentence_question_prompt(c.text, sent, s, config) for c, sent, s in jobs], progress.advance)
     candidates = []
     for (chunk_row, sentence, _), reply in zip(jobs, replies):
         if isinstance(reply, TeacherFailure):
@@ -448,7 +454,7 @@ def _facts(chunks, config, teacher, progress, check_question):
     progress.phase("generate: reading facts", len(chunks))
     candidates, rejects = [], []
     for chunk_row in chunks:
-        items, n_statements = chunk_items(chunk_row["text"], chunk_row.get("topic"), config.facts, nlp)
+        items, n_statements = chunk_items(chunk_row.text, chunk_row.topic or None, config.facts, nlp)
         if not items:
             rejects.append(_reject(f"no fact found in the chunk ({n_statements} statements)", chunk_row))
         for item in items:
@@ -462,31 +468,22 @@ def strategy_help() -> str:
     return "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values())
 
 
-def _training_row(candidate: Candidate, config: GenerateConfig, teacher_name: str) -> dict[str, Any]:
-    task, chunk_row = config.task, candidate.chunk
-    user = f"{chunk_row['text']}\n\n{candidate.question}" if task.include_context else candidate.question
+def _training_row(candidate: Candidate, config: GenerateConfig, teacher_name: str) -> ChatRow:
+    task, chunk = config.task, candidate.chunk
+    user = f"{chunk.text}\n\n{candidate.question}" if task.include_context else candidate.question
     messages = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": candidate.answer}]
-    return {
-        "messages": messages,
-        "doc_id": chunk_row.get("doc_id"),
-        "chunk_id": chunk_row.get("chunk_id"),
-        "topic": chunk_row.get("topic", ""),
-        "source": chunk_row.get("source"),
-        "task": task.name,
-        "teacher": teacher_name,
-        "strategy": config.strategy,
-        **candidate.meta,
-    }
+    return ChatRow(messages=messages, doc_id=chunk.doc_id, chunk_id=chunk.chunk_id, topic=chunk.topic,
+                   source=chunk.source, task=task.name, teacher=teacher_name, strategy=config.strategy, **candidate.meta)
 
 
-def _reject(reason: str, chunk_row: dict[str, Any], question: str | None = None, answer: str | None = None) -> dict[str, Any]:
-    return {"reason": reason, "chunk_id": chunk_row.get("chunk_id"), "source": chunk_row.get("source"), "question": question, "answer": answer}
+def _reject(reason: str, chunk: Chunk, question: str | None = None, answer: str | None = None) -> Reject:
+    return Reject(reason=reason, chunk_id=chunk.chunk_id, source=chunk.source, question=question, answer=answer)
 
 
 def generate_pairs(
-    chunks: list[dict[str, Any]], config: GenerateConfig, teacher: Teacher | None = None, progress: Progress | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    chunks: list[Chunk], config: GenerateConfig, teacher: Teacher | None = None, progress: Progress | None = None
+) -> tuple[list[ChatRow], list[Reject]]:
     """(accepted training rows, rejected pairs with reasons): the configured strategy, then the same filters for all."""
     progress = progress or Progress()
     chosen = STRATEGIES[config.strategy]
@@ -495,7 +492,7 @@ def generate_pairs(
     pair_filter = PairFilter(config)
     candidates, rejects = chosen.run(chunks, config, teacher, progress, pair_filter.question_problem)
     teacher_name = teacher.config.model if chosen.uses_teacher and teacher is not None else chosen.name
-    accepted: list[dict[str, Any]] = []
+    accepted: list[ChatRow] = []
     for candidate in candidates:
         reason = pair_filter.reject_reason(candidate.question, candidate.answer, candidate.chunk, candidate.form)
         if reason:
@@ -505,10 +502,40 @@ def generate_pairs(
     return accepted, rejects
 
 
-def reject_counts(rejects: list[dict[str, Any]]) -> dict[str, int]:
+def reject_counts(rejects: list[Reject]) -> dict[str, int]:
     """Rejections by kind of reason (the part before any detail), for the manifest and stats."""
     counts: dict[str, int] = {}
     for reject in rejects:
-        kind = re.split(r"[(:]", reject["reason"], maxsplit=1)[0].strip()
+        kind = re.split(r"[(:]", reject.reason, maxsplit=1)[0].strip()
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def generate_command(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Chunks file from `tunesmith data ingest`", show_default=False)],
+    out: OutOpt, config: ConfigArg = None, overrides: SetOpt = None,
+    teacher: Annotated[Optional[str], typer.Option(help="local (transformers) or openai (any OpenAI-compatible endpoint) (generate.teacher.kind)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Teacher model name (generate.teacher.model)")] = None,
+    pairs_per_chunk: Annotated[Optional[int], typer.Option("--pairs-per-chunk", "-n", help="generate.pairs_per_chunk")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="How pairs are made (generate.strategy, default json_list): " + strategy_help())] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Question/answer pairs about every chunk (by a teacher LLM or, strategy facts, without one), filtered; rejects kept with reasons."""
+    from tunesmith.data.prep.config import step_settings
+
+    cfg = step_settings("generate", config, overrides, {
+        "generate.teacher.kind": teacher, "generate.teacher.model": model, "generate.pairs_per_chunk": pairs_per_chunk,
+        "generate.strategy": strategy})
+    settings = cfg.model_dump(mode="json")
+    if skip_if_up_to_date(out, "generate", settings, [input], force):
+        return
+    chunks = parse_rows(Chunk, read_jsonl(input), hint="Pass the chunks file of `tunesmith data ingest` (each row needs `text`).")
+    uses_teacher = STRATEGIES[cfg.strategy].uses_teacher
+    with (make_teacher(cfg.teacher) if uses_teacher else nullcontext()) as the_teacher, rich_progress() as progress:
+        accepted, rejects = generate_pairs(chunks, cfg, the_teacher, progress)
+    calls, cache_hits = (the_teacher.calls, the_teacher.cache_hits) if the_teacher else (0, 0)
+    rejects_file = write_step_outputs(out, "generate", settings, [input], accepted, rejects, {
+        "chunks": len(chunks), "accepted": len(accepted), "rejected": len(rejects),
+        "rejected_by_reason": reject_counts(rejects), "teacher_requests": calls, "cache_hits": cache_hits})
+    console.print(f"{out}: {len(accepted)} pairs kept, {len(rejects)} rejected (see {rejects_file})"
+                  + (f"; {calls} teacher requests, {cache_hits} from cache" if the_teacher else ""))

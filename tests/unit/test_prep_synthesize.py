@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "prep"))
 from fake_teacher import FakeTeacher, Scripted  # noqa: E402
 
-from tunesmith.data.prep.generate import (  # noqa: E402
+from tunesmith.data.prep.synthesize import (  # noqa: E402
     GenerateConfig,
     MalformedOutput,
     PairFilter,
@@ -17,14 +17,15 @@ from tunesmith.data.prep.generate import (  # noqa: E402
     parse_pairs,
     reject_counts,
 )
+from tunesmith.data.prep.rows import Chunk  # noqa: E402
 from tunesmith.data.prep.teacher import OpenAICompatibleTeacher, TeacherConfig  # noqa: E402
 from tunesmith.records import TunesmithError  # noqa: E402
 
 CHUNKS = [
-    {"chunk_id": "a.md#0", "doc_id": "a.md", "topic": "Queue", "source": "a.md",
-     "text": "# Queue\nLumen Queue keeps messages for seven days. Payloads above 256 kilobytes are rejected by the broker."},
-    {"chunk_id": "b.md#0", "doc_id": "b.md", "topic": "Auth", "source": "b.md",
-     "text": "# Auth\nEvery request carries a service token in the X-Orbit-Token header. Tokens expire after 24 hours."},
+    Chunk(chunk_id="a.md#0", doc_id="a.md", topic="Queue", source="a.md",
+          text="# Queue\nLumen Queue keeps messages for seven days. Payloads above 256 kilobytes are rejected by the broker."),
+    Chunk(chunk_id="b.md#0", doc_id="b.md", topic="Auth", source="b.md",
+          text="# Auth\nEvery request carries a service token in the X-Orbit-Token header. Tokens expire after 24 hours."),
 ]
 
 
@@ -50,7 +51,7 @@ def test_parse_pairs_accepts_fenced_json_and_qa_lines():
 
 
 def test_grounding_scores_answers_by_the_chunk():
-    chunk = CHUNKS[0]["text"]
+    chunk = CHUNKS[0].text
     assert grounding("Lumen keeps messages for seven days.", chunk) == 1.0
     assert grounding("Messages live forever in the cloud.", chunk) < 0.5
     assert grounding("256", chunk) == 1.0 and grounding("42", chunk) == 0.0
@@ -60,17 +61,17 @@ def test_json_list_generation_keeps_grounded_pairs(server, tmp_path):
     accepted, rejects = generate_pairs(CHUNKS, GenerateConfig(pairs_per_chunk=2), make_teacher(server, tmp_path))
     assert len(accepted) == 4 and rejects == []
     row = accepted[0]
-    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-    assert row["doc_id"] == "a.md" and row["chunk_id"] == "a.md#0" and row["topic"] == "Queue"
-    assert row["messages"][1]["content"] in CHUNKS[0]["text"]
+    assert [m["role"] for m in row.messages] == ["user", "assistant"]
+    assert row.doc_id == "a.md" and row.chunk_id == "a.md#0" and row.topic == "Queue"
+    assert row.messages[1]["content"] in CHUNKS[0].text
 
 
 def test_question_then_answer_strategy(server, tmp_path):
     config = GenerateConfig(pairs_per_chunk=2, strategy="question_then_answer", task=TaskConfig(system_prompt="You know Lumen."))
     accepted, rejects = generate_pairs(CHUNKS, config, make_teacher(server, tmp_path))
     assert len(accepted) == 4, rejects
-    assert [r["messages"][1]["content"].split()[0] for r in accepted[:2]] == ["What", "How"]
-    assert accepted[0]["messages"][0] == {"role": "system", "content": "You know Lumen."}
+    assert [r.messages[1]["content"].split()[0] for r in accepted[:2]] == ["What", "How"]
+    assert accepted[0].messages[0] == {"role": "system", "content": "You know Lumen."}
     assert len(server.requests) == 8  # 4 questions + 4 answers
 
 
@@ -78,7 +79,7 @@ def test_malformed_output_and_teacher_failures_land_in_rejects(server, tmp_path)
     server.fail_next(Scripted(content="no idea, sorry"), Scripted(status=429), Scripted(status=429))
     config = GenerateConfig(pairs_per_chunk=1, teacher=TeacherConfig(concurrency=1))
     accepted, rejects = generate_pairs(CHUNKS, config, make_teacher(server, tmp_path))
-    reasons = sorted(r["reason"] for r in rejects)
+    reasons = sorted(r.reason for r in rejects)
     assert accepted == []
     assert reasons[0].startswith("malformed teacher output") and "rate limited (HTTP 429)" in reasons[1]
     assert reject_counts(rejects) == {"malformed teacher output": 1, "teacher failed after 1 retries": 1}
@@ -95,8 +96,8 @@ def test_filters_reject_with_reasons(server, tmp_path):
     server.always = Scripted(content=json.dumps(pairs))
     config = GenerateConfig(pairs_per_chunk=5, max_answer_chars=200)
     accepted, rejects = generate_pairs(CHUNKS[:1], config, make_teacher(server, tmp_path))
-    assert [r["messages"][0]["content"] for r in accepted] == ["How long are messages kept?"]
-    reasons = [r["reason"] for r in rejects]
+    assert [r.messages[0]["content"] for r in accepted] == ["How long are messages kept?"]
+    reasons = [r.reason for r in rejects]
     assert any(r.startswith("question length 6") for r in reasons)
     assert "duplicate question" in reasons
     assert any(r.startswith("answer not grounded") for r in reasons)
@@ -111,8 +112,8 @@ def test_sparql_validator_hook(server, tmp_path):
     server.always = Scripted(content=json.dumps(pairs))
     task = TaskConfig(kind="query", validator="tunesmith.data.prep.validators:sparql_parses")
     accepted, rejects = generate_pairs(CHUNKS[:1], GenerateConfig(pairs_per_chunk=2, task=task), make_teacher(server, tmp_path))
-    assert len(accepted) == 1 and accepted[0]["messages"][1]["content"].startswith("SELECT ?m")
-    assert "not a parseable SPARQL query" in rejects[0]["reason"]
+    assert len(accepted) == 1 and accepted[0].messages[1]["content"].startswith("SELECT ?m")
+    assert "not a parseable SPARQL query" in rejects[0].reason
 
 
 def test_json_schema_and_custom_validator(tmp_path):
@@ -124,7 +125,7 @@ def test_json_schema_and_custom_validator(tmp_path):
     try:
         task = TaskConfig(kind="json", json_schema=str(schema), validator="my_hooks:no_zero")
         pair_filter = PairFilter(GenerateConfig(task=task))
-        chunk = CHUNKS[0]["text"]
+        chunk = CHUNKS[0].text
         assert pair_filter.reject_reason("What is the size limit?", '{"limit": 256}', chunk) is None
         assert "does not match the schema" in pair_filter.reject_reason("What is the size limit 2?", '{"limit": "big"}', chunk)
         assert "not valid JSON" in pair_filter.reject_reason("What is the size limit 3?", "limit=256", chunk)
@@ -145,14 +146,14 @@ def test_bad_validator_paths_fail_early():
 def test_question_for_sentence_uses_chunk_sentences_as_answers(server, tmp_path):
     config = GenerateConfig(pairs_per_chunk=3, strategy="question_for_sentence")
     accepted, rejects = generate_pairs(CHUNKS, config, make_teacher(server, tmp_path))
-    answers = [r["messages"][1]["content"] for r in accepted if r["doc_id"] == "a.md"]
+    answers = [r.messages[1]["content"] for r in accepted if r.doc_id == "a.md"]
     # two sentences in the chunk: the third pair reuses the first sentence with another question word
     assert answers == [
         "Lumen Queue keeps messages for seven days.",
         "Payloads above 256 kilobytes are rejected by the broker.",
         "Lumen Queue keeps messages for seven days.",
     ]
-    questions = [r["messages"][0]["content"].split()[0] for r in accepted if r["doc_id"] == "a.md"]
+    questions = [r.messages[0]["content"].split()[0] for r in accepted if r.doc_id == "a.md"]
     assert questions[0] != questions[2]
     assert len(server.requests) == 6 and rejects == []
     # requests run concurrently, so their order is not fixed
@@ -161,7 +162,7 @@ def test_question_for_sentence_uses_chunk_sentences_as_answers(server, tmp_path)
 
 def test_question_for_sentence_rejects_non_questions_and_empty_chunks(server, tmp_path):
     server.always = Scripted(content="Messages are kept for seven days.")
-    chunks = CHUNKS[:1] + [{"chunk_id": "c#0", "doc_id": "c", "text": "# Only a heading"}]
+    chunks = CHUNKS[:1] + [Chunk(chunk_id="c#0", doc_id="c", text="# Only a heading")]
     accepted, rejects = generate_pairs(chunks, GenerateConfig(pairs_per_chunk=1, strategy="question_for_sentence"), make_teacher(server, tmp_path))
     assert accepted == []
-    assert sorted(r["reason"].split(" (")[0] for r in rejects) == ["chunk has no sentence to ask about", "malformed teacher output"]
+    assert sorted(r.reason.split(" (")[0] for r in rejects) == ["chunk has no sentence to ask about", "malformed teacher output"]

@@ -1,0 +1,142 @@
+"""The one generation path with per-row settings: stop strings, limits, streaming, seeds, adapters, constraints."""
+
+import pytest
+import torch
+
+from tunesmith.generate import BASE_ADAPTER, RowRequest, encode_chat, generate_chat, generate_rows
+
+QUESTIONS = ["What are the papers?", "Did Alan Turing publish in ICML? " * 3, "fox", "the quick brown"]
+
+
+def _rows(tokenizer, **kw):
+    return [RowRequest(encode_chat(tokenizer, [{"role": "user", "content": q}]), **kw) for q in QUESTIONS]
+
+
+def test_streamed_pieces_add_up_to_the_text_and_counts_are_reported(tiny_model, tiny_tokenizer):
+    pieces: dict[int, list[str]] = {i: [] for i in range(len(QUESTIONS))}
+    rows = _rows(tiny_tokenizer, max_new_tokens=10)
+    for i, r in enumerate(rows):
+        r.on_text = pieces[i].append
+    results = generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")
+    for i, res in enumerate(results):
+        assert "".join(pieces[i]) == res.text
+        assert res.prompt_tokens == len(rows[i].prompt_ids)
+        assert res.completion_tokens <= 10
+        assert res.finish_reason in ("stop", "length")
+        assert res.finish_reason == "stop" or res.completion_tokens == 10
+
+
+def test_stop_string_cuts_the_text_and_is_never_streamed(tiny_model, tiny_tokenizer):
+    free = generate_rows(tiny_model, tiny_tokenizer, _rows(tiny_tokenizer, max_new_tokens=16), precision="fp32")
+    i, text = max(enumerate(r.text for r in free), key=lambda kv: len(kv[1]))
+    assert len(text) >= 6
+    stop = text[3:6]  # a piece of what the model says unprompted
+    streamed: list[str] = []
+    row = _rows(tiny_tokenizer, max_new_tokens=16, stop=[stop])[i]
+    row.on_text = streamed.append
+    res = generate_rows(tiny_model, tiny_tokenizer, [row], precision="fp32")[0]
+    assert res.text == text[: text.find(stop)]
+    assert res.finish_reason == "stop"
+    assert "".join(streamed) == res.text and stop not in "".join(streamed)
+
+
+def test_per_row_token_limits_in_one_batch(tiny_model, tiny_tokenizer):
+    rows = _rows(tiny_tokenizer, max_new_tokens=12)
+    rows[0].max_new_tokens, rows[2].max_new_tokens = 2, 5
+    results = generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")
+    alone = [generate_rows(tiny_model, tiny_tokenizer, [r], precision="fp32")[0] for r in rows]
+    assert [r.text for r in results] == [r.text for r in alone]
+    assert results[0].completion_tokens <= 2 and results[2].completion_tokens <= 5
+
+
+def test_sampling_depends_on_the_row_seed_not_on_the_batch(tiny_model, tiny_tokenizer):
+    rows = _rows(tiny_tokenizer, max_new_tokens=12, temperature=1.0, top_p=0.9)
+    for i, r in enumerate(rows):
+        r.seed = 100 + i
+    batched = [r.text for r in generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")]
+    alone = [generate_rows(tiny_model, tiny_tokenizer, [r], precision="fp32")[0].text for r in rows]
+    assert batched == alone
+    rows[0].seed = 7
+    other = [generate_rows(tiny_model, tiny_tokenizer, [rows[0]], precision="fp32")[0].text for _ in range(2)]
+    assert other[0] == other[1]  # same seed, same sample
+    greedy = generate_chat(tiny_model, tiny_tokenizer, [[{"role": "user", "content": QUESTIONS[0]}]],
+                           max_new_tokens=12, precision="fp32", show_progress=False)
+    sampled = {generate_chat(tiny_model, tiny_tokenizer, [[{"role": "user", "content": QUESTIONS[0]}]],
+                             max_new_tokens=12, temperature=1.5, seed=s, precision="fp32", show_progress=False)[0]
+               for s in range(4)}
+    assert sampled - set(greedy)  # sampling really samples
+
+
+def test_cancelled_row_ends_early_and_others_continue(tiny_model, tiny_tokenizer):
+    rows = _rows(tiny_tokenizer, max_new_tokens=12)
+    rows[1].cancelled = lambda: True
+    results = generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")
+    assert results[1].finish_reason == "cancelled" and results[1].completion_tokens == 1
+    alone = generate_rows(tiny_model, tiny_tokenizer, [rows[0]], precision="fp32")[0]
+    assert results[0].text == alone.text
+
+
+class OnlyTokens:
+    """A constraint allowing a fixed set of tokens for `n` steps, then nothing (the turn must end)."""
+
+    def __init__(self, allowed: list[int], n: int):
+        self.allowed, self.n, self.seen = allowed, n, []
+
+    def mask(self, scores):
+        keep = scores.clone()
+        scores.fill_(-float("inf"))
+        if len(self.seen) < self.n:
+            scores[self.allowed] = keep[self.allowed]
+
+    def advance(self, token):
+        self.seen.append(token)
+
+
+def test_constraint_restricts_tokens_and_ends_the_turn(tiny_model, tiny_tokenizer):
+    allowed = tiny_tokenizer("fox dog", add_special_tokens=False)["input_ids"]
+    rows = _rows(tiny_tokenizer, max_new_tokens=12)
+    rows[0].constraint = OnlyTokens(allowed, 3)
+    results = generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")
+    assert set(rows[0].constraint.seen) <= set(allowed) and len(rows[0].constraint.seen) == 3
+    assert results[0].finish_reason == "stop" and results[0].completion_tokens == 3
+    free = generate_rows(tiny_model, tiny_tokenizer, _rows(tiny_tokenizer, max_new_tokens=12)[1:], precision="fp32")
+    assert [r.text for r in results[1:]] == [r.text for r in free]  # other rows untouched
+
+
+@pytest.fixture()
+def two_adapters(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models.loading import load_model
+
+    paths = {}
+    for i, name in enumerate(["alpha", "beta"]):
+        torch.manual_seed(10 + i)
+        model = get_peft_model(load_model(tiny_model_dir, device="cpu"),
+                               LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        paths[name] = tmp_path / name
+        model.save_pretrained(paths[name])
+    return paths
+
+
+def test_mixed_adapters_in_one_batch_equal_each_adapter_alone(tiny_model_dir, tiny_tokenizer, two_adapters):
+    from peft import PeftModel
+
+    from tunesmith.models.loading import load_model
+
+    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
+                                      adapter_name="alpha")
+    model.load_adapter(two_adapters["beta"], adapter_name="beta")
+    model.eval()
+    names = ["alpha", BASE_ADAPTER, "beta", "alpha"]
+    rows = _rows(tiny_tokenizer, max_new_tokens=10)
+    for r, name in zip(rows, names):
+        r.adapter = name
+    mixed = [r.text for r in generate_rows(model, tiny_tokenizer, rows, precision="fp32")]
+    for r, name, text in zip(rows, names, mixed):
+        reference = load_model(tiny_model_dir, device="cpu")
+        if name != BASE_ADAPTER:
+            reference = PeftModel.from_pretrained(reference, two_adapters[name]).merge_and_unload()
+        r.adapter = None
+        assert generate_rows(reference.eval(), tiny_tokenizer, [r], precision="fp32")[0].text == text
+    assert len(set(mixed)) > 1  # the adapters really change the answers

@@ -1,0 +1,248 @@
+"""The PII tagger's data, metrics, encoding/decoding and the anonymizer's false-positive guards."""
+
+import json
+import re
+
+import pytest
+
+from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector, anonymize_rows, propagates
+from tunesmith.data.prep.pii_eval import LabelledText, score
+from tunesmith.data.prep.pii_ner import group_token_spans
+from tunesmith.data.prep.pii_rules import Span
+from tunesmith.data.prep.pii_synth import (
+    EVAL_ONLY_LOCALES,
+    HARD_TEMPLATES,
+    NEGATIVE_TEMPLATES,
+    SyntheticPii,
+    split_of,
+    wikigold,
+)
+from tunesmith.data.prep.pii_tagger import LABELS, SHIPPED, PiiTagger, decode, encode, load_tokenizer, word_shape
+from tunesmith.records import SourceRef, TunesmithError
+
+
+# ---- generated data: deterministic, labelled exactly, and no template shared between the splits
+
+
+def test_synthetic_data_is_deterministic_and_labels_are_exact():
+    first = SyntheticPii("train", seed=7).generate(60)
+    again = SyntheticPii("train", seed=7).generate(60)
+    assert [(e.text, e.spans) for e in first] == [(e.text, e.spans) for e in again]
+    assert [e.text for e in SyntheticPii("train", seed=8).generate(60)] != [e.text for e in first]
+    for example in first:
+        for span in example.spans:
+            value = example.text[span.start : span.end]
+            assert value.strip() == value and value, (example.text, span)
+
+
+def test_evaluation_templates_never_occur_in_training():
+    train, held_out = SyntheticPii("train"), SyntheticPii("eval")
+    for kind in ("presidio", "hard", "negative"):
+        assert train.templates[kind] and held_out.templates[kind], kind
+        assert not set(train.templates[kind]) & set(held_out.templates[kind]), kind
+    assert all(split_of(t) == "eval" for kinds in held_out.templates.values() for t in kinds)
+    # identities are disjoint too, and some locales exist only in evaluation
+    assert not {p["EmailAddress"] for p in train.identities} & {p["EmailAddress"] for p in held_out.identities}
+    assert len(held_out.fakers) == len(train.fakers) + len(EVAL_ONLY_LOCALES)
+    assert not {e.text for e in wikigold("train")} & {e.text for e in wikigold("eval")}
+
+
+def test_generated_sentences_cover_the_hard_cases():
+    examples = SyntheticPii("train", seed=0).generate(400)
+    persons = [e.text[s.start : s.end] for e in examples for s in e.spans if s.type == "PERSON"]
+    assert any(p.islower() for p in persons) and any(p.isupper() for p in persons)
+    assert any(re.search(r" [A-Z]\.? ", p) for p in persons)  # middle initials
+    assert any("\n" in e.text[s.start : s.end] for e in examples for s in e.spans if s.type == "ADDRESS")
+    assert any(not e.spans for e in examples)  # sentences without PII measure false positives
+    assert len(HARD_TEMPLATES) > 40 and len(NEGATIVE_TEMPLATES) > 30
+
+
+# ---- metrics: left whole, a word left, precision
+
+
+def test_leak_metrics_count_what_survives():
+    text = "Mail Anna Berg at 12 Rue X, Paris."
+    name, address = Span(5, 14, "PERSON", "gold"), Span(18, 33, "ADDRESS", "gold")
+    example = LabelledText(text, [name, address], 0)
+    scores = score([example], [[Span(5, 9, "PERSON", "ner"), Span(30, 33, "PERSON", "ner"), Span(0, 4, "PERSON", "ner")]])
+    assert scores["PERSON"].left_whole == 0 and scores["PERSON"].token_left == 1  # "Berg" survives
+    assert scores["ADDRESS"].left_whole == 0 and scores["ADDRESS"].token_left == 1  # found as PERSON, partly
+    assert scores["ANY"].precision == pytest.approx(2 / 3)  # "Mail" is a false positive
+    nothing = score([example], [[]])
+    assert nothing["ANY"].left_whole_rate == 1.0 and nothing["ANY"].token_left_rate == 1.0
+
+
+# ---- encoding and decoding
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def test_bio_labels_round_trip_through_decode(tokenizer):
+    text = "Thanks,\nSatu Elomo-Virtanen\n12 Rue de la Paix, Paris"
+    gold = [Span(8, 27, "PERSON", "gold"), Span(28, 52, "ADDRESS", "gold")]
+    encoded = encode(tokenizer, text, gold)
+    tags = [LABELS[i] for i in encoded.labels]
+    assert tags[0] == "O" and tags.count("B-PERSON") == 1 and tags.count("B-ADDRESS") == 1
+    one_hot = [[1.0 if k == label else 0.0 for k in range(len(LABELS))] for label in encoded.labels]
+    assert [(s.start, s.end, s.type) for s in decode(text, encoded.offsets, one_hot)] == [(8, 27, "PERSON"), (28, 52, "ADDRESS")]
+
+
+def test_b_tag_separates_neighbouring_names():
+    text = "Anna Berg Jon Smith"
+    offsets = [(0, 4), (5, 9), (10, 13), (14, 19)]
+    types = dict.fromkeys(range(4), "PERSON")
+    assert len(group_token_spans(text, offsets, types, "tagger", starts={0, 2})) == 2
+    assert len(group_token_spans(text, offsets, types, "ner")) == 1  # Rampart: no B- to split on
+
+
+def test_word_shapes_see_case_digits_and_line_starts():
+    text = "met Reed and JSON at 12\nSatu"
+    shapes = {word: word_shape(text, m.start(), m.end()) for m in re.finditer(r"\w+", text) for word in [m.group()]}
+    assert len({shapes["met"], shapes["Reed"], shapes["JSON"], shapes["12"], shapes["Satu"]}) == 5
+    assert word_shape(text, 5, 7) == shapes["Reed"]  # a subword piece takes its word's shape
+
+
+# ---- false positives: contractions, short all-caps words, short values replaced everywhere
+
+
+class StubDetector:
+    """Returns fixed spans for given (text, value, type) so the replacement logic is tested alone."""
+
+    def __init__(self, found):
+        self.found = found
+
+    def find(self, text):
+        spans = []
+        for value, kind in self.found.get(text, []):
+            start = text.index(value)
+            spans.append(Span(start, start + len(value), kind, "ner"))
+        return spans
+
+
+def rows_of(*texts):
+    return [(SourceRef("in.jsonl", line=i + 1), {"text": t}) for i, t in enumerate(texts)]
+
+
+def test_short_values_are_replaced_only_where_detected():
+    texts = ("Flat C, 12 Baker Street, Salem, OR 97301", "C'mon, is it in or out?", "Ask Anna Berg or Mr Reed.")
+    detector = StubDetector({texts[0]: [("C", "ADDRESS"), ("OR", "ADDRESS"), ("12 Baker Street", "ADDRESS")], texts[2]: [("Anna Berg", "PERSON")]})
+    result = anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=detector)
+    out = [r["text"] for r in result.rows]
+    assert "Flat <ADDRESS_" in out[0] and "OR" not in out[0] and "Baker" not in out[0]
+    assert out[1] == "C'mon, is it in or out?"  # neither the C nor "or" taken along
+    assert out[2].startswith("Ask <PERSON_") and " or Mr Reed." in out[2]
+    assert result.leaks == []
+    assert not propagates("OR") and not propagates("C") and propagates("Ann")
+
+
+def test_single_word_names_take_only_the_same_spelling_elsewhere():
+    texts = ("Rose called about the invoice.", "Rose will call back.", "A rose garden, ROSE GOLD.")
+    result = anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=StubDetector({texts[0]: [("Rose", "PERSON")]}))
+    out = [r["text"] for r in result.rows]
+    assert out[0].startswith("<PERSON_1>") and out[1].startswith("<PERSON_1>")
+    assert out[2] == texts[2]
+    multi = ("Anna Berg called.", "anna berg wrote; ANNA BERG signed.")
+    result = anonymize_rows(rows_of(*multi), AnonymizeConfig(ner=False), detector=StubDetector({multi[0]: [("Anna Berg", "PERSON")]}))
+    assert "anna" not in json.dumps(result.rows).casefold()
+
+
+def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
+    detector = PiiDetector(AnonymizeConfig(ner=False))
+
+    class Fixed:
+        def __init__(self, values):
+            self.values = values
+
+        def find_spans(self, text):
+            return [Span(text.index(v), text.index(v) + len(v), k, d) for v, k, d in self.values]
+
+    text = "C'mon, the API said OK to KATALIN TÓTH, ANNA and IT in Salem, OR 97301"
+    detector.models = [Fixed([("C", "ADDRESS", "tagger"), ("API", "PERSON", "ner"), ("OK", "ADDRESS", "tagger"), ("KATALIN TÓTH", "PERSON", "ner"),
+                              ("ANNA", "PERSON", "tagger"), ("IT", "ADDRESS", "tagger"), ("Salem, OR 97301", "ADDRESS", "tagger")])]
+    assert [text[s.start : s.end] for s in detector.find(text)] == ["KATALIN TÓTH", "ANNA", "Salem, OR 97301"]
+
+
+def test_config_rejects_unknown_models():
+    with pytest.raises(Exception, match="rampart"):
+        AnonymizeConfig(ner_models=["spacy"])
+
+
+# ---- the shipped tagger
+
+
+def test_missing_tagger_says_how_to_build_it(tmp_path):
+    with pytest.raises(TunesmithError, match="make pii-tagger"):
+        PiiTagger(tmp_path)
+
+
+@pytest.mark.skipif(not (SHIPPED / "weights.safetensors").is_file(), reason="tagger not built (make pii-tagger)")
+def test_shipped_tagger_finds_names_the_rules_cannot():
+    tagger = PiiTagger()
+    text = "Have you been to a Ravil G Yefimov concert before?\nThanks,\nSatu Elomo"
+    found = {text[s.start : s.end]: s.type for s in tagger.find_spans(text)}
+    assert found.get("Ravil G Yefimov") == "PERSON" and found.get("Satu Elomo") == "PERSON"
+    assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
+
+
+def test_saved_tagger_loads_merged_with_identical_outputs(tmp_path, tokenizer):
+    """save → PiiTagger (LoRA merged into the base) gives the trained model's probabilities."""
+    import torch
+
+    from tunesmith.data.prep.pii_tagger import TaggerConfig, build_model, save
+
+    torch.manual_seed(0)
+    config = TaggerConfig(lora_r=4, lora_alpha=8)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    save(model, config, tmp_path)
+    model.eval()
+    text = "Ship to:\nAnna Berg\n12 Rue de la Paix, Paris"
+    encoded = encode(tokenizer, text)
+    ids = torch.tensor([[101, *encoded.ids, 102]])
+    shapes = torch.tensor([[0, *encoded.shapes, 0]])
+    with torch.no_grad():
+        # weights are stored in fp16: compare against the model holding the same rounded values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(p.half().float())
+        expected = model(ids, torch.ones_like(ids), shapes)[0, 1:-1].softmax(-1)
+    loaded = PiiTagger(tmp_path)
+    assert loaded.config.lora_r == 4
+    assert torch.allclose(torch.tensor(loaded.probabilities(encoded)), expected, atol=1e-4)
+
+
+def test_merging_never_uncovers_a_word():
+    from tunesmith.data.prep.anonymize import merge_spans
+
+    text = "Flat 2, 10 Downing St, +44 20 7946 0018 or https://www.example.com/x"
+    phone, url = text.index("+44"), text.index("https")
+    spans = [
+        Span(0, phone + 16, "ADDRESS", "tagger"),  # a model's address swallowing the phone number
+        Span(phone, phone + 16, "PHONE", "rule:phonenumbers"),
+        Span(url + 12, len(text), "EMAIL", "tagger"),  # a model's partial guess inside a validated URL
+        Span(url, len(text), "URL", "rule:url"),
+    ]
+    merged = merge_spans(spans, text)
+    assert [(s.type, text[s.start : s.end]) for s in merged] == [
+        ("ADDRESS", "Flat 2, 10 Downing St"), ("PHONE", "+44 20 7946 0018"), ("URL", "https://www.example.com/x")
+    ]
+
+
+def test_overlapping_model_spans_of_one_type_join():
+    from tunesmith.data.prep.anonymize import merge_spans
+
+    text = "Send it to 12 Rue de la Paix, Paris please, or mail a.b@example.org now"
+    email = text.index("a.b@")
+    spans = [
+        Span(11, 28, "ADDRESS", "ner"), Span(14, 35, "ADDRESS", "tagger"),  # street, and street + city
+        Span(email, email + 15, "EMAIL", "rule:email"), Span(email - 5, email + 15, "EMAIL", "tagger"),  # drawn wider
+    ]
+    assert [(s.type, text[s.start : s.end], s.detector) for s in merge_spans(spans, text)] == [
+        ("ADDRESS", "12 Rue de la Paix, Paris", "ner+tagger"), ("EMAIL", "a.b@example.org", "rule:email")
+    ]
