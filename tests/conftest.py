@@ -167,6 +167,7 @@ def make_ui_project(root: Path, model_dir: Path) -> Path:
     (root / "data").mkdir(parents=True)
     train_rows = DBLP_ROWS[:20] + DBLP_ROWS[24:30]
     (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows) + "{not json\n")
+    (root / "data" / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))  # eval reads it whole
     (root / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DBLP_ROWS[20:24] + DBLP_ROWS[30:32]))
     (root / "configs").mkdir()
     data = {"format": "template", "max_seq_len": 128, "template": TEMPLATE, "on_bad_rows": "skip"}
@@ -177,7 +178,7 @@ def make_ui_project(root: Path, model_dir: Path) -> Path:
     }, sort_keys=False))
     (root / "configs" / "eval.yaml").write_text(yaml.safe_dump({
         "model": {"name": "models/tiny", "device": "cpu"},
-        "data": {"test": "data/test.jsonl", "train": "data/train.jsonl", **data},
+        "data": {"test": "data/test.jsonl", "train": "data/pool.jsonl", **data},
         "variants": [{"kind": "base"}], "generation": {"max_new_tokens": 8, "batch_size": 8, "precision": "fp32"},
         "metrics": {"use": ["exact_match", "token_f1"], "headline": "token_f1", "bootstrap": {"samples": 100}},
         "forgetting": {"enabled": False},

@@ -75,11 +75,11 @@ def test_report_folders_serve_only_report_files(client, project):
     report = project / "runs" / "rep"
     report.mkdir(parents=True)
     (report / "report.html").write_text("<h1>report</h1>")
-    (report / "ui-launch.yaml").write_text("secret: 1\n")
+    (report / "ui-eval.yaml").write_text("secret: 1\n")
     ok = client.get("/report/file?report=runs/rep&name=report.html")
     assert ok.status_code == 200 and "<h1>report</h1>" in ok.text
     assert "sandbox" in ok.headers["content-security-policy"]  # no script runs in a report, whatever it quotes
-    for name in ("ui-launch.yaml", "../../configs/train.yaml", "/etc/passwd", "plots/../../x.png"):
+    for name in ("ui-eval.yaml", "../../configs/train.yaml", "/etc/passwd", "plots/../../x.png"):
         assert client.get("/report/file", params={"report": "runs/rep", "name": name}).status_code == 400, name
     assert client.get("/static/../app.py").status_code == 404
 
@@ -207,3 +207,24 @@ def test_progress_and_eta_come_from_the_metrics():
     total, pace, elapsed = progress_of(rows, epochs=2.0)
     assert total == 50 and pace == pytest.approx(3.0) and elapsed == pytest.approx(27.0)
     assert progress_of([], 1.0) == (None, None, None)
+
+
+def test_metrics_tail_follows_a_growing_and_a_replaced_file(tmp_path):
+    """A resumed run replaces metrics.jsonl with one that may soon be longer than the old: the tail must start over,
+    not read the new file from the old offset (that lost a line mid-way in the live chart)."""
+    from tunesmith.files import atomic_write_jsonl
+    from tunesmith.ui.workspace import MetricsTail
+
+    path = tmp_path / "metrics.jsonl"
+    atomic_write_jsonl(path, [{"step": s} for s in range(1, 6)])
+    tail = MetricsTail(path)
+    assert tail.read() == ([{"step": s} for s in range(1, 6)], False)
+    with path.open("a") as f:
+        f.write('{"step": 6}\n{"step"')  # the trainer is writing line 7
+        f.flush()
+        assert tail.read() == ([{"step": 6}], False)
+        f.write(': 7}\n')
+    assert tail.read() == ([{"step": 7}], False)
+    atomic_write_jsonl(path, [{"step": s, "resumed": True} for s in range(1, 12)])  # longer than before
+    rows, restarted = tail.read()
+    assert restarted and [r["step"] for r in rows] == list(range(1, 12))

@@ -40,14 +40,14 @@ from tunesmith.ui.chat import ChatSlots
 from tunesmith.ui.config import UiConfig
 from tunesmith.ui.jobs import Busy, Jobs, exit_code_in_log, last_error, tail
 from tunesmith.ui.workspace import (
-    UI_FILE_PREFIX, Refused, Workspace, manifest_chain, read_metrics_tolerant, run_state,
+    EVAL_LAUNCH, TRAIN_LAUNCH, UI_FILE_PREFIX, Refused, Workspace, MetricsTail, manifest_chain, read_metrics_rows, run_state,
 )
 
 HERE = Path(__file__).parent
 COOKIE = "tunesmith_ui"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 REPORT_FILES = re.compile(r"report\.(html|md|json)|plots/[A-Za-z0-9_-]+\.png")
-TRAIN_LOG, EVAL_LOG, LAUNCH = f"{UI_FILE_PREFIX}train.log", f"{UI_FILE_PREFIX}eval.log", f"{UI_FILE_PREFIX}launch.yaml"
+TRAIN_LOG, EVAL_LOG = f"{UI_FILE_PREFIX}train.log", f"{UI_FILE_PREFIX}eval.log"
 STARTER_TRAIN_YAML = """\
 # A run config, as `tunesmith train` reads it (README: Configuration). The fields above the box override it.
 model:
@@ -87,7 +87,7 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
     jobs = Jobs(cfg.max_jobs)
     chats = ChatSlots(cfg.chat_models, cfg.device, cfg.precision)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters.update(duration=duration, num=num, tojson_compact=lambda v: json.dumps(v, separators=(",", ":")))
+    templates.env.filters.update(duration=duration, num=num, metric=_metric_name)
     loopback_only = is_loopback(cfg.host)
 
     @asynccontextmanager
@@ -235,8 +235,10 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
         doc = yaml.safe_load(text) if text.strip() else {}
         method = ((doc or {}).get("method") or {}).get("name", "lora") if isinstance(doc, dict) else "lora"
         stem = chosen.stem if chosen else "run"
+        fields = [(dotted, label, kind, _field_hint(doc if isinstance(doc, dict) else {}, dotted))
+                  for dotted, label, kind in TRAIN_FIELDS]
         return {"ws": workspace, "configs": configs, "chosen": workspace.show(chosen) if chosen else "", "yaml_text": text,
-                "methods": sorted(registry()), "method": method, "fields": TRAIN_FIELDS,
+                "methods": sorted(registry()), "method": method, "fields": fields,
                 "data_files": workspace.data_files(), "runs_dir": workspace.show(workspace.new_runs_dir),
                 "default_name": f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"}
 
@@ -262,7 +264,7 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
         if not RUN_NAME.fullmatch(name):
             raise UiError(400, "run name: letters, digits, '.', '_' and '-' only (at most 64), starting with a letter or digit")
         run_dir = workspace.new_runs_dir / name
-        if (run_dir / "config.yaml").exists():
+        if (run_dir / "config.yaml").exists() or (jobs.for_target(run_dir) and jobs.for_target(run_dir).running):
             raise UiError(409, f"{workspace.show(run_dir)} holds a run already: choose another name, or open it and resume it")
         overrides = _train_overrides(form, yaml_text, method)
         overrides.append(f"output.dir={workspace.show(run_dir)}")
@@ -272,7 +274,7 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
             raise UiError(403, "\n".join(problems))
         from tunesmith.files import atomic_write_text
 
-        launch = run_dir / LAUNCH
+        launch = run_dir / TRAIN_LAUNCH
         atomic_write_text(launch, yaml_text)
         args = ["train", workspace.show(launch), *[a for o in overrides for a in ("--set", o)]]
         jobs.start("train", run_dir, args, workspace.project, run_dir / TRAIN_LOG)
@@ -285,7 +287,7 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
         state = run_state(path, jobs.for_target(path))
         _note_failed_from_log(state, path)
         return page(request, "run.html", state=state, run=workspace.show(path), name=path.name,
-                    config_text=(path / "config.yaml").read_text(encoding="utf-8", errors="replace"),
+                    config_text=_text_or_empty(path / "config.yaml") or _text_or_empty(path / TRAIN_LAUNCH),
                     job=jobs.for_target(path), log_text=tail(path / TRAIN_LOG, 400),
                     data_report=_json_or_none(path / "data_report.json"))
 
@@ -294,14 +296,12 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
         path = workspace.run_dir(run)
 
         async def events():
-            offset, last_state, last_log, sent_at = 0, None, None, 0.0
-            metrics = path / "metrics.jsonl"
+            last_state, last_log, sent_at = None, None, 0.0
+            metrics = MetricsTail(path / "metrics.jsonl")
             while not app.state.stopping:
-                size = metrics.stat().st_size if metrics.exists() else 0
-                if size < offset:
-                    offset = 0
+                rows, restarted = metrics.read()
+                if restarted:
                     yield _sse("reset", {})
-                rows, offset = read_metrics_tolerant(metrics, offset)
                 if rows:
                     yield _sse("metrics", rows)
                 job = jobs.for_target(path)
@@ -360,9 +360,9 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
         paths = [workspace.run_dir(a), workspace.run_dir(b)]
         sides = []
         for p in paths:
-            rows, _ = read_metrics_tolerant(p / "metrics.jsonl")
+            rows = read_metrics_rows(p / "metrics.jsonl")
             sides.append({"run": workspace.show(p), "name": p.name, "state": run_state(p, jobs.for_target(p)),
-                          "rows": rows, "config": _flatten(yaml.safe_load((p / "config.yaml").read_text()) or {})})
+                          "rows": rows, "config": _flatten(_yaml_or_none(p / "config.yaml") or {})})
         keys = sorted(set(sides[0]["config"]) | set(sides[1]["config"]))
         differ = [(k, sides[0]["config"].get(k), sides[1]["config"].get(k)) for k in keys
                   if sides[0]["config"].get(k) != sides[1]["config"].get(k)]
@@ -427,7 +427,7 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
             raise UiError(403, "\n".join(problems))
         from tunesmith.files import atomic_write_text
 
-        launch = out / LAUNCH
+        launch = out / EVAL_LAUNCH
         atomic_write_text(launch, yaml_text)
         jobs.start("eval", out, ["eval", workspace.show(launch), *args_options], workspace.project, out / EVAL_LOG)
         return _redirect(f"/report?{urlencode({'report': workspace.show(out)})}")
@@ -474,8 +474,11 @@ def create_app(cfg: UiConfig, token: str | None = None) -> FastAPI:
             data = _json_or_none(path / "report.json")
             if data is None:
                 raise UiError(404, f"{given}: no report.json (has the evaluation finished?)")
-            sides.append({"report": workspace.show(path), "name": path.name, "data": data})
-        return page(request, "compare_reports.html", sides=sides)
+            sides.append({"report": workspace.show(path), "name": path.name, "data": data,
+                          "scores": {v["name"]: v for v in data.get("variants", [])}})
+        names = list(dict.fromkeys(n for s in sides for n in s["scores"]))
+        same_headline = sides[0]["data"].get("headline") == sides[1]["data"].get("headline")
+        return page(request, "compare_reports.html", sides=sides, variants=names, same_headline=same_headline)
 
     # ---- chat ----
     @app.get("/chat", response_class=HTMLResponse)
@@ -564,6 +567,23 @@ def _train_overrides(form, yaml_text: str, method: str) -> list[str]:
     return overrides
 
 
+def _field_hint(doc: dict, dotted: str) -> str:
+    """What a form field stands for while it is empty: the YAML's value, else the setting's default."""
+    from pydantic import BaseModel
+
+    from tunesmith.config import RunConfig
+
+    section, key = dotted.split(".")
+    values = doc.get(section) if isinstance(doc.get(section), dict) else {}
+    if values.get(key) is not None:
+        return f"{values[key]} (YAML)"
+    model = RunConfig.model_fields[section].annotation
+    field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    if field is None or field.is_required():
+        return "required" if field is not None else ""
+    return "none" if field.default is None else f"{field.default} (default)"
+
+
 def _validated(read, yaml_text: str):
     """Validate YAML typed into the UI with the config reader every command uses, so the errors are the CLI's; the
     temporary file's name in them reads as `your YAML`."""
@@ -614,6 +634,19 @@ def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): doc}
+
+
+def _metric_name(name: str) -> str:
+    from tunesmith.eval.metrics import display_name
+
+    return display_name(name)
+
+
+def _text_or_empty(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _json_or_none(path: Path):

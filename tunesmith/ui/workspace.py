@@ -25,6 +25,12 @@ SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache", "
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 MAX_PATH_CHARS = 1024
 UI_FILE_PREFIX = "ui-"  # files the UI writes into run and report folders (its launch config, the command's log)
+TRAIN_LAUNCH, EVAL_LAUNCH = f"{UI_FILE_PREFIX}train.yaml", f"{UI_FILE_PREFIX}eval.yaml"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder: `tunesmith train` wrote its config.yaml, or the UI is starting one there."""
+    return (path / "config.yaml").is_file() or (path / TRAIN_LAUNCH).is_file()
 LIVE_SECONDS = 90  # a run without a summary whose metrics changed this recently counts as running (e.g. from a terminal)
 
 
@@ -86,7 +92,7 @@ class Workspace:
 
     def run_dir(self, given: str) -> Path:
         path = self.resolve(given)
-        if not (path / "config.yaml").is_file():
+        if not is_run_dir(path):
             raise Refused(f"{given}: not a run folder (no config.yaml)", 404)
         return path
 
@@ -115,7 +121,7 @@ class Workspace:
             for child in children:
                 if child.name.startswith((".", TMP_PREFIX)) or child.name in SKIP_DIRS:
                     continue
-                if (child / "config.yaml").is_file() and any(child.is_relative_to(r) for r in self.runs):
+                if is_run_dir(child) and any(child.is_relative_to(r) for r in self.runs):
                     yield child  # a run folder: listed, not searched for configs of its own
                     continue
                 todo.append((child, level + 1))
@@ -124,7 +130,7 @@ class Workspace:
         """YAML files of the project (not inside run folders)."""
         found = []
         for folder in self._walk(self.project, 4):
-            if (folder / "config.yaml").is_file() and any(folder.is_relative_to(r) for r in self.runs):
+            if is_run_dir(folder) and any(folder.is_relative_to(r) for r in self.runs):
                 continue
             found += [p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml") and p.is_file()
                       and not p.name.startswith(UI_FILE_PREFIX)]
@@ -151,7 +157,7 @@ class Workspace:
     def data_files(self) -> list[Path]:
         found = []
         for folder in self._walk(self.project, 4):
-            if (folder / "config.yaml").is_file() and any(folder.is_relative_to(r) for r in self.runs):
+            if is_run_dir(folder) and any(folder.is_relative_to(r) for r in self.runs):
                 continue
             found += [p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES
                       and not p.name.endswith((".manifest.json", "report.json", ".rejects.jsonl"))
@@ -163,9 +169,9 @@ class Workspace:
         found: dict[Path, None] = {}
         for root in self.runs:
             for folder in self._walk(root, 3):
-                if folder != root and (folder / "config.yaml").is_file():
+                if folder != root and is_run_dir(folder):
                     found[folder] = None
-        return sorted(found, key=lambda p: _mtime(p / "config.yaml"), reverse=True)
+        return sorted(found, key=lambda p: max(_mtime(p / "config.yaml"), _mtime(p / TRAIN_LAUNCH)), reverse=True)
 
     def report_dirs(self) -> list[Path]:
         found: dict[Path, None] = {}
@@ -267,30 +273,46 @@ class RunState:
                 "summary": self.summary, "best": self.best, "error": self.error}
 
 
-def read_metrics_tolerant(path: Path, start: int = 0) -> tuple[list[dict], int]:
-    """Complete JSON lines of a metrics file from byte `start`, and where the next read starts.
+class MetricsTail:
+    """Reads a run's metrics.jsonl as it grows: each `read()` returns the complete lines added since the last one.
 
-    A line still being written (no newline yet) is left for the next read; a file that shrank (a resumed run drops
-    the lines past its checkpoint) is read again from the top."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return [], 0
-    if size < start:
-        start = 0
-    with path.open("rb") as f:
-        f.seek(start)
-        chunk = f.read(size - start)
-    end = chunk.rfind(b"\n") + 1
-    rows = []
-    for line in chunk[:end].splitlines():
+    A line still being written (no newline yet) waits for the next read. A resumed run replaces the file (atomically,
+    without the lines past its checkpoint): a new file is read from its top and `read()` says so, so a reader drops
+    what it had. Replacement is told by the file's identity (device, inode), not its size: the new file may already
+    be longer than the old one was."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.identity = path, 0, None
+
+    def read(self) -> tuple[list[dict], bool]:
         try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows, start + end
+            with self.path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                identity = (st.st_dev, st.st_ino)
+                restarted = self.identity is not None and (identity != self.identity or st.st_size < self.offset)
+                if restarted or self.identity is None:
+                    self.offset = 0
+                self.identity = identity
+                f.seek(self.offset)
+                chunk = f.read(st.st_size - self.offset)
+        except OSError:
+            return [], False
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        rows = []
+        for line in chunk[:end].splitlines():
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows, restarted
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """Every complete line of a metrics file (of a live run too)."""
+    return MetricsTail(path).read()[0]
 
 
 def progress_of(rows: list[dict], epochs: float | None) -> tuple[int | None, float | None, float | None]:
@@ -317,11 +339,11 @@ def run_state(path: Path, job=None) -> RunState:
     """What a run folder says about its run, plus the UI's own subprocess for it (`job`) when there is one."""
     from tunesmith.train.checkpoint import list_checkpoints
 
-    doc = _load_yaml_quietly(path / "config.yaml") or {}
+    doc = _load_yaml_quietly(path / "config.yaml") or _load_yaml_quietly(path / TRAIN_LAUNCH) or {}
     method = (doc.get("method") or {}).get("name", "lora") if isinstance(doc, dict) else ""
     model = (doc.get("model") or {}).get("name", "") if isinstance(doc, dict) else ""
     epochs = ((doc.get("train") or {}).get("epochs", 1.0) if isinstance(doc, dict) else 1.0) or 1.0
-    rows, _ = read_metrics_tolerant(path / "metrics.jsonl")
+    rows = read_metrics_rows(path / "metrics.jsonl")
     total, pace, elapsed = progress_of(rows, float(epochs))
     losses = [r for r in rows if "loss" in r]
     state = RunState(path, "not started", method=str(method), model=str(model), total=total,
