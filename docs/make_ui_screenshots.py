@@ -1,6 +1,6 @@
 """The README's screenshots of `tunesmith ui`, taken in headless Chromium on the real SmolLM2 and DBLP-QuAD.
 
-    .venv/bin/python docs/make_ui_screenshots.py      # about 10 minutes on one CPU thread; writes docs/images/ui-*.png
+    .venv/bin/python docs/make_ui_screenshots.py      # about 7 minutes on one CPU thread; writes docs/images/ui-*.png
 
 Everything happens through the browser, as a user would do it: the data view, two short LoRA runs started from the
 Train form (one shot while it trains), two evaluations started from the Evaluate form, their reports side by side,
@@ -79,7 +79,7 @@ def evaluate(page, url: str, name: str, runs: list[str], few_shot: bool) -> None
     page.select_option("#eval-config", "examples/dblp_quad/eval.yaml")
     page.wait_for_timeout(500)
     page.fill("#ename", name)
-    page.fill("#en", "24")
+    page.fill("#en", "16")
     page.check("input[name=no_forgetting]")
     page.fill("#eval-yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     for run in runs:
@@ -101,8 +101,8 @@ def main() -> None:
         page.goto(url + "/data?config=configs/dblp-quad-lora.yaml&n=3")
         shot(page, "data")
 
-        train(page, url, "lora-lr1e-3", "1.0e-3", "60", shoot_at=16)
-        train(page, url, "lora-lr3e-4", "3.0e-4", "60")
+        train(page, url, "lora-lr1e-3", "1.0e-3", "40", shoot_at=12)
+        train(page, url, "lora-lr3e-4", "3.0e-4", "40")
         page.goto(url + "/train")
         page.wait_for_selector("#runs-table")
         shot(page, "train")
@@ -112,7 +112,7 @@ def main() -> None:
         evaluate(page, url, "eval-lr1e-3", ["lora-lr1e-3"], few_shot=True)
         page.wait_for_timeout(1500)
         shot(page, "report")
-        evaluate(page, url, "eval-lr3e-4", ["lora-lr3e-4"], few_shot=True)
+        evaluate(page, url, "eval-lr3e-4", ["lora-lr3e-4"], few_shot=False)
         page.goto(url + f"/reports/compare?a={RUNS}/eval-lr1e-3&b={RUNS}/eval-lr3e-4")
         page.wait_for_timeout(1500)
         shot(page, "compare-reports")

@@ -228,3 +228,14 @@ def test_metrics_tail_follows_a_growing_and_a_replaced_file(tmp_path):
     atomic_write_jsonl(path, [{"step": s, "resumed": True} for s in range(1, 12)])  # longer than before
     rows, restarted = tail.read()
     assert restarted and [r["step"] for r in rows] == list(range(1, 12))
+
+
+def test_the_verb_reports_a_bad_setup_as_a_user_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    result = CliRunner().invoke(app, ["ui", "--project", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = CliRunner().invoke(app, ["ui", "--project", str(tmp_path), "--port", "99999"])
+    assert result.exit_code == 2 and "port" in result.output

@@ -606,7 +606,12 @@ def _with_tuned_variants(yaml_text: str, runs: list[str]) -> str:
         return yaml_text  # the config reader reports the error with its line
     if not isinstance(doc, dict):
         return yaml_text
-    variants = doc.get("variants") if isinstance(doc.get("variants"), list) else [{"kind": "base"}]
+    if isinstance(doc.get("variants"), list):
+        variants = doc["variants"]
+    else:  # the YAML leaves them to the eval config's default: keep those, add the runs
+        from tunesmith.eval.config import EvalConfig
+
+        variants = [v.model_dump(mode="json") for v in EvalConfig.model_fields["variants"].default_factory()]
     listed = {v.get("run") for v in variants if isinstance(v, dict)}
     doc["variants"] = variants + [{"kind": "tuned", "run": r} for r in runs if r not in listed]
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
