@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: setup demo test test-fast bench llamacpp parity-llamacpp pii-tagger pii-bench clean
+.PHONY: setup demo test test-fast chaos bench llamacpp parity-llamacpp pii-tagger pii-bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# The long mode of tests/chaos (nightly-style): many more kill -9 points and hypothesis examples.
+chaos: $(STAMP)
+	TUNESMITH_CHAOS=1 $(PY) -m pytest -q tests/chaos
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

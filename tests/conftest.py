@@ -2,7 +2,8 @@
 
 The tokenizer mirrors the traps of the real embedded model: ChatML template, pad == eos == <|im_end|>.
 Tiers come from the folder: tests/unit (seconds, no training runs), tests/integration (whole commands and training
-runs; marked `integration` here so `-m "not integration"` works too). `smollm2` marks tests on the real model.
+runs; marked `integration` here so `-m "not integration"` works too), tests/chaos (kill -9 and random inputs; marked
+`chaos`; a short mode in `make test`, the long one in `make chaos`). `smollm2` marks tests on the real model.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "integration" in Path(str(item.fspath)).parts:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+        if "chaos" in parts:
+            item.add_marker(pytest.mark.chaos)
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"

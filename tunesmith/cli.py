@@ -9,7 +9,7 @@ One convention for every verb:
 - `--set path.to.key=value` (repeatable) overrides a setting by its dotted path from the top of that YAML;
 - a verb's own options are settings too: each names the dotted path it sets, and wins over --set
   (`tunesmith.config.read_config(..., options={"data.n": n})`); data files are `-i/--input`, results `-o/--out`;
-- errors the user can fix (TunesmithError) print their message, no traceback, and exit with code 2;
+- errors the user can fix (TunesmithError) print their message (secrets redacted), no traceback, and exit with code 2;
   Ctrl-C exits with 130 and says what was kept.
 """
 
@@ -28,6 +28,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from tunesmith import __version__
 from tunesmith.records import TunesmithError
+from tunesmith.redact import redact
 
 console = Console(stderr=True)
 
@@ -42,6 +43,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("tunesmith.train.run:train_command", "Fine-tune a model as the config says."),
     "generate": Verb("tunesmith.generate:generate_command", "Answer prompts with a base model or a trained run."),
     "chat": Verb("tunesmith.generate:chat_command", "Talk to a model or a trained run in the terminal."),
+    "predict": Verb("tunesmith.predict:predict_command", "Label texts with a run that trained a classification head."),
     "export": Verb("tunesmith.export:export_command", "Export a run to hf, peft, gguf or ollama, checked for parity."),
     "merge": Verb("tunesmith.export:merge_command", "Fold a run's adapter into a plain transformers model folder."),
     "serve": Verb("tunesmith.serve:serve_command", "Serve runs through an OpenAI-compatible API, with guardrails."),
@@ -74,7 +76,7 @@ def user_errors(function):
         try:
             return function(*args, **kwargs)
         except TunesmithError as e:
-            console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+            console.print(Text.assemble(("error: ", "bold red"), redact(str(e))), soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print(Text.assemble(("interrupted", "yellow"), ": every file already written is complete (writes are "

@@ -10,12 +10,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunesmith.records import TunesmithError
+from tunesmith.files import read_text
+from tunesmith.methods.base import get_method, method_configs
+from tunesmith.objectives.base import get_objective, objective_configs
+from tunesmith.records import DataError, TunesmithError
 
 
 class Strict(BaseModel):
@@ -59,20 +62,16 @@ class DataConfig(Strict):
         return self
 
 
-class LoraMethod(Strict):
-    name: Literal["lora"] = "lora"
-    r: int = Field(16, ge=1)
-    alpha: float = 32.0
-    # peft's dropout copies every input activation; 0 is ~35% faster on CPU and fine for short runs.
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+def _union(configs: list[type[BaseModel]], what: str):
+    """A discriminated union on `name` of every registered plug-in's config section (methods, objectives)."""
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator="name", description=what)]
 
 
-class FullMethod(Strict):
-    name: Literal["full"] = "full"
-
-
-MethodConfig = Annotated[LoraMethod | FullMethod, Field(discriminator="name")]
+# Built from the registries: a new method or objective is one file in tunesmith/methods or tunesmith/objectives.
+MethodConfig = _union(method_configs(), "The fine-tuning method (tunesmith/methods): what trains")
+ObjectiveConfig = _union(objective_configs(), "What the model learns (tunesmith/objectives): causal_lm, classification, ...")
 
 
 class TrainConfig(Strict):
@@ -122,18 +121,42 @@ class OutputConfig(Strict):
     merge: bool = Field(False, description="Also write the merged model as safetensors")
 
 
+class StageConfig(Strict):
+    """One stage of a multi-stage run. It starts from the previous stage's output (the first from model.name); a
+    section it does not set is the run's own (a section it sets replaces the run's whole section)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the stage's folder: stages/NN-name")
+    data: DataConfig | None = None
+    method: MethodConfig | None = None
+    objective: ObjectiveConfig | None = None
+    train: TrainConfig | None = None
+
+
 class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig
-    method: MethodConfig = LoraMethod()
+    objective: ObjectiveConfig = Field(default_factory=lambda: get_objective("causal_lm").config())
+    method: MethodConfig = Field(default_factory=lambda: get_method("lora").config())
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig | None = None
     output: OutputConfig = OutputConfig()
+    stages: list[StageConfig] | None = Field(
+        None, description="Multi-stage: train these in order, each from the previous one's output (tunesmith/train/stages.py)")
 
     @model_validator(mode="after")
-    def _probe_needs_valid(self) -> RunConfig:
+    def _plug_ins_agree(self) -> RunConfig:
+        """Every problem between sections at once: the probe, the method's and the objective's own checks, stages."""
+        problems = []
         if self.probe is not None and not self.data.valid:
-            raise ValueError("probe: generation-based evaluation needs a validation file (data.valid)")
+            problems.append("probe: generation-based evaluation needs a validation file (data.valid)")
+        if self.stages:
+            from tunesmith.train.stages import stage_problems
+
+            problems += stage_problems(self)
+        else:
+            problems += get_method(self.method.name).check(self) + get_objective(self.objective.name).check(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -241,12 +264,14 @@ def read_config(model: type[M], path: str | Path | None = None, overrides: Itera
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            text, source = path.read_text(encoding="utf-8-sig"), str(path)
+            text, source = read_text(path), str(path)
             loaded = yaml.safe_load(text)
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
+        except DataError as e:
+            raise ConfigError(str(e.issues[0])) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: not usable YAML (nested too deeply)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(model.model_fields)})")
         data = _merge(data, loaded or {})

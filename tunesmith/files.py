@@ -162,6 +162,62 @@ def atomic_dir(target: str | Path, *, private: bool = False, replace: bool = Tru
 
 # ---- reading ----
 
+BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(where: SourceRef, error: UnicodeDecodeError, offset: int = 0) -> DataIssue:
+    return DataIssue(where, f"not UTF-8 text (byte {error.start - offset + 1} of the line); re-save the file as UTF-8")
+
+
+def _cannot_read(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied; make the file readable (chmod +r)"
+    return f"cannot be read ({error.strerror or error})"
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file as UTF-8 (a byte-order mark dropped); any problem is a DataError with the file and, for
+    bytes that are not UTF-8, the line they are on."""
+    path = Path(path)
+    where = SourceRef(str(path))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError([DataIssue(where, "file not found")]) from None
+    except IsADirectoryError:
+        raise DataError([DataIssue(where, "is a folder, not a file")]) from None
+    except OSError as e:
+        raise DataError([DataIssue(where, _cannot_read(e))]) from None
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        at = SourceRef(str(path), line=raw.count(b"\n", 0, e.start) + 1)
+        raise DataError([_not_utf8(at, e, line_start)]) from None
+
+
+def parse_json(text: str, where: SourceRef) -> Any | DataIssue:
+    """A JSON value, or a DataIssue where it stops being JSON: `where` itself for one line of a file (JSONL), the
+    line within the text for a whole file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = where if where.line is not None else SourceRef(where.path, line=e.lineno)
+        return DataIssue(at, f"not valid JSON ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return DataIssue(where, "not usable JSON (nested too deeply)")
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file; any problem is a DataError with the file and line."""
+    value = parse_json(read_text(path), SourceRef(str(path)))
+    if isinstance(value, DataIssue):
+        raise DataError([value])
+    return value
+
+
 def iter_json_lines(path: str | Path) -> Iterator[tuple[SourceRef, Any | DataIssue]]:
     """(where, value) for every non-blank line holding any JSON value, or (where, issue) for a bad line.
 
@@ -174,22 +230,23 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[SourceRef, Any | DataIss
         where = SourceRef(name)
         yield where, DataIssue(where, "is a folder, not a file" if path.is_dir() else "file not found")
         return
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        yield SourceRef(name), DataIssue(SourceRef(name), _cannot_read(e))
+        return
+    with f:
         for lineno, raw in enumerate(f, 1):
             where = SourceRef(name, line=lineno)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield where, DataIssue(where, f"not UTF-8 text (byte {e.start + 1} of the line); re-save the file as UTF-8")
+                yield where, _not_utf8(where, e)
                 continue
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, DataIssue(where, f"not valid JSON ({e.msg} at column {e.colno})")
+            if line.strip():
+                yield where, parse_json(line, where)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[SourceRef, dict[str, Any] | DataIssue]]:

@@ -19,12 +19,49 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
-from tunesmith.files import iter_jsonl
+from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import DataError, DataIssue, Message, SourceRef, TunesmithError
+from tunesmith.records import DataError, DataIssue, Message, TunesmithError
 
 console = Console(stderr=True)
+
+
+@dataclass
+class LoadedRun:
+    run: Path  # the folder that holds the trained output (a multi-stage run's last stage)
+    cfg: object  # its RunConfig
+    method: object
+    objective: object
+    model: object
+    tokenizer: object
+    label_names: list[str]
+
+
+def load_run(run: str | Path, device: str = "auto", merge: bool = True) -> LoadedRun:
+    """A run folder → its base model with what it trained, loaded the way the method trained it (a qlora base in
+    4 bit), merged in memory where the method merges (`merge`), else with its layers in place."""
+    from tunesmith.config import load_config
+    from tunesmith.methods.base import get_method
+    from tunesmith.objectives.base import get_objective, saved_labels
+    from tunesmith.train.stages import last_stage_dir
+
+    run = last_stage_dir(Path(run))
+    if not (run / "config.yaml").exists():
+        raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    final = run / "final"
+    if not final.exists():
+        raise TunesmithError(f"{run} has no trained output yet ({final} missing): did training finish?")
+    method, objective = get_method(cfg.method.name), get_objective(cfg.objective.name)
+    base_path = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(final)
+    labels = saved_labels(final)
+    task = objective.task(cfg, labels, base_path, tokenizer)
+    trained = method.load(method.load_base(base_path, cfg.method, device, task), final, task)
+    if merge and method.mergeable:
+        trained = method.merge(trained)
+    return LoadedRun(run, cfg, method, objective, trained.eval(), tokenizer, labels)
 
 
 def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto",
@@ -32,27 +69,17 @@ def load_for_inference(run: str | Path | None = None, model: str | None = None, 
     """(model, tokenizer) for a run folder (base + its trained output), or a model name/folder as is.
 
     A run's adapter is merged into the base weights in memory by default: the same function (merged == unmerged is
-    tested) without the adapter's extra matmuls on every generated token.
+    tested) without the adapter's extra matmuls on every generated token. Methods that do not merge (bottleneck
+    adapters, virtual tokens, a 4-bit base) are loaded with their trained layers in place.
     """
     if run is None:
         path = resolve_model(model or DEFAULT_MODEL)
         return load_model(path, device=device).eval(), load_tokenizer(path)
-    from tunesmith.config import load_config
-    from tunesmith.methods.base import get_method
-
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
-    final = run / "final"
-    if not final.exists():
-        raise TunesmithError(f"{run} has no trained output yet ({final} missing): did training finish?")
-    base = load_model(resolve_model(cfg.model.name), device=device)
-    method = get_method(cfg.method.name)
-    trained = method.load(base, final)
-    if merge:
-        trained = method.merge(trained)
-    return trained.eval(), load_tokenizer(final)
+    loaded = load_run(run, device, merge)
+    if not loaded.objective.generates:
+        raise TunesmithError(f"{run} trained a {loaded.cfg.objective.name} head: it labels text instead of answering; "
+                             f"use `tunesmith predict --run {run} --input FILE`")
+    return loaded.model, loaded.tokenizer
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -282,10 +309,7 @@ def read_prompts(path: str | Path) -> list[list[Message]]:
     `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""
     path = Path(path)
     if path.suffix.lower() != ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError([DataIssue(SourceRef(str(path)), f"cannot read it as UTF-8 text ({e})")]) from None
+        lines = read_text(path).splitlines()
         return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
     conversations: list[list[Message]] = []
     issues: list[DataIssue] = []

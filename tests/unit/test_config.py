@@ -1,6 +1,7 @@
 import pytest
 
-from tunesmith.config import ConfigError, LoraMethod, load_config
+from tunesmith.config import ConfigError, load_config
+from tunesmith.methods.lora import LoraSettings
 
 GOOD = """\
 data:
@@ -17,7 +18,7 @@ def test_good_config_and_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
     cfg = load_config(path)
-    assert isinstance(cfg.method, LoraMethod) and cfg.method.r == 8
+    assert isinstance(cfg.method, LoraSettings) and cfg.method.r == 8
     assert cfg.train.lr == 1e-4 and cfg.model.name == "smollm2-135m-instruct"
 
 

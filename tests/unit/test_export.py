@@ -82,7 +82,10 @@ def test_non_mergeable_method_is_refused(tiny_model, tiny_tokenizer):
             raise AssertionError
 
     run = TrainedRun(None, None, Bottleneck(), tiny_model, tiny_tokenizer)
-    with pytest.raises(TunesmithError, match="'adapter' does not merge.*--to peft"):
+    with pytest.raises(TunesmithError, match="'adapter' does not merge.*tunesmith generate --run"):
+        merge_checked(run)
+    Bottleneck.name, Bottleneck.peft_format = "prompt_tuning", True  # a peft adapter that does not merge
+    with pytest.raises(TunesmithError, match="'prompt_tuning' does not merge.*--to peft"):
         merge_checked(run)
 
 

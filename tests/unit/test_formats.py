@@ -114,3 +114,52 @@ def test_csv_json_parquet_readers(tmp_path):
     assert examples[0].messages[1]["content"] == "b"
     _, issues = load_examples(tmp_path / "nope.jsonl", DataConfig(train="x"))
     assert "file not found" in issues[0].reason
+
+
+LATIN1 = "prompt,completion\ncaf\u00e9,cr\u00e8me\n"
+
+
+@pytest.mark.parametrize("name,content,line", [
+    ("d.jsonl", '{"prompt": "ok", "completion": "fine"}\n{"prompt": "caf\u00e9", "completion": "x"}\n'.encode("latin-1"), 2),
+    ("d.json", '[{"prompt": "ok",\n  "completion": "caf\u00e9"}]'.encode("latin-1"), 2),
+    ("d.csv", LATIN1.encode("latin-1"), 2),
+    ("d.csv", b"prompt,completion\nhello,world\n\xff\xfe\x00\x01binary", 3),
+])
+def test_text_that_is_not_utf8_is_a_data_problem_with_its_line(tmp_path, name, content, line):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _, issues = load_examples(path, DataConfig(train="x"))
+    assert [str(i.source) for i in issues if "UTF-8" in i.reason] == [f"{path}:{line}"]
+
+
+def test_a_file_that_is_not_parquet_and_a_csv_with_extra_fields(tmp_path):
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 this is not parquet \x00\x01\x02")
+    _, issues = load_examples(tmp_path / "d.parquet", DataConfig(train="x"))
+    assert len(issues) == 1 and "not a readable Parquet file" in issues[0].reason
+    (tmp_path / "d.csv").write_text("prompt,completion\nhello,world,surplus\n")
+    _, issues = load_examples(tmp_path / "d.csv", DataConfig(train="x"))
+    assert str(issues[0].source) == f"{tmp_path / 'd.csv'}:2" and "more fields than the header" in issues[0].reason
+
+
+def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbfprompt,completion\nhello,world\n")
+    (tmp_path / "d.json").write_bytes(b'\xef\xbb\xbf[{"prompt": "hello", "completion": "world"}]')
+    (tmp_path / "d.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "hello", "completion": "world"}\n')
+    for name in ("d.csv", "d.json", "d.jsonl"):
+        examples, issues = load_examples(tmp_path / name, DataConfig(train="x"))
+        assert not issues and examples[0].messages[0]["content"] == "hello", name
+
+
+def test_a_missing_file_does_not_suggest_skipping_rows(tmp_path, tiny_tokenizer):
+    for on_bad_rows in ("error", "skip"):
+        with pytest.raises(DataError) as err:
+            prepare_data(str(tmp_path / "nope.jsonl"), DataConfig(train="x", on_bad_rows=on_bad_rows), tiny_tokenizer)
+        assert "file not found" in str(err.value) and "on_bad_rows" not in str(err.value)
+
+
+def test_a_conversation_that_starts_with_the_assistant_is_a_data_problem(tmp_path, tiny_tokenizer):
+    """Found by the fuzz tests: the chat template refused the empty prompt before it with a ValueError traceback."""
+    path = write(tmp_path / "d.jsonl", [{"messages": [{"role": "assistant", "content": "0"}]}])
+    with pytest.raises(DataError, match=":1: the conversation starts with the assistant"):
+        prepare_data(str(path), DataConfig(train="x"), tiny_tokenizer)
+    assert prepare_data(str(path), DataConfig(train="x", system_prompt="Be brief."), tiny_tokenizer).tokenized

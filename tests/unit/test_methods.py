@@ -1,5 +1,7 @@
-"""One battery for every registered method (the PEFT way): the same checks, driven by the method registry."""
+"""One battery for every registered method (the PEFT way): the same checks, driven by the method registry, under
+the causal-LM objective and under a classification objective (methods and objectives are separate plug-ins)."""
 
+import json
 import typing
 
 import pytest
@@ -8,11 +10,13 @@ from pydantic import TypeAdapter
 
 from tunesmith.config import MethodConfig
 from tunesmith.data.batching import collate
-from tunesmith.methods.base import count_parameters, get_method, registry
-from tunesmith.models.loading import load_model
-from tunesmith.train.loss import TrainedTokenLoss
+from tunesmith.methods.base import Task, count_parameters, get_method, registry
+from tunesmith.objectives.classification import head_task
+from tunesmith.records import IGNORE_INDEX, SourceRef, TokenizedExample, TunesmithError
+from tunesmith.train.loss import HeadLoss, TrainedTokenLoss
 
 METHODS = sorted(registry())
+CAUSAL_METHODS = [m for m in METHODS if m != "feature_extraction"]  # a frozen base with no head trains nothing
 
 
 def default_config(name: str):
@@ -25,65 +29,135 @@ def test_every_registered_method_has_a_config_section_and_vice_versa():
     assert sorted(cls.model_fields["name"].default for cls in union) == METHODS
 
 
-def one_step(model, batch):
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    loss_module = TrainedTokenLoss(model)
-    loss_sum, n = loss_module(batch)
-    (loss_sum / n).backward()
-    opt.step()
-    opt.zero_grad()
-
-
-def logits(model, batch):
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=torch.ones_like(batch.input_ids)).logits
-
-
 @pytest.fixture()
-def batch(make_examples, tiny_model):
-    examples = make_examples(4, tiny_model.config.vocab_size)
+def batch(make_examples, tiny_model_dir):
+    examples = make_examples(4, 300)
     return collate(examples, [[0], [1], [2], [3]], pad_id=2, pack=False)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_method_battery(name, tiny_model_dir, batch, tmp_path):
-    method = get_method(name)
-    model = method.apply(load_model(tiny_model_dir, device="cpu"), default_config(name))
+@pytest.fixture()
+def class_batch():
+    """Sequence classification: one label (of 3) at the last token of each example, targets not shifted."""
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for i, n in enumerate([7, 12, 5, 9]):
+        ids = torch.randint(3, 300, (n,), generator=g).tolist()
+        examples.append(TokenizedExample(ids, [IGNORE_INDEX] * (n - 1) + [i % 3], SourceRef("x", line=i + 1)))
+    return collate(examples, [[0], [1], [2], [3]], pad_id=2, pack=False, shift=False)
+
+
+class Tokenizer:
+    pad_token_id = 2
+
+
+OBJECTIVES = {
+    # objective: (task, loss, batch fixture)
+    "causal_lm": (lambda path: Task(model_path=str(path)), TrainedTokenLoss, "batch"),
+    "classification": (lambda path: head_task("SEQ_CLS", "AutoModelForSequenceClassification", ["a", "b", "c"], path,
+                                              Tokenizer()), HeadLoss, "class_batch"),
+}
+HEAD_METHODS = [m for m in METHODS if m != "prefix_tuning"]  # refused by its check: see methods/prefix_tuning.py
+CASES = [(m, "causal_lm") for m in CAUSAL_METHODS] + [(m, "classification") for m in HEAD_METHODS]
+
+
+def outputs(loss, batch):
+    loss.model.eval()
+    with torch.no_grad():
+        return loss.logits(batch)
+
+
+@pytest.mark.parametrize("name,objective", CASES, ids=[f"{m}-{o}" for m, o in CASES])
+def test_method_battery(name, objective, tiny_model_dir, tmp_path, request):
+    make_task, make_loss, batch_name = OBJECTIVES[objective]
+    batch = request.getfixturevalue(batch_name)
+    method, cfg, task = get_method(name), default_config(name), make_task(tiny_model_dir)
+    torch.manual_seed(0)
+    model = method.apply(method.load_base(tiny_model_dir, cfg, "cpu", task), cfg, task)
     trainable, total = count_parameters(model)
-    assert 0 < trainable <= total
+    assert 0 < trainable < total or name == "full"
+
+    # one optimizer step: what trains changes, nothing frozen does
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    one_step(model, batch)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss_sum, n = make_loss(model)(batch)
+    (loss_sum / n).backward()
+    opt.step()
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
     trainable_names = {n for n, p in after.items() if p.requires_grad}
     assert changed, "training changed nothing"
     assert changed <= trainable_names, f"frozen parameters changed: {sorted(changed - trainable_names)[:3]}"
+    if task.head_modules:
+        assert any("score" in n for n in changed), "the new head did not train"
 
-    trained_logits = logits(model, batch)
+    # save → load onto a fresh base: identical outputs
+    trained = outputs(make_loss(model), batch)
     method.save(model, tmp_path / "out")
-    reloaded = method.load(load_model(tiny_model_dir, device="cpu"), tmp_path / "out")
-    torch.testing.assert_close(logits(reloaded, batch), trained_logits, rtol=0, atol=0)
+    reloaded = method.load(method.load_base(tiny_model_dir, cfg, "cpu", task), tmp_path / "out", task)
+    torch.testing.assert_close(outputs(make_loss(reloaded), batch), trained, rtol=0, atol=0)
 
-    merged = method.merge(reloaded)
-    assert not hasattr(merged, "peft_config")
-    torch.testing.assert_close(logits(merged, batch), trained_logits, rtol=1e-4, atol=1e-4)  # fp32 reassociation only
+    # peft-format outputs load with plain peft + transformers
+    config = tmp_path / "out" / "adapter_config.json"
+    assert method.peft_format == config.is_file()
+    if method.peft_format:
+        from peft import PeftModel
 
+        plain = PeftModel.from_pretrained(method.load_base(tiny_model_dir, cfg, "cpu", task), tmp_path / "out")
+        assert json.loads(config.read_text())["peft_type"]
+        torch.testing.assert_close(outputs(make_loss(plain), batch), trained, rtol=0, atol=0)
 
-def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, batch, tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    # merge == unmerged, or a clear refusal
+    from tunesmith.export.merge import TrainedRun, merge_checked
 
-    method = get_method("lora")
-    model = method.apply(load_model(tiny_model_dir, device="cpu"), default_config("lora"))
-    one_step(model, batch)
-    method.save(model, tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
-    torch.testing.assert_close(logits(plain, batch), logits(model, batch), rtol=0, atol=0)
+    if method.mergeable:
+        merged = method.merge(reloaded)
+        assert not hasattr(merged, "peft_config")
+        torch.testing.assert_close(outputs(make_loss(merged), batch), trained, rtol=1e-4, atol=1e-4)  # fp32 reassociation
+    else:
+        with pytest.raises(TunesmithError, match="does not merge|quantized"):
+            merge_checked(TrainedRun(tmp_path, None, method, reloaded, None))
 
 
 def test_unknown_method():
-    with pytest.raises(KeyError, match="known: full, lora"):
+    with pytest.raises(KeyError, match="known: adapter, feature_extraction, freeze, full"):
         get_method("magic")
+
+
+def test_lora_options_reach_peft(tiny_model_dir):
+    method = get_method("lora")
+    cfg = TypeAdapter(MethodConfig).validate_python(
+        {"name": "lora", "r": 4, "target_modules": "attention", "rank_pattern": {"q_proj": 2}, "use_dora": True,
+         "use_rslora": True})
+    model = method.apply(method.load_base(tiny_model_dir, cfg), cfg)
+    peft_cfg = model.peft_config["default"]
+    assert set(peft_cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert peft_cfg.use_dora and peft_cfg.use_rslora and peft_cfg.rank_pattern == {"q_proj": 2}
+    q = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert q.lora_A["default"].weight.shape[0] == 2 and "default" in q.lora_magnitude_vector
+    assert not any("mlp" in n for n, p in model.named_parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="matches no layer"):
+        bad = TypeAdapter(MethodConfig).validate_python({"name": "lora", "target_modules": "mlp"})
+        method.apply(torch.nn.Sequential(torch.nn.Linear(2, 2)), bad)
+
+
+def test_freeze_trains_only_the_top_blocks(tiny_model_dir):
+    method = get_method("freeze")
+    cfg = TypeAdapter(MethodConfig).validate_python({"name": "freeze", "top_blocks": 1})
+    model = method.apply(method.load_base(tiny_model_dir, cfg), cfg)
+    assert {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad} == {"1"}
+    with pytest.raises(Exception, match="trains nothing"):
+        TypeAdapter(MethodConfig).validate_python({"name": "freeze", "top_blocks": 0})
+
+
+def test_adapter_kinds_and_identity_at_start(tiny_model_dir, batch):
+    method = get_method("adapter")
+    base = method.load_base(tiny_model_dir, default_config("adapter"))
+    reference = outputs(TrainedTokenLoss(base), batch)
+    for kind, per_block in (("houlsby", 2), ("pfeiffer", 1)):
+        cfg = TypeAdapter(MethodConfig).validate_python({"name": "adapter", "kind": kind, "reduction_factor": 4})
+        model = method.apply(method.load_base(tiny_model_dir, cfg), cfg)
+        adapted = [n for n, _ in model.named_modules() if n.endswith(".adapter")]
+        assert len(adapted) == per_block * 2  # two blocks in the tiny model
+        assert model.model.layers[0].mlp.down_proj.adapter.down.out_features == 32 // 4
+        torch.testing.assert_close(outputs(TrainedTokenLoss(model), batch), reference, rtol=0, atol=0)  # up = 0

@@ -138,3 +138,95 @@ def test_detection_quality_floor(detector):
 def test_unknown_entity_type_is_rejected():
     with pytest.raises(TunesmithError, match="unknown \\['SHOE_SIZE'\\]"):
         PiiDetector(AnonymizeConfig(entity_types=["SHOE_SIZE"], ner=False))
+
+
+# ---- the private mapping: atomic, 0600, in the manifest, never lost while the output says done ----
+
+PII_ROWS = [
+    {"messages": [{"role": "user", "content": f"Mail {name}@example.com or call +1 415 555 26{i:02d}."},
+                  {"role": "assistant", "content": "ok"}], "doc_id": f"d{i}"}
+    for i, name in enumerate(["ada", "alan", "grace", "ada", "edsger"])
+]
+
+
+class Crash(BaseException):
+    """Stands for a kill -9: nothing after it runs, no handler catches it."""
+
+
+def anonymize_files(folder, **options):
+    from tunesmith.data.prep.anonymize import anonymize_command
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "in.jsonl"
+    if not src.exists():
+        src.write_text("".join(json.dumps(r) + "\n" for r in PII_ROWS))
+    out = folder / "anon.jsonl"
+    anonymize_command(input=src, out=out, ner=False, **options)
+    return out, folder / "anon.mapping.private.json"
+
+
+def test_mapping_is_private_from_creation_and_its_hash_is_in_the_manifest(tmp_path):
+    import os
+    import stat
+
+    from tunesmith.data.prep.artifacts import read_manifest
+    from tunesmith.files import sha256_file
+
+    old = os.umask(0o000)  # whatever the umask, the mapping is never readable by others, not even for a moment
+    try:
+        out, mapping = anonymize_files(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(mapping.stat().st_mode) == 0o600
+    manifest = read_manifest(out)
+    assert {"path": str(mapping), "sha256": sha256_file(mapping)} in manifest["private_outputs"]
+    assert "example.com" not in json.dumps(manifest)  # the manifest travels with the data: a hash, never values
+
+
+def test_an_output_without_its_intact_mapping_is_never_up_to_date(tmp_path, capsys):
+    out, mapping = anonymize_files(tmp_path / "ref")
+    reference = out.read_bytes(), mapping.read_bytes()
+
+    out, mapping = anonymize_files(tmp_path / "run")
+    mapping.write_bytes(b"")  # damaged (what a kill during an in-place write used to leave)
+    for force in (False, True):
+        with pytest.raises(TunesmithError, match="damaged") as err:
+            anonymize_files(tmp_path / "run", force=force)
+        assert str(mapping) in str(err.value) and "backup" in str(err.value)
+    assert "up to date" not in capsys.readouterr().err
+
+    mapping.unlink()  # lost: the step runs again and gives every value the pseudonym it had
+    anonymize_files(tmp_path / "run")
+    assert (out.read_bytes(), mapping.read_bytes()) == reference
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4])
+def test_a_kill_at_any_write_never_leaves_an_output_without_its_mapping(tmp_path, monkeypatch, crash_at):
+    """A kill right after each rename of the step: whenever the output exists, the mapping that explains it does
+    too; a re-run then ends exactly where an uninterrupted run ends."""
+    import tunesmith.files as files
+
+    out, mapping = anonymize_files(tmp_path / "ref")
+    audit = lambda folder: (folder / "anon.audit.jsonl").read_text().replace(str(folder), "")  # noqa: E731
+    reference = out.read_bytes(), mapping.read_bytes(), audit(tmp_path / "ref")
+
+    renames = 0
+    real_fsync_dir = files.fsync_dir
+
+    def crash_after_rename(path):
+        nonlocal renames
+        real_fsync_dir(path)
+        renames += 1
+        if renames == crash_at:
+            raise Crash()
+
+    monkeypatch.setattr(files, "fsync_dir", crash_after_rename)
+    with pytest.raises(Crash):
+        anonymize_files(tmp_path / "run")
+    monkeypatch.setattr(files, "fsync_dir", real_fsync_dir)
+    out, mapping = tmp_path / "run" / "anon.jsonl", tmp_path / "run" / "anon.mapping.private.json"
+    if out.exists():
+        pseudonyms = {e["pseudonym"] for e in json.loads(mapping.read_text())["entities"]}
+        assert set(re.findall(r"<[A-Z_]+_\d+>", out.read_text())) <= pseudonyms
+    anonymize_files(tmp_path / "run")
+    assert (out.read_bytes(), mapping.read_bytes(), audit(tmp_path / "run")) == reference

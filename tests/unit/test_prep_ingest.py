@@ -91,8 +91,8 @@ def test_unreadable_files_are_all_reported_at_once(tmp_path):
     with pytest.raises(DataError) as caught:
         ingest([tmp_path], IngestConfig())
     message = str(caught.value)
-    assert "latin1.txt: not UTF-8 text" in message and "re-save the file as UTF-8" in message
-    assert "broken.pdf" in message and "broken.docx" in message and "bad.json: not valid JSON" in message
+    assert "latin1.txt:1: not UTF-8 text" in message and "re-save the file as UTF-8" in message
+    assert "broken.pdf" in message and "broken.docx" in message and "bad.json:1: not valid JSON" in message
     assert "--on-error skip" in message
     chunks, read, issues = ingest([tmp_path], IngestConfig(on_error="skip"))
     assert [p.name for p in read] == ["good.txt"] and len(issues) == 4
@@ -105,7 +105,7 @@ def test_permission_denied_tells_what_to_do(tmp_path, monkeypatch):
     def deny(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_text", deny)
+    monkeypatch.setattr(Path, "read_bytes", deny)
     with pytest.raises(DataError, match="permission denied; make the file readable"):
         ingest([target], IngestConfig())
 

@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import pytest
@@ -114,3 +115,29 @@ def test_split_and_eval_agree_on_leakage(tmp_path):
                                  [Item(question_of(e), reference_of(e)) for e in examples["test"]], 0.8)
     from_split = {r["test"] for r in report["leakage"]["rows"] if r["split"] == "test"}
     assert from_split and seen_by_eval.leaked_items == from_split and report["leakage"]["leaked_rows"]["test"] == len(from_split)
+
+
+def test_leakage_counts_rows_not_pairs(tmp_path):
+    """Copies of one question and answer on both sides: each leaked valid/test row matches by prompt and by answer
+    (two findings), and every copy in training could be its partner; the count is of rows, in the report and the CLI."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    question = "Which broker keeps messages for seven days?"
+    rows = [{"messages": [{"role": "user", "content": f"Unrelated question number {i} about topic {i * 7}?"},
+                          {"role": "assistant", "content": f"Answer {i}"}], "doc_id": f"u{i}"} for i in range(12)]
+    rows += [{"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "Seven days."}],
+              "doc_id": "train-copies" if i < 5 else f"leak{i}"} for i in range(8)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parts, report = split_rows([(SourceRef(str(src), line=i + 1), r) for i, r in enumerate(rows)],
+                               SplitConfig(train=0.6, valid=0.2, test=0.2, seed=4))
+    in_train = sum(r["messages"][0]["content"] == question for r in parts["train"])
+    leaked = sum(r["messages"][0]["content"] == question for s in ("valid", "test") for r in parts[s])
+    findings = len(report["leakage"]["rows"])
+    assert in_train >= 2 and leaked >= 2 and findings == 2 * leaked and in_train * leaked > leaked  # pairs would be more
+    assert report["leakage"]["found"] == leaked
+    result = CliRunner().invoke(app, ["data", "split", "-i", str(src), "-o", str(tmp_path / "split"), "--ratios", "0.6,0.2,0.2",
+                                      "--seed", "4"])
+    assert result.exit_code == 0 and f"{leaked} valid/test rows overlap" in " ".join(result.output.split())

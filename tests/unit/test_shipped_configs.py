@@ -37,11 +37,12 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_config_is_valid_and_its_data_exists(path):
     cfg = read_config(config_model(path), path)
-    data = getattr(cfg, "data", None)
-    for name in ("train", "valid", "test"):
-        file = getattr(data, name, None) if data is not None else None
-        if file and not file.startswith(MADE_BY_SCRIPTS):
-            assert (ROOT / file).is_file(), f"{path.relative_to(ROOT)}: data.{name} {file} does not exist"
+    sections = [getattr(cfg, "data", None)] + [stage.data for stage in getattr(cfg, "stages", None) or []]
+    for data in sections:
+        for name in ("train", "valid", "test"):
+            file = getattr(data, name, None) if data is not None else None
+            if file and not file.startswith(MADE_BY_SCRIPTS):
+                assert (ROOT / file).is_file(), f"{path.relative_to(ROOT)}: data.{name} {file} does not exist"
 
 
 def test_every_section_of_the_prep_example_is_known():

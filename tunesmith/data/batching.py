@@ -85,8 +85,10 @@ def plan_epoch(lengths: list[int], *, seed: int, epoch: int, batch_size: int, ro
     return batches
 
 
-def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int, pack: bool) -> MicroBatch:
-    """Build tensors for one micro-batch. Padding is never trained and never attended to."""
+def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int, pack: bool,
+            shift: bool = True) -> MicroBatch:
+    """Build tensors for one micro-batch. Padding is never trained and never attended to. `shift=False` keeps each
+    label at its own position (classification objectives: the label belongs to the token, not to the next one)."""
     width = max(sum(len(examples[i]) for i in row) for row in rows)
     width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
     n = len(rows)
@@ -100,7 +102,7 @@ def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int
             ex = examples[i]
             length = len(ex)
             input_ids[r, at : at + length] = torch.tensor(ex.input_ids)
-            targets[r, at : at + length] = torch.tensor(shifted_targets(ex))
+            targets[r, at : at + length] = torch.tensor(shifted_targets(ex) if shift else ex.labels)
             position_ids[r, at : at + length] = torch.arange(length)
             at += length
         if attention_mask is not None:
@@ -111,9 +113,9 @@ def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int
 
 
 def iter_batches(examples: list[TokenizedExample], *, batch_size: int, row_len: int, pack: bool,
-                 pad_id: int) -> Iterator[MicroBatch]:
+                 pad_id: int, shift: bool = True) -> Iterator[MicroBatch]:
     """One pass over a whole dataset for measuring it (validation loss, reference loss, KL): the plan of seed 0,
     epoch 0, collated batch by batch."""
     plan = plan_epoch([len(e) for e in examples], seed=0, epoch=0, batch_size=batch_size, row_len=row_len, pack=pack)
     for rows in plan:
-        yield collate(examples, rows, pad_id, pack)
+        yield collate(examples, rows, pad_id, pack, shift)

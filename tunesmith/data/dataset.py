@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from dataclasses import dataclass, field
 
 from tunesmith.config import DataConfig
@@ -17,6 +19,16 @@ class PreparedData:
     skipped: list[DataIssue] = field(default_factory=list)
     n_truncated: int = 0
     n_dropped: int = 0
+    label_names: list[str] = field(default_factory=list)  # classification objectives: class id → name
+
+    def fingerprint(self) -> str:
+        """sha256 of the tokenized examples in order (ids and labels): what training actually sees of the data."""
+        digest = hashlib.sha256()
+        for example in self.tokenized:
+            for values in (example.input_ids, example.labels):
+                digest.update(len(values).to_bytes(8, "little"))
+                digest.update(array("q", values).tobytes())
+        return digest.hexdigest()
 
     def summary(self) -> dict:
         n_tokens = sum(len(t) for t in self.tokenized)
@@ -31,6 +43,9 @@ class PreparedData:
 def prepare_data(path: str, cfg: DataConfig, tokenizer) -> PreparedData:
     """Validate and tokenize a file. All problems are raised together, or skipped and reported (on_bad_rows)."""
     examples, issues = load_examples(path, cfg)
+    unreadable = [i for i in issues if i.source.line is None and i.source.item is None]
+    if unreadable:  # the file itself (missing, not Parquet, ...): skipping rows cannot help
+        raise DataError(unreadable, hint="Check the path in data.train / data.valid: a .jsonl, .json, .csv or .parquet file.")
     tokenized, report = tokenize_examples(tokenizer, examples, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation,
                                           train_on=cfg.train_on)
     issues += report.issues

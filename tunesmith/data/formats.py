@@ -7,7 +7,7 @@ that is fatal (`on_bad_rows: error`) or whether bad rows are skipped and reporte
 from __future__ import annotations
 
 import csv
-import json
+import io
 import re
 import string
 from collections.abc import Iterator
@@ -15,50 +15,78 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import DataConfig
-from tunesmith.files import iter_jsonl
-from tunesmith.records import DataIssue, Example, Message, SourceRef
+from tunesmith.files import iter_jsonl, parse_json, read_text
+from tunesmith.records import DataError, DataIssue, Example, Message, SourceRef
 
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SHAPES = ("messages", "alpaca", "prompt_completion", "text")
+EXTRA_FIELDS = "\0extra"  # where csv puts the values of a line that has more fields than the header
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[SourceRef, dict[str, Any] | DataIssue]]:
-    """Yield (where, row) for every record, or (where, issue) for records that cannot be parsed."""
+    """Yield (where, row) for every record, or (where, issue) for records that cannot be parsed. A file that cannot
+    be read at all (missing, not UTF-8, not Parquet) is one issue without a row number where no line applies."""
     path = Path(path)
     name = str(path)
-    if not path.exists():
-        yield SourceRef(name), DataIssue(SourceRef(name), "file not found")
-        return
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if not path.is_file():
+        yield SourceRef(name), DataIssue(SourceRef(name), "is a folder, not a file" if path.is_dir() else "file not found")
+    elif suffix == ".jsonl":
         yield from iter_jsonl(path)
-    elif suffix == ".json":
+    elif suffix in (".json", ".csv"):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            yield SourceRef(name, line=e.lineno), DataIssue(SourceRef(name, line=e.lineno), f"not valid JSON ({e.msg})")
+            text = read_text(path)
+        except DataError as e:
+            yield from ((issue.source, issue) for issue in e.issues)
             return
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"data": [...]} style
-        if not isinstance(data, list):
-            yield SourceRef(name), DataIssue(SourceRef(name), "expected a JSON array of objects")
-            return
-        for i, row in enumerate(data):
-            where = SourceRef(name, item=i)
-            yield where, row if isinstance(row, dict) else DataIssue(where, "expected an object")
-    elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield SourceRef(name, line=reader.line_num), dict(row)
+        yield from (_json_rows if suffix == ".json" else _csv_rows)(text, name)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            yield SourceRef(name), DataIssue(SourceRef(name), f"not a readable Parquet file ({e})")
+            return
+        for i, row in enumerate(rows):
             yield SourceRef(name, item=i), row
     else:
         yield SourceRef(name), DataIssue(SourceRef(name), f"unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet)")
+
+
+def _json_rows(text: str, name: str) -> Iterator[tuple[SourceRef, dict[str, Any] | DataIssue]]:
+    data = parse_json(text, SourceRef(name))
+    if isinstance(data, DataIssue):
+        yield data.source, data
+        return
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} style
+    if not isinstance(data, list):
+        yield SourceRef(name), DataIssue(SourceRef(name), "expected a JSON array of objects")
+        return
+    for i, row in enumerate(data):
+        where = SourceRef(name, item=i)
+        yield where, row if isinstance(row, dict) else DataIssue(where, "expected an object")
+
+
+def _csv_rows(text: str, name: str) -> Iterator[tuple[SourceRef, dict[str, Any] | DataIssue]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), restkey=EXTRA_FIELDS)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            where = SourceRef(name, line=reader.reader.line_num)
+            yield where, DataIssue(where, f"not valid CSV ({e})")
+            return
+        where = SourceRef(name, line=reader.line_num)
+        if EXTRA_FIELDS in row:
+            yield where, DataIssue(where, f"{len(row[EXTRA_FIELDS])} more fields than the header line names")
+        else:
+            yield where, dict(row)
 
 
 def detect_shape(row: dict[str, Any]) -> str | None:
@@ -169,7 +197,7 @@ def row_to_example(row: dict[str, Any], where: SourceRef, shape: str, cfg: DataC
             return Example(messages=[], source=where, meta=_meta(row, {"text"}), text=text)
         else:
             raise ValueError(shape)
-    except (KeyError, IndexError, ValueError) as e:
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
         return DataIssue(where, f"cannot fill data.template: {e!r}")
 
     if cfg.system_prompt and messages[0]["role"] != "system":
@@ -177,6 +205,9 @@ def row_to_example(row: dict[str, Any], where: SourceRef, shape: str, cfg: DataC
     assistants = [m for m in messages if m["role"] == "assistant"]
     if not assistants:
         return DataIssue(where, "no assistant message: nothing to train on")
+    if messages[0]["role"] == "assistant":  # chat templates cannot render the empty prompt before it
+        return DataIssue(where, "the conversation starts with the assistant: put a user (or system) message first, "
+                                "or set data.system_prompt")
     if not any(m["content"].strip() for m in assistants):
         return DataIssue(where, "empty target: the assistant message is empty")
     return Example(messages=messages, source=where, meta=_meta(row, {"messages", "conversations"}))
@@ -195,11 +226,11 @@ def parse_messages(row: dict[str, Any], where: SourceRef) -> list[Message] | Dat
         if not isinstance(m, dict):
             return DataIssue(where, f"message {i} must be an object with role and content")
         if "from" in m and "value" in m:  # ShareGPT
-            role = SHAREGPT_ROLES.get(m["from"])
+            role = SHAREGPT_ROLES.get(m["from"]) if isinstance(m["from"], str) else None
             content = m["value"]
         else:
             role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             return DataIssue(where, f"message {i} has role {m.get('role', m.get('from'))!r}; expected one of {sorted(ROLES)}")
         if not isinstance(content, str):
             return DataIssue(where, f"message {i} content must be a string, got {type(content).__name__}")

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from tunesmith.cli import ConfigArg, SetOpt
 from tunesmith.config import RunConfig, load_config
-from tunesmith.data.dataset import prepare_data
+from tunesmith.objectives.base import get_objective
 from tunesmith.models.loading import load_tokenizer, resolve_model
 from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
@@ -50,11 +50,13 @@ def length_histogram(lengths: list[int], bins: int = 8, width: int = 40) -> Tabl
 def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
     console = console or Console()
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    data = prepare_data(cfg.data.train, cfg.data, tokenizer)
+    data = get_objective(cfg.objective.name).prepare(cfg.data.train, cfg, tokenizer)
     for example in data.tokenized[:n]:
         title = f"{example.source} · {len(example)} tokens, {example.n_trained} trained" + (" · TRUNCATED" if example.truncated else "")
         console.print(Panel(render_tokens(tokenizer, example), title=title, title_align="left"))
-    console.print(Text.assemble(("trained", "bold black on green"), "  ", ("not trained (prompt, template, padding)", "dim")))
+    console.print(Text.assemble(("trained" + (" (labelled)" if data.label_names else ""), "bold black on green"), "  ",
+                                ("not trained (prompt, template, padding)", "dim"))
+                  + (Text(f"  labels: {', '.join(data.label_names)}") if data.label_names else Text()))
     summary = data.summary()
     table = Table(title="data summary", box=None)
     table.add_column("")

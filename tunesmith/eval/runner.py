@@ -7,7 +7,6 @@ variant (base, few-shot, RAG, tuned) is a small class with one interface: its pr
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -37,7 +36,8 @@ from tunesmith.eval.results import (
 from tunesmith.eval.retrieval import load_corpus
 from tunesmith.eval.scoring import reference_loss
 from tunesmith.generate import generate_chat, load_for_inference
-from tunesmith.records import DataError, Example, TunesmithError
+from tunesmith.files import read_json
+from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
 from tunesmith.train.tracking import read_metrics
 
 console = Console(stderr=True)
@@ -277,7 +277,9 @@ def run_cost(run: Path) -> Cost:
     cost: dict[str, Any] = {}
     summary = run / "train_summary.json"
     if summary.is_file():
-        values = json.loads(summary.read_text(encoding="utf-8"))
+        values = read_json(summary)
+        if not isinstance(values, dict):
+            raise DataError([DataIssue(SourceRef(str(summary)), "expected a JSON object (train_summary.json of a run)")])
         cost = {key: values[key] for key in ("train_seconds", "trained_tokens", "trainable_parameters",
                                              "total_parameters", "peak_rss_mb") if key in values}
     adapter = run / "final" / "adapter_model.safetensors"

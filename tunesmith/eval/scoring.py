@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from tunesmith.data.batching import iter_batches
 from tunesmith.data.tokenize import tokenize_examples
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import IGNORE_INDEX, Example, Message, SourceRef, TokenizedExample
-from tunesmith.train.loss import LossResult, dataset_loss
+from tunesmith.records import Example, Message, SourceRef, TokenizedExample
+from tunesmith.train.loss import LossResult, TrainedTokenLoss, dataset_loss
 
 
 def tokenize_references(tokenizer, chats: list[list[Message]] | None = None, texts: list[str] | None = None,
@@ -49,10 +49,8 @@ def mean_kl(reference_model, other_model, tokenizer, chats: list[list[Message]] 
         for batch in iter_batches(tokenized, batch_size=batch_size, row_len=max_seq_len, pack=False,
                                   pad_id=tokenizer.pad_token_id):
             batch = batch.to(device)
-            scored = batch.targets != IGNORE_INDEX
-            log_p = [F.log_softmax(m(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                     position_ids=batch.position_ids, use_cache=False).logits[scored].float(), dim=-1)
-                     for m in (reference_model, other_model)]
+            # the training loss's own logits at the scored positions: any method's model (virtual tokens included)
+            log_p = [F.log_softmax(TrainedTokenLoss(m).logits(batch), dim=-1) for m in (reference_model, other_model)]
             total += float(F.kl_div(log_p[1], log_p[0], log_target=True, reduction="sum"))
-            count += int(scored.sum())
+            count += batch.n_trained
     return total / max(count, 1)

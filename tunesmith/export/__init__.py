@@ -7,7 +7,6 @@ format; the table FORMATS is what the CLI offers.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.console import Console
 
 from tunesmith.export.hf import DEFAULT_HF_DTYPE, HF_DTYPES, save_hf
 from tunesmith.export.parity import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MIN_IDENTICAL, DEFAULT_N, ParityResult
-from tunesmith.files import atomic_dir, atomic_write_json
+from tunesmith.files import atomic_dir, atomic_write_json, read_json
 from tunesmith.records import TunesmithError
 
 console = Console(stderr=True)
@@ -169,7 +168,7 @@ def export_peft(run: Path, opts: ExportOptions) -> ExportResult:
             exported = PeftModel.from_pretrained(base, tmp).eval()
             result.parity.append(checker.transformers(exported, load_tokenizer(tmp), tmp, "transformers+peft",
                                                       None, out.name))
-        peft_type = json.loads((source / "adapter_config.json").read_text()).get("peft_type")
+        peft_type = read_json(source / "adapter_config.json").get("peft_type")
         _finish(tmp, run, cfg, result, checker, {"peft_type": peft_type, "vllm_ray_problems": problems, "vllm_notes": notes})
     return result
 
@@ -246,7 +245,7 @@ def export_gguf(run: Path, opts: ExportOptions, ollama: bool = False) -> ExportR
 
 def _is_lora(run: Path) -> bool:
     config = run / "final" / "adapter_config.json"
-    return config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA"
+    return config.is_file() and read_json(config).get("peft_type") == "LORA"
 
 
 def export_ollama(run: Path, opts: ExportOptions) -> ExportResult:
@@ -257,12 +256,27 @@ FORMATS = {"hf": export_hf, "peft": export_peft, "gguf": export_gguf, "ollama": 
 
 
 def export_run(run: str | Path, to: str, opts: ExportOptions | None = None) -> ExportResult:
-    run = Path(run)
+    from tunesmith.train.stages import last_stage_dir
+
+    run = last_stage_dir(Path(run))  # a multi-stage run exports its last stage
+    opts = opts or ExportOptions()
     if to not in FORMATS:
         raise TunesmithError(f"--to must be one of {', '.join(FORMATS)}; got {to!r}")
     if not (run / "config.yaml").is_file():
         raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
-    return FORMATS[to](run, opts or ExportOptions())
+    from tunesmith.config import load_config
+    from tunesmith.objectives.base import get_objective
+
+    objective = load_config(run / "config.yaml").objective.name
+    if not get_objective(objective).generates:
+        if to not in ("hf", "peft"):
+            raise TunesmithError(f"the run trained a {objective} head, which labels text instead of generating it: "
+                                 "export it with --to hf (a transformers classifier folder) or --to peft")
+        if opts.parity:
+            console.print("[dim]parity by generated answers does not apply to a classifier; the merge itself is still "
+                          "checked (merged logits == unmerged logits)[/]")
+            opts.parity = False
+    return FORMATS[to](run, opts)
 
 
 def merge_run(run: str | Path, out: str | Path | None = None, parity: bool = False) -> Path:

@@ -28,14 +28,10 @@ class TrainedRun:
 
 
 def load_trained(run: str | Path) -> TrainedRun:
-    from tunesmith.config import load_config
-    from tunesmith.generate import load_for_inference
-    from tunesmith.methods.base import get_method
+    from tunesmith.generate import load_run
 
-    run = Path(run)
-    model, tokenizer = load_for_inference(run, device="cpu", merge=False)
-    cfg = load_config(run / "config.yaml")
-    return TrainedRun(run, cfg, get_method(cfg.method.name), model, tokenizer)
+    loaded = load_run(run, device="cpu", merge=False)
+    return TrainedRun(loaded.run, loaded.cfg, loaded.method, loaded.model, loaded.tokenizer)
 
 
 def is_mergeable(method) -> bool:
@@ -109,9 +105,10 @@ def merge_checked(trained: TrainedRun, untie: bool = False) -> nn.Module:
     method, model = trained.method, trained.model
     name = getattr(method, "name", type(method).__name__)
     if not is_mergeable(method):
+        alone = "Export the trained part alone with --to peft, or" if getattr(method, "peft_format", False) else "Instead,"
         raise TunesmithError(f"the run's method {name!r} does not merge into the base weights (its layers stay "
-                             "separate), so there is no single merged model to export. Export the trained part "
-                             "alone with --to peft, or serve the run as it is (`tunesmith serve`).")
+                             f"separate), so there is no single merged model to export. {alone} serve the run as it "
+                             "is: `tunesmith generate --run RUN` loads its trained layers beside the base.")
     quantized = quantization_of(model)
     if quantized:
         raise TunesmithError(f"the run's base model is quantized ({quantized}). Merging an adapter into 4/8-bit "

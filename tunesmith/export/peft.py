@@ -8,10 +8,10 @@ bias, and ranks above `--max-lora-rank` (16 unless raised); pickled `.bin` weigh
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from tunesmith.files import read_json
 from tunesmith.records import TunesmithError
 
 VLLM_DEFAULT_MAX_LORA_RANK = 16
@@ -20,8 +20,16 @@ VLLM_DEFAULT_MAX_LORA_RANK = 16
 def adapter_dir(run: Path) -> Path:
     final = run / "final"
     if not (final / "adapter_config.json").is_file():
-        raise TunesmithError(f"{final} holds no peft adapter (no adapter_config.json): the run's method trains the "
-                             "model itself, so the whole model is the result; export it with --to hf or --to gguf")
+        from tunesmith.config import load_config
+        from tunesmith.methods.base import get_method
+
+        method = get_method(load_config(run / "config.yaml").method.name)
+        if not method.mergeable:
+            raise TunesmithError(f"{final} holds no peft adapter: the run's method {method.name!r} keeps layers of its own "
+                                 "(not a peft format) and does not merge; serve the run as it is "
+                                 "(`tunesmith generate --run RUN`)")
+        raise TunesmithError(f"{final} holds no peft adapter (no adapter_config.json): the run's method "
+                             f"{method.name!r} changes the model's own weights; export it with --to hf or --to gguf")
     if not (final / "adapter_model.safetensors").is_file():
         raise TunesmithError(f"{final} has no adapter_model.safetensors (pickled .bin adapters are not exported)")
     return final
@@ -31,7 +39,7 @@ def serving_problems(directory: Path) -> tuple[list[str], list[str]]:
     """(problems that vLLM / Ray Serve LLM reject, notes on flags they need) for a peft adapter folder."""
     from safetensors import safe_open
 
-    config = json.loads((directory / "adapter_config.json").read_text())
+    config = read_json(directory / "adapter_config.json")
     problems, notes = [], []
     if config.get("peft_type") != "LORA":
         problems.append(f"peft_type {config.get('peft_type')!r}: vLLM and Ray Serve LLM serve LoRA adapters only")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import threading
 import time
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.files import append_text
+from tunesmith.redact import redacting_logger
 from tunesmith.guardrails.config import GuardrailsConfig, PiiRail
 from tunesmith.records import Message
 
-logger = logging.getLogger("tunesmith.guardrails")
+logger = redacting_logger("tunesmith.guardrails")
 
 # Prompt-injection signals: (weight, pattern). A heuristic, measured in docs/guardrails.md on a labelled set.
 INJECTION_SIGNALS: list[tuple[float, re.Pattern[str]]] = [(w, re.compile(p, re.I)) for w, p in [

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.files import read_json, read_text
 from tunesmith.guardrails.config import StructuredOutput
 from tunesmith.records import TunesmithError
 
@@ -57,16 +58,13 @@ def grammar_of(spec: StructuredOutput) -> str:
         path = Path(spec.lark)
         if not path.is_file():
             raise TunesmithError(f"guardrails: Lark grammar file {path} not found")
-        return _grammar_from_lark(path.read_text())
+        return _grammar_from_lark(read_text(path))
     schema = spec.json_schema
     if isinstance(schema, str):
         path = Path(schema)
         if not path.is_file():
             raise TunesmithError(f"guardrails: JSON schema file {path} not found")
-        try:
-            schema = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise TunesmithError(f"guardrails: {path} is not JSON: {e}") from None
+        schema = read_json(path)
     return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
 
 
@@ -120,7 +118,7 @@ def validate(spec: StructuredOutput, text: str) -> str | None:
 
         schema = spec.json_schema
         if isinstance(schema, str):
-            schema = json.loads(Path(schema).read_text())
+            schema = read_json(schema)
         try:
             jsonschema.validate(json.loads(text), schema)
         except json.JSONDecodeError as e:

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-import torch.nn as nn
+from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, register
 
-from tunesmith.methods.base import register
+
+class FullSettings(MethodSettings):
+    name: Literal["full"] = "full"
 
 
 @register
-class Full:
+class Full(Method):
     name = "full"
+    config = FullSettings
 
-    def apply(self, model: nn.Module, cfg) -> nn.Module:
+    def apply(self, model, cfg, task: Task = CAUSAL_LM):
         model.requires_grad_(True)
         return model
 
-    def save(self, model: nn.Module, directory: Path) -> None:
+    def save(self, model, directory: Path) -> None:
         model.save_pretrained(directory)
 
-    def load(self, base: nn.Module, directory: Path) -> nn.Module:
-        from transformers import AutoModelForCausalLM
+    def load(self, base, directory: Path, task: Task = CAUSAL_LM):
+        return type(base).from_pretrained(directory, dtype=base.dtype).to(base.device)
 
-        return AutoModelForCausalLM.from_pretrained(directory, dtype=base.dtype).to(base.device)
-
-    def merge(self, model: nn.Module) -> nn.Module:
+    def merge(self, model):
         return model

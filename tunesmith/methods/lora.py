@@ -1,34 +1,63 @@
-"""LoRA through peft: the adapter is saved in peft's own format, loadable by plain peft + transformers."""
+"""LoRA through peft, with DoRA, rsLoRA, target-module presets and per-module ranks; saved in peft's own format,
+loadable by plain peft + transformers."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Literal
 
-import torch.nn as nn
+from pydantic import Field
 
-from tunesmith.methods.base import register
+from tunesmith.methods.base import MethodSettings, Task, register
+from tunesmith.methods.peft_common import PeftMethod
+
+# Presets name the layers by role; they resolve to the leaf module names the model actually has (Llama-style and
+# BERT-style names). "all-linear" is peft's own: every linear layer but the output head.
+PRESETS = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value"),
+    "qv": ("q_proj", "v_proj", "query", "value"),
+    "mlp": ("gate_proj", "up_proj", "down_proj", "fc1", "fc2"),
+}
+
+
+class LoraSettings(MethodSettings):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = 32.0
+    # peft's dropout copies every input activation; 0 is ~35% faster on CPU and fine for short runs.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear", "attention", "qv", "mlp"] = Field(
+        "all-linear", description="Module names, or a preset: all-linear, attention, qv, mlp")
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-module ranks: {regex or name: r}")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-module alphas: {regex or name: alpha}")
+    use_dora: bool = Field(False, description="DoRA: magnitude and direction trained apart (slower; often better at low r)")
+    use_rslora: bool = Field(False, description="rsLoRA: scale alpha/sqrt(r) instead of alpha/r (stable at high r)")
+
+
+def resolve_targets(model, target_modules) -> list[str] | str:
+    if isinstance(target_modules, list) or target_modules == "all-linear":
+        return target_modules
+    import torch.nn as nn
+
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    found = [name for name in PRESETS[target_modules] if name in leaves]
+    if not found:
+        raise ValueError(f"target_modules preset {target_modules!r} matches no layer of {type(model).__name__} "
+                         f"(its linear layers: {', '.join(sorted(leaves))}); list module names instead")
+    return found
+
+
+def lora_config(cfg, model):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=resolve_targets(model, cfg.target_modules), rank_pattern=dict(cfg.rank_pattern),
+                      alpha_pattern=dict(cfg.alpha_pattern), use_dora=cfg.use_dora, use_rslora=cfg.use_rslora)
 
 
 @register
-class Lora:
+class Lora(PeftMethod):
     name = "lora"
+    config = LoraSettings
 
-    def apply(self, model: nn.Module, cfg) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-            target_modules=cfg.target_modules, task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-
-    def load(self, base: nn.Module, directory: Path) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, directory)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()
+    def peft_config(self, cfg, task: Task, model):
+        return lora_config(cfg, model)

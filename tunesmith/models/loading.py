@@ -156,11 +156,23 @@ def load_tokenizer(name_or_path: str | Path):
     return tokenizer
 
 
-def load_model(name_or_path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM
+def load_model(name_or_path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32,
+               auto_class: str = "AutoModelForCausalLM", **kwargs):
+    """A model from a name or folder; `auto_class` is the transformers class for the objective's head
+    (AutoModelForSequenceClassification, ...), `kwargs` go to its from_pretrained (num_labels, id2label, ...)."""
+    import transformers
 
     path = resolve_model(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if auto_class == "AutoModelForCausalLM":
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    else:
+        # A new head (classifier) is initialised randomly: transformers says so in a warning a user cannot act on.
+        level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            model = getattr(transformers, auto_class).from_pretrained(path, dtype=dtype, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(level)
     return model.to(pick_device(device))
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from tunesmith.config import Strict
+from tunesmith.files import read_text
 from tunesmith.guardrails.config import GuardrailsConfig
 from tunesmith.models.precision import Precision
 from tunesmith.records import TunesmithError
+from tunesmith.redact import register_secret
 
 
 class ServedModel(Strict):
@@ -86,7 +88,9 @@ def resolve_keys(cfg: ServeConfig, key_file: str | Path | None) -> list[str]:
         path = Path(key_file)
         if not path.is_file():
             raise TunesmithError(f"API key file {path} not found")
-        keys += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        keys += [line.strip() for line in read_text(path).splitlines() if line.strip() and not line.startswith("#")]
+    for key in keys:
+        register_secret(key)  # a key that reaches an error message or a log is redacted there
     if cfg.no_auth:
         if not is_loopback(cfg.host):
             raise TunesmithError(f"--no-auth serves without API keys, which is only allowed on a loopback address "

@@ -7,13 +7,13 @@ Runs whose method cannot be mixed in a batch (full fine-tuning, DoRA, other peft
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
+from tunesmith.files import read_json
 from tunesmith.guardrails import Guard, load_guardrails
 from tunesmith.records import TunesmithError
 from tunesmith.serve.config import ServeConfig, ServedModel
@@ -46,7 +46,7 @@ def _mixable_lora(run: Path) -> bool:
     cfg_path = run / "final" / "adapter_config.json"
     if not cfg_path.is_file():
         return False
-    adapter = json.loads(cfg_path.read_text())
+    adapter = read_json(cfg_path)
     return adapter.get("peft_type") == "LORA" and not adapter.get("use_dora") and not adapter.get("modules_to_save")
 
 
@@ -75,7 +75,9 @@ class ModelPool:
             if served.model is not None:
                 group, adapter = base_group(served.model), None
             else:
-                run = Path(served.run)  # type: ignore[arg-type]
+                from tunesmith.train.stages import last_stage_dir
+
+                run = last_stage_dir(Path(served.run))  # type: ignore[arg-type]  # a multi-stage run serves its last stage
                 if not (run / "config.yaml").is_file():
                     raise TunesmithError(f"{run} is not a tunesmith run folder (no config.yaml)")
                 if not (run / "final").is_dir():

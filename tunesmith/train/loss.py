@@ -1,13 +1,20 @@
-"""The loss, in one place: cross-entropy summed over trained tokens only, normalised by the caller; and the mean
-loss over a whole dataset (training's validation loss and eval's reference loss are both `dataset_loss`).
+"""The losses, in one place: cross-entropy summed over trained positions only, normalised by the caller; and the
+mean loss over a whole dataset (training's validation loss and eval's reference loss are both `dataset_loss`).
+
+Every loss starts from `final_hidden_states`, the one way to run a model over a micro-batch whatever wraps it
+(peft, quantization, bottleneck adapters): the backbone directly, or, for virtual-token methods (prompt, prefix,
+p-tuning), peft's own forward, which prepends the virtual tokens or the per-layer prefix and extends the mask;
+the positions of the virtual tokens are dropped from its output, so position t is always input token t.
 
 Logits are computed only at positions whose target is trained. With a 49k-token vocabulary the LM head is
 a fifth of SmolLM2's compute, and prompts are often half the tokens: computing it everywhere and masking
-afterwards wastes that work (and memory for a (rows, length, vocab) float tensor).
+afterwards wastes that work (and memory for a (rows, length, vocab) float tensor). Heads of classification
+objectives (`HeadLoss`) are applied the same way: at the labelled positions only.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -17,12 +24,42 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import MicroBatch, iter_batches
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import IGNORE_INDEX, TokenizedExample
+from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
-    """The transformers *ForCausalLM inside a (possibly peft-wrapped) model."""
+    """The transformers model (*ForCausalLM, *ForSequenceClassification, ...) inside a (possibly peft-wrapped) model."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_prompt_learning(model: nn.Module) -> bool:
+    """True for peft's virtual-token methods (prompt tuning, prefix tuning, p-tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
+def final_hidden_states(model: nn.Module, batch: MicroBatch) -> torch.Tensor:
+    """(rows, length, hidden): the last layer's output at every input position of the batch."""
+    if is_prompt_learning(model):
+        if batch.attention_mask is None:
+            raise TunesmithError("virtual-token methods (prompt/prefix/p-tuning) need padded rows: set train.pack=false")
+        inner = causal_lm_of(model)
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+        # Through peft's forward: it prepends the virtual tokens (or the prefix cache) and extends the mask. Position
+        # ids are left to it (padded rows start at 0). The LM head runs on one position only (logits_to_keep): the
+        # loss applies it at the trained positions itself.
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                    output_hidden_states=True, **extra)
+        return out.hidden_states[-1][:, -batch.input_ids.shape[1]:]
+    lm = causal_lm_of(model)
+    backbone = getattr(lm, lm.base_model_prefix)
+    return backbone(
+        input_ids=batch.input_ids, position_ids=batch.position_ids,
+        # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
+        # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
+        attention_mask=batch.attention_mask,
+        use_cache=False,  # a cache would disable packed-sequence masking
+    ).last_hidden_state
 
 
 class TrainedTokenLoss(nn.Module):
@@ -39,21 +76,80 @@ class TrainedTokenLoss(nn.Module):
         if getattr(lm.config, "logit_scale", None) not in (None, 1.0):
             raise NotImplementedError(f"{type(lm).__name__} scales its logits; tunesmith's loss does not handle that yet")
 
-    def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
-        lm = causal_lm_of(self.model)
-        backbone = getattr(lm, lm.base_model_prefix)
-        hidden = backbone(
-            input_ids=batch.input_ids, position_ids=batch.position_ids,
-            # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
-            # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
-            attention_mask=batch.attention_mask,
-            use_cache=False,  # a cache would disable packed-sequence masking
-        ).last_hidden_state
+    def logits(self, batch: MicroBatch) -> torch.Tensor:
+        """(trained positions, vocab): next-token logits where the target is trained, in fp32."""
+        hidden = final_hidden_states(self.model, batch)
         trained = batch.targets != IGNORE_INDEX
-        logits = lm.get_output_embeddings()(hidden[trained]).float()
+        logits = causal_lm_of(self.model).get_output_embeddings()(hidden[trained]).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return F.cross_entropy(logits, batch.targets[trained], reduction="sum"), int(trained.sum())
+        return logits
+
+    def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
+        trained = batch.targets != IGNORE_INDEX
+        return F.cross_entropy(self.logits(batch), batch.targets[trained], reduction="sum"), int(trained.sum())
+
+
+HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of *ForSequence/TokenClassification
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The classification head of a (possibly peft-wrapped) transformers model (peft's trainable copy if wrapped)."""
+    inner = causal_lm_of(model)
+    for name in HEAD_NAMES:
+        head = getattr(inner, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise TunesmithError(f"{type(inner).__name__} has no classification head ({' or '.join(HEAD_NAMES)})")
+
+
+class HeadLoss(nn.Module):
+    """A classification head on the final hidden states: forward(batch) returns (summed CE, labelled positions).
+
+    The targets hold a class id at each labelled position (not shifted). `pooling` says what the head sees there:
+    "token" (that position's hidden state: token classification; for sequences, the last token, which has seen the
+    whole text in a causal model), "first" (the first token, through the encoder's pooler if it has one, as BERT's
+    [CLS]), or "mean" (the mean over the labelled position's example: position ids restart at every example, so
+    this works for packed rows too).
+    """
+
+    def __init__(self, model: nn.Module, pooling: str = "token"):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    def logits(self, batch: MicroBatch) -> torch.Tensor:
+        """(labelled positions, labels) in fp32."""
+        hidden = final_hidden_states(self.model, batch)
+        labelled = batch.targets != IGNORE_INDEX
+        if self.pooling == "mean":
+            pooled = segment_means(hidden, batch.position_ids, labelled)
+        elif self.pooling == "first":
+            inner = causal_lm_of(self.model)
+            pooler = getattr(getattr(inner, inner.base_model_prefix, None), "pooler", None)
+            pooled = pooler(hidden)[labelled[:, 0]] if pooler is not None else hidden[labelled]
+        else:
+            pooled = hidden[labelled]
+        dropout = getattr(causal_lm_of(self.model), "dropout", None)  # BERT-style heads drop out their input
+        if isinstance(dropout, nn.Module):
+            pooled = dropout(pooled)
+        return head_of(self.model)(pooled).float()
+
+    def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
+        labelled = batch.targets != IGNORE_INDEX
+        return F.cross_entropy(self.logits(batch), batch.targets[labelled], reduction="sum"), int(labelled.sum())
+
+
+def segment_means(hidden: torch.Tensor, position_ids: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """For each True of `at` (rows, length): the mean hidden state of the example it belongs to (an example is a run
+    of positions that starts where the position id is 0)."""
+    rows, length, width = hidden.shape
+    segment = (position_ids == 0).cumsum(1) + torch.arange(rows, device=hidden.device)[:, None] * (length + 1)
+    flat = segment.flatten()
+    sums = hidden.new_zeros(rows * (length + 1), width).index_add_(0, flat, hidden.flatten(0, 1))
+    counts = hidden.new_zeros(rows * (length + 1)).index_add_(0, flat, hidden.new_ones(flat.shape))
+    chosen = segment[at]
+    return sums[chosen] / counts[chosen, None]
 
 
 @dataclass
@@ -67,19 +163,22 @@ class LossResult:
 
 
 def dataset_loss(model: nn.Module, examples: list[TokenizedExample], *, pad_id: int, batch_size: int, row_len: int,
-                 pack: bool = False, precision: str = "fp32") -> LossResult:
-    """Mean loss per trained token over a whole dataset, the model in eval mode (restored afterwards)."""
+                 pack: bool = False, precision: str = "fp32", loss_module: nn.Module | None = None,
+                 shift: bool = True) -> LossResult:
+    """Mean loss per trained token over a whole dataset, the model in eval mode (restored afterwards). The loss is
+    the causal-LM loss unless an objective passes its own `loss_module` (and `shift=False` for unshifted targets)."""
     if not examples:
         return LossResult(float("nan"), 0)
     device = next(model.parameters()).device
     mode = resolve_precision(precision, device)
-    loss_module = TrainedTokenLoss(model)
+    loss_module = loss_module or TrainedTokenLoss(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         with torch.inference_mode():
-            for batch in iter_batches(examples, batch_size=batch_size, row_len=row_len, pack=pack, pad_id=pad_id):
+            for batch in iter_batches(examples, batch_size=batch_size, row_len=row_len, pack=pack, pad_id=pad_id,
+                                      shift=shift):
                 with autocast(mode, device):
                     loss_sum, n = loss_module(batch.to(device))
                 total, count = total + float(loss_sum), count + n

@@ -12,7 +12,7 @@ import math
 import resource
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,14 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.cli import RequiredConfigArg, SetOpt
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
-from tunesmith.data.dataset import PreparedData, prepare_data
-from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from tunesmith.methods.base import Method, count_parameters, get_method
-from tunesmith.models.loading import load_model, load_tokenizer, pick_device, resolve_model
+from tunesmith.data.dataset import PreparedData
+from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_text
+from tunesmith.methods.base import Method, Task, count_parameters, get_method
+from tunesmith.models.loading import load_tokenizer, pick_device, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.objectives.base import Objective, get_objective
 from tunesmith.records import TokenizedExample, TunesmithError
-from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tunesmith.train.loss import TrainedTokenLoss, dataset_loss
+from tunesmith.train.checkpoint import (
+    latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
+)
+from tunesmith.train.loss import dataset_loss
 from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
@@ -57,7 +60,12 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
-    run = setup(cfg, resume)
+    if cfg.stages:
+        from tunesmith.train.stages import train_stages
+
+        return train_stages(cfg, resume)
+    with _removed_if_setup_fails(Path(cfg.output.dir)):
+        run = setup(cfg, resume)
     hooks: list[Hook] = [LogMetrics(run), RunProbe(run)]
     hooks.append(SaveCheckpoints(run, hooks))
     start = restore(run, hooks) if resume else 0
@@ -78,6 +86,8 @@ class Run:
     precision: str  # "bf16" (autocast) or "fp32"
     tokenizer: Any
     method: Method
+    objective: Objective
+    task: Task
     model: torch.nn.Module
     loss_module: torch.nn.Module  # the model wrapped by the loss (and by accelerate/DDP)
     optimizer: torch.optim.Optimizer
@@ -88,7 +98,10 @@ class Run:
     total_steps: int
     trainable: int
     total: int
-    train_seconds_before: float = 0.0  # from the checkpoint a resumed run starts at
+    train_seconds_before: float = 0.0  # the run's counters at the checkpoint a resumed run starts at
+    tokens_before: int = 0
+    trained_before: int = 0
+    fingerprints: dict[str, str | None] | None = None  # of the tokenized data, computed once (data_fingerprints)
     metrics: MetricsLog | None = None  # metrics.jsonl + TensorBoard (main process only)
     started: float = 0.0  # perf_counter() when the first step of this process began
     best_step: int | None = None  # the step of the model in run/best (the generation probe's best so far)
@@ -115,9 +128,10 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     set_seed(cfg.train.seed)
     model_path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
-    train_data = prepare_data(cfg.data.train, cfg.data, tokenizer)
-    valid_data = prepare_data(cfg.data.valid, cfg.data, tokenizer) if cfg.data.valid else None
-    _write_data_report(run_dir, train_data, valid_data)
+    objective = get_objective(cfg.objective.name)
+    train_data = objective.prepare(cfg.data.train, cfg, tokenizer)
+    valid_data = objective.prepare(cfg.data.valid, cfg, tokenizer, train_data.label_names) if cfg.data.valid else None
+    _write_run_files(run_dir, cfg, train_data, valid_data)
     stream = micro_batch_stream(train_data.tokenized, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(stream) // cfg.train.grad_accum
     if total_steps == 0:
@@ -125,7 +139,11 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
                              "lower train.grad_accum or train.batch_size")
 
     method = get_method(cfg.method.name)
-    model = method.apply(load_model(model_path, device=str(device)), cfg.method)
+    task = objective.task(cfg, train_data.label_names, model_path, tokenizer)
+    model = method.apply(method.load_base(model_path, cfg.method, str(device), task), cfg.method, task)
+    if cfg.train.pack and any(getattr(m, "is_causal", None) is False for m in model.modules()):
+        raise TunesmithError(f"{model_path.name} attends in both directions (an encoder): packed examples would see each "
+                             "other; set train.pack: false")
     model.config.use_cache = False
     if precision == "bf16":
         store_frozen_linear_weights_in(model, torch.bfloat16)
@@ -135,24 +153,45 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule, optimizer,
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
-    loss_module, optimizer = accelerator.prepare(TrainedTokenLoss(model), optimizer)
+    loss_module, optimizer = accelerator.prepare(objective.loss_module(model, cfg), optimizer)
     console.print(
-        f"[bold]{cfg.method.name}[/] on {model_path.name}: {trainable:,} of {total:,} parameters train "
+        f"[bold]{cfg.method.name}[/] ({cfg.objective.name}) on {model_path.name}: {trainable:,} of {total:,} parameters train "
         f"({100 * trainable / total:.2f}%), {device.type}, precision {'bf16 autocast' if precision == 'bf16' else 'fp32'}; "
         f"{len(train_data.tokenized)} sequences, {total_steps} steps of {cfg.train.grad_accum} micro-batch(es)")
-    return Run(cfg, run_dir, accelerator, precision, tokenizer, method, model, loss_module, optimizer, scheduler,
-               train_data, valid_data, stream, total_steps, trainable, total)
+    return Run(cfg, run_dir, accelerator, precision, tokenizer, method, objective, task, model, loss_module, optimizer,
+               scheduler, train_data, valid_data, stream, total_steps, trainable, total)
 
 
 def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    """Check output.dir against the command (nothing is written before the data is validated); clear what writes
+    cut short by a crash left there."""
     run_dir = Path(cfg.output.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TunesmithError(f"output.dir {run_dir} is a file, not a folder; choose another output.dir")
     saved = run_dir / "config.yaml"
-    if not resume and saved.exists() and ((run_dir / "checkpoints").exists() or (run_dir / "final").exists()):
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not resume and (checkpoints or any((run_dir / d).is_dir() for d in ("final", "stages"))):
         raise TunesmithError(f"{run_dir} holds a run already: pass --resume to continue it, or choose another output.dir")
-    if resume and saved.exists() and saved.read_text() != dump_config(cfg):
+    if resume and saved.is_file() and read_text(saved) != dump_config(cfg):
         raise TunesmithError(f"--resume needs the same config as the interrupted run; compare with {saved}")
-    atomic_write_text(saved, dump_config(cfg))
+    if resume and not checkpoints:
+        console.print(f"[yellow]--resume[/]: {run_dir / 'checkpoints'} holds no checkpoint yet (the run stopped before "
+                      "its first one, or train.save_every is not set); training starts at step 0")
+    remove_unfinished(run_dir)
+    remove_unfinished(run_dir / "checkpoints")
     return run_dir
+
+
+@contextmanager
+def _removed_if_setup_fails(run_dir: Path):
+    """A run that fails before training starts (bad data, model not found) leaves no output folder behind."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def micro_batch_stream(examples: list[TokenizedExample], cfg: RunConfig, rank: int = 0, world: int = 1) -> list[list[list[int]]]:
@@ -182,7 +221,8 @@ def store_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype) -
     tied = {id(p) for p in model.get_input_embeddings().parameters()}
     n = 0
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and id(module.weight) not in tied:
+        # exactly nn.Linear: quantized subclasses (bitsandbytes Linear4bit/8bitLt) hold packed weights of their own
+        if type(module) is torch.nn.Linear and not module.weight.requires_grad and id(module.weight) not in tied:
             module.weight.data = module.weight.data.to(dtype)
             n += 1
     return n
@@ -196,7 +236,9 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _write_data_report(run_dir: Path, train: PreparedData, valid: PreparedData | None) -> None:
+def _write_run_files(run_dir: Path, cfg: RunConfig, train: PreparedData, valid: PreparedData | None) -> None:
+    """The resolved config and the data report, written once the data is known to be good."""
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_json(run_dir / "data_report.json", {"train": train.summary(), "valid": valid.summary() if valid else None})
     skipped = train.skipped + (valid.skipped if valid else [])
     if skipped:
@@ -220,9 +262,9 @@ class StepStats:
     trained: int  # trained tokens of this step (this process)
     tokens: int  # tokens of this step, padding included (this process)
     grad_norm: float
-    tokens_seen: int = 0  # totals since this process started training (a resumed run: since the resume)
+    tokens_seen: int = 0  # totals of the run so far (a resumed run: the counters of its checkpoint included)
     trained_seen: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the run so far
 
 
 class Hook:
@@ -241,13 +283,32 @@ class Hook:
         pass
 
 
+def data_fingerprints(run: Run) -> dict[str, str | None]:
+    """What the run trains and validates on, as hashes of the tokenized examples (resume checks them)."""
+    if run.fingerprints is None:
+        run.fingerprints = {"train": run.train_data.fingerprint(),
+                            "valid": run.valid_data.fingerprint() if run.valid_data else None}
+    return run.fingerprints
+
+
 def restore(run: Run, hooks: list[Hook]) -> int:
-    """Continue from the last checkpoint: weights, optimizer, scheduler, RNGs and hook state. Returns its step."""
+    """Continue from the last checkpoint: weights, optimizer, scheduler, RNGs, counters and hook state, after
+    checking that the data is what the run trained on. Returns its step."""
     last = latest_checkpoint(run.ckpt_dir)
     if last is None:
         return 0
+    saved = read_state(last).get("data") or {}
+    now = data_fingerprints(run)
+    for split, path, what in (("train", run.cfg.data.train, "training"), ("valid", run.cfg.data.valid, "validation")):
+        if split in saved and saved[split] != now[split]:
+            raise TunesmithError(
+                f"--resume: the {what} data changed since {last} was saved ({path}: its examples are not those the run "
+                f"{'trained on' if split == 'train' else 'was validated on'}). Resuming would continue with another "
+                "batch stream. Put the original data back, or start a new run (another output.dir).")
     state = load_checkpoint(last, run.model, run.optimizer, run.scheduler)
-    run.train_seconds_before = state.get("train_seconds", 0.0)
+    counters = state.get("counters", {})
+    run.train_seconds_before = counters.get("train_seconds", 0.0)
+    run.tokens_before, run.trained_before = counters.get("tokens", 0), counters.get("trained_tokens", 0)
     for hook in hooks:
         if hook.name and state.get(hook.name):
             hook.load_state_dict(state[hook.name])
@@ -280,7 +341,7 @@ def accumulate_gradients(loss_module, window: list[MicroBatch], accelerator, pre
 def optimizer_step(run: Run, step: int) -> StepStats:
     """Micro-batches of step `step` → gradients → clipped → one optimizer and scheduler step."""
     accum = run.cfg.train.grad_accum
-    window = [collate(run.train_data.tokenized, rows, run.tokenizer.pad_token_id, run.cfg.train.pack)
+    window = [collate(run.train_data.tokenized, rows, run.tokenizer.pad_token_id, run.cfg.train.pack, run.objective.shift)
               for rows in run.stream[step * accum:(step + 1) * accum]]
     loss_sum, trained = accumulate_gradients(run.loss_module, window, run.accelerator, run.precision)
     max_norm = run.cfg.train.max_grad_norm
@@ -298,7 +359,7 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
         TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not run.is_main)
     t0 = run.started = time.perf_counter()
-    tokens_seen = trained_seen = 0
+    tokens_seen, trained_seen = run.tokens_before, run.trained_before
     stats = None
     with progress:
         task = progress.add_task("train", total=run.total_steps, completed=start, loss="-", tps="-")
@@ -306,7 +367,8 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
             stats = optimizer_step(run, step)
             tokens_seen += stats.tokens
             trained_seen += stats.trained
-            stats.tokens_seen, stats.trained_seen, stats.seconds = tokens_seen, trained_seen, time.perf_counter() - t0
+            stats.tokens_seen, stats.trained_seen = tokens_seen, trained_seen
+            stats.seconds = run.train_seconds_before + time.perf_counter() - t0
             progress.update(task, completed=stats.done, loss=f"{stats.loss:.3f}", tps=f"{tokens_seen / stats.seconds:,.0f}")
             stop = [hook.after_step(stats) for hook in hooks]  # every hook sees every step, in order
             if any(stop):
@@ -318,6 +380,8 @@ def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
 
 class LogMetrics(Hook):
     """metrics.jsonl + TensorBoard every `train.log_every` steps (and at the last), loss averaged over the window."""
+
+    name = "log"  # a checkpoint inside a window keeps the window's sums
 
     def __init__(self, run: Run):
         self.run = run
@@ -334,6 +398,12 @@ class LogMetrics(Hook):
                             epoch=stats.done * t.grad_accum / max(len(run.stream) / max(t.epochs, 1e-9), 1))
             self.window_loss = self.window_tokens = 0.0
         return False
+
+    def state_dict(self) -> dict | None:
+        return {"window_loss": self.window_loss, "window_tokens": self.window_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window_loss, self.window_tokens = state["window_loss"], state["window_tokens"]
 
 
 class RunProbe(Hook):
@@ -395,7 +465,11 @@ class SaveCheckpoints(Hook):
         if every and stats.done % every == 0 and stats.done < run.total_steps:
             run.accelerator.wait_for_everyone()
             if run.is_main:
-                state = {"train_seconds": run.train_seconds_before + stats.seconds}
+                if run.metrics:
+                    run.metrics.sync()  # the log up to this step survives a power loss, like the checkpoint
+                state = {"counters": {"train_seconds": stats.seconds, "tokens": stats.tokens_seen,
+                                      "trained_tokens": stats.trained_seen},
+                         "data": data_fingerprints(run)}
                 state.update({h.name: h.state_dict() for h in self.hooks if h.name})
                 save_checkpoint(run.ckpt_dir, stats.done, run.model, run.optimizer, run.scheduler, state,
                                 run.cfg.train.keep_last)
@@ -405,19 +479,27 @@ class SaveCheckpoints(Hook):
 # ---- save ----
 
 def save_model(run: Run, target: Path, model: torch.nn.Module) -> None:
-    """What the method trained (peft adapter or model folder) and the tokenizer, as one atomic folder."""
+    """What the method trained (peft adapter or model folder), the tokenizer and the objective's labels, as one
+    atomic folder."""
     with atomic_dir(target) as folder:
         run.method.save(model, folder)
         run.tokenizer.save_pretrained(folder)
+        run.objective.save(folder, run.train_data.label_names)
 
 
 def save(run: Run, last: StepStats | None) -> TrainResult:
     cfg = run.cfg
-    valid_loss = None
+    valid_loss, valid_metrics = None, None
     if run.valid_data:
         valid_loss = dataset_loss(run.model, run.valid_data.tokenized, pad_id=run.tokenizer.pad_token_id,
                                   batch_size=cfg.train.batch_size, row_len=cfg.data.max_seq_len, pack=cfg.train.pack,
-                                  precision=run.precision).loss
+                                  precision=run.precision, loss_module=run.objective.loss_module(run.model, cfg),
+                                  shift=run.objective.shift).loss
+        valid_metrics = run.objective.evaluate(run.model, run.valid_data, cfg, run.tokenizer, run.precision)
+        if valid_metrics and run.is_main:
+            atomic_write_json(run.run_dir / "valid_report.json", valid_metrics)
+            console.print("Validation: " + ", ".join(f"{k} {v}" for k, v in valid_metrics.items()
+                                                       if isinstance(v, float)) + f" ({run.run_dir / 'valid_report.json'})")
     run.accelerator.wait_for_everyone()
     out_dir = run.run_dir / "final"
     final_step = restored_step(run)
@@ -435,10 +517,12 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
             merge_run(run.run_dir)
     if run.metrics:
         if valid_loss is not None:
-            run.metrics.log(run.total_steps, valid_loss=valid_loss)
+            run.metrics.log(run.total_steps, valid_loss=valid_loss,
+                            **{f"valid_{k}": v for k, v in (valid_metrics or {}).items() if isinstance(v, float)})
         run.metrics.close()
-    elapsed = time.perf_counter() - run.started  # throughput counts saving too, as a user waits for it
-    tokens, trained = (last.tokens_seen, last.trained_seen) if last else (0, 0)
+    # throughput counts saving too, as a user waits for it; a resumed run counts the time before the checkpoint
+    elapsed = run.train_seconds_before + time.perf_counter() - run.started
+    tokens, trained = (last.tokens_seen, last.trained_seen) if last else (run.tokens_before, run.trained_before)
     final_loss = last.loss if last else float("nan")
     result = TrainResult(
         run_dir=str(run.run_dir), output_dir=str(out_dir), steps=run.total_steps, final_loss=final_loss,
@@ -451,7 +535,8 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
     atomic_write_json(run.run_dir / "train_summary.json", asdict(result))
     console.print(f"[green]Done[/]: {out_dir} (loss {final_loss:.4f}"
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
-                  + f"). Next: tunesmith generate --run {run.run_dir} --prompt '...'")
+                  + f"). Next: " + (f"tunesmith generate --run {run.run_dir} --prompt '...'" if run.objective.generates
+                                    else f"tunesmith predict --run {run.run_dir} --input FILE"))
     return result
 
 

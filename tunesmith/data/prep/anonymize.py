@@ -9,7 +9,6 @@ training data; the audit log records what was replaced where, with a hash instea
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from tunesmith.config import Strict
 from tunesmith.data.prep.artifacts import sha256_of_text, skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.pii_rules import ENTITY_TYPES, Span, find_rule_spans
 from tunesmith.data.prep.progress import Progress, rich_progress
-from tunesmith.files import atomic_write_jsonl, atomic_write_text, read_jsonl
-from tunesmith.records import SourceRef, TunesmithError
+from tunesmith.files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from tunesmith.records import DataError, SourceRef, TunesmithError
 
 # When model spans overlap, the earlier type in this list wins (rule spans beat model spans first).
 PRIORITY = ("EMAIL", "URL", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "ID_NUMBER", "DATE", "PHONE", "BANK_ACCOUNT", "PERSON", "ADDRESS")
@@ -240,33 +239,42 @@ class Pseudonyms:
 
     def load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            entries = data["entities"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TunesmithError(f"{path}: not a tunesmith PII mapping file ({e}); pass another --mapping path") from None
+            data = read_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("entities"), list):
+                raise ValueError("no list of entities")
+            entries = [(str(e["value"]), str(e["type"]), str(e["pseudonym"]), str(e.get("detector", "mapping")))
+                       for e in data["entities"]]
+        except (DataError, ValueError, KeyError, TypeError) as e:
+            detail = e.issues[0] if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
+            raise TunesmithError(
+                f"{path} is damaged or not a tunesmith PII mapping ({detail}). It holds the pseudonym of every value "
+                "replaced so far, which cannot be reused without it: restore it from a backup, or pass another "
+                "--mapping (or move this one away) to start a new mapping, knowing that outputs made with the old "
+                "one will not match the new pseudonyms.") from None
         if data.get("replace_with") != self.replace_with:
             raise TunesmithError(f"{path}: was made with replace_with={data.get('replace_with')}; use the same setting or a new mapping file")
-        for entry in entries:
-            key = _normalized(entry["value"])
-            self.originals[key] = entry["value"]
-            self.by_value[key] = Replacement(entry["type"], entry["pseudonym"], entry.get("detector", "mapping"))
-            if entry["pseudonym"].startswith("<") and entry["pseudonym"].endswith(">"):
-                number = entry["pseudonym"].rsplit("_", 1)[-1].rstrip(">")
+        for value, kind, pseudonym, detector in entries:
+            key = _normalized(value)
+            self.originals[key] = value
+            self.by_value[key] = Replacement(kind, pseudonym, detector)
+            if pseudonym.startswith("<") and pseudonym.endswith(">"):
+                number = pseudonym.rsplit("_", 1)[-1].rstrip(">")
                 if number.isdigit():
-                    self.counters[entry["type"]] = max(self.counters[entry["type"]], int(number))
+                    self.counters[kind] = max(self.counters[kind], int(number))
 
     def save(self, path: Path) -> None:
+        """Atomically and 0600 from creation. The content depends only on the entries (no per-run counts), so
+        re-running a step that reuses the mapping leaves it byte for byte as it was."""
         entries = [
-            {"type": r.type, "value": self.originals[key], "pseudonym": r.pseudonym, "detector": r.detector, "replaced": r.count}
-            for key, r in sorted(self.by_value.items(), key=lambda kv: (kv[1].type, kv[1].pseudonym))
+            {"type": r.type, "value": self.originals[key], "pseudonym": r.pseudonym, "detector": r.detector}
+            for key, r in sorted(self.by_value.items(), key=lambda kv: (kv[1].type, kv[1].pseudonym, kv[0]))
         ]
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "warning": "PRIVATE: maps pseudonyms back to real personal data. Keep it out of any training set and repository.",
             "replace_with": self.replace_with,
             "entities": entries,
         }
-        atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False) + "\n", private=True)
+        atomic_write_json(path, payload, private=True, indent=1)
 
     def pattern(self, extra: list[str] = ()) -> re.Pattern[str] | None:
         """One regex for every known value that is replaced everywhere (see `propagates`); word boundaries only
@@ -326,7 +334,7 @@ class AnonymizeResult:
     rows: list[dict[str, Any]]
     audit: list[dict[str, Any]]
     pseudonyms: Pseudonyms
-    found: Counter[str] = field(default_factory=Counter)  # distinct values per type
+    found: Counter[str] = field(default_factory=Counter)  # distinct values detected in the rows, per type
     replaced: Counter[str] = field(default_factory=Counter)  # occurrences replaced per type
     leaks: list[str] = field(default_factory=list)
 
@@ -342,7 +350,7 @@ def anonymize_rows(
     detector = detector or PiiDetector(config)
     pseudonyms = pseudonyms or Pseudonyms(config.replace_with, config.seed)
     skip = set(config.skip_fields)
-    known_before = set(pseudonyms.by_value)
+    detected: set[str] = set()  # normalized values found in these rows (the counts depend on the input alone)
 
     progress.phase("anonymize: detecting", len(rows))
     scanned: set[str] = set()  # augmented rows repeat their answers: each distinct string is scanned once
@@ -355,11 +363,12 @@ def anonymize_rows(
             for span in detector.find(text):
                 value = text[span.start : span.end]
                 pseudonyms.get(value, span.type, span.detector)
+                detected.add(_normalized(value))
                 if not propagates(value):
                     local.setdefault(text, []).append(span)
         progress.advance()
     pseudonyms.assign()
-    found = Counter(r.type for key, r in pseudonyms.by_value.items() if key not in known_before and r.detector != "name part")
+    found = Counter(pseudonyms.by_value[key].type for key in detected)
 
     pattern = pseudonyms.pattern()
     audit: list[dict[str, Any]] = []
@@ -434,7 +443,7 @@ def anonymize_command(
     audit = audit or out.with_name(out.stem + ".audit.jsonl")
     if mapping.resolve() in (out.resolve(), audit.resolve(), input.resolve()):
         raise TunesmithError("--mapping must be a file of its own, apart from the data (it holds the real values)")
-    if skip_if_up_to_date(out, "anonymize", settings, [input], force):
+    if skip_if_up_to_date(out, "anonymize", settings, [input], force, private_outputs=[mapping]):
         return
     rows = read_jsonl(input)
     pseudonyms = Pseudonyms(cfg.replace_with, cfg.seed)
@@ -444,11 +453,14 @@ def anonymize_command(
         result = anonymize_rows(rows, cfg, pseudonyms=pseudonyms, progress=progress)
     if result.leaks:
         raise TunesmithError("detected PII survived anonymization (nothing written):\n  " + "\n  ".join(result.leaks[:20]))
+    # The mapping lands first: a kill at any later moment leaves an output that its mapping explains (a re-run
+    # reuses the mapping and writes the same output), never an output whose pseudonyms nobody can map back.
+    pseudonyms.save(mapping)
     atomic_write_jsonl(out, result.rows)
     atomic_write_jsonl(audit, result.audit)
-    pseudonyms.save(mapping)
     counts = {"rows": len(rows), "found": dict(result.found), "replaced": dict(result.replaced), "leaks": 0}
-    # The mapping is deliberately not listed among the outputs: the manifest travels with the data.
-    write_manifest(out, "anonymize", settings, [input], [out, audit], counts)
-    console.print(f"{out}: {sum(result.replaced.values())} replacements of {sum(result.found.values())} new PII values; "
+    # The mapping is not among the outputs (the manifest travels with the data), but its hash is: an output whose
+    # mapping is lost or damaged is never up to date.
+    write_manifest(out, "anonymize", settings, [input], [out, audit], counts, private_outputs=[mapping])
+    console.print(f"{out}: {sum(result.replaced.values())} replacements of {sum(result.found.values())} distinct PII values; "
                   f"mapping (keep private) in {mapping}, audit log in {audit}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tunesmith import __version__
-from tunesmith.files import atomic_write_json, sha256_file
+from tunesmith.files import atomic_write_json, read_json, sha256_file
+from tunesmith.records import DataError
+from tunesmith.redact import redact
 
 
 def sha256_of_text(text: str) -> str:
@@ -60,7 +61,10 @@ def write_manifest(
     inputs: Iterable[str | Path],
     outputs: Iterable[str | Path],
     counts: dict[str, Any],
+    private_outputs: Iterable[str | Path] = (),
 ) -> Path:
+    """`private_outputs` (the PII mapping) are recorded by hash only, apart from the outputs that travel with the
+    data; the step is up to date only while they are intact too. Secrets in the config or counts are redacted."""
     manifest = {
         "step": step,
         "tunesmith_version": __version__,
@@ -68,9 +72,10 @@ def write_manifest(
         "config": config,
         "inputs": _file_entries(inputs),
         "outputs": _file_entries(outputs),
+        "private_outputs": _file_entries(private_outputs),
         "counts": counts,
     }
-    return atomic_write_json(manifest_path(output), manifest)
+    return atomic_write_json(manifest_path(output), redact(manifest))
 
 
 def read_manifest(output: str | Path) -> dict[str, Any] | None:
@@ -78,27 +83,34 @@ def read_manifest(output: str | Path) -> dict[str, Any] | None:
     if not target.is_file():
         return None
     try:
-        return json.loads(target.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        manifest = read_json(target)
+    except DataError:
         return None  # a damaged manifest only means the step runs again
+    return manifest if isinstance(manifest, dict) else None
 
 
-def is_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path]) -> bool:
-    """True when the last run of `step` used the same config and inputs and its outputs are untouched."""
+def is_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path],
+                  private_outputs: Iterable[str | Path] = ()) -> bool:
+    """True when the last run of `step` used the same config and inputs and its outputs (private ones included)
+    are untouched."""
     manifest = read_manifest(output)
-    if manifest is None or manifest.get("step") != step or manifest.get("config") != config:
+    if manifest is None or manifest.get("step") != step or manifest.get("config") != redact(config):
         return False
     try:
         if manifest.get("inputs") != _file_entries(inputs):
             return False
-        return all(Path(o["path"]).is_file() and sha256_file(o["path"]) == o["sha256"] for o in manifest["outputs"])
+        private = manifest.get("private_outputs", [])
+        if [entry["path"] for entry in private] != [str(p) for p in private_outputs]:
+            return False
+        return all(Path(o["path"]).is_file() and sha256_file(o["path"]) == o["sha256"] for o in manifest["outputs"] + private)
     except (OSError, KeyError, TypeError):
         return False
 
 
-def skip_if_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path], force: bool) -> bool:
+def skip_if_up_to_date(output: str | Path, step: str, config: dict[str, Any], inputs: Iterable[str | Path], force: bool,
+                       private_outputs: Iterable[str | Path] = ()) -> bool:
     """For a verb: True (and says so) when its output is up to date and --force was not given."""
-    if not force and is_up_to_date(output, step, config, inputs):
+    if not force and is_up_to_date(output, step, config, inputs, private_outputs):
         from tunesmith.cli import console
 
         console.print(f"{output}: up to date with its inputs and settings (nothing to do; --force to redo)")
@@ -120,6 +132,6 @@ def write_step_outputs(out: Path, step: str, settings: dict[str, Any], inputs: l
 
     rejected = rejects_path(out)
     atomic_write_jsonl(out, rows)
-    atomic_write_jsonl(rejected, rejects)
+    atomic_write_jsonl(rejected, (redact(r.to_json() if hasattr(r, "to_json") else r) for r in rejects))
     write_manifest(out, step, settings, inputs, [out, rejected], counts)
     return rejected

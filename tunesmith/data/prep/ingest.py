@@ -21,7 +21,7 @@ from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_manifest
 from tunesmith.data.prep.chunking import ChunkingConfig, chunk_document
 from tunesmith.data.prep.progress import rich_progress
 from tunesmith.data.prep.rows import Chunk
-from tunesmith.files import atomic_write_jsonl, iter_json_lines
+from tunesmith.files import atomic_write_jsonl, iter_json_lines, parse_json, read_text
 from tunesmith.records import DataError, DataIssue, SourceRef, TunesmithError
 
 CODE_SUFFIXES = {
@@ -52,14 +52,18 @@ class Document:
 
 
 class UnreadableFile(Exception):
-    """Raised by a reader with a message that says why and what to do."""
+    """Raised by a reader with a message that says why and what to do (and the line, where one applies)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
 
 
 def _read_utf8(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UnreadableFile(f"not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+        return read_text(path)
+    except DataError as e:
+        raise UnreadableFile(e.issues[0].reason, e.issues[0].source.line) from None
 
 
 def _read_html(path: Path) -> str:
@@ -86,8 +90,12 @@ def _read_pdf(path: Path) -> str:
         if reader.is_encrypted:
             raise UnreadableFile("the PDF is encrypted; save an unencrypted copy")
         pages = [page.extract_text() or "" for page in reader.pages]
+    except UnreadableFile:
+        raise
     except PdfReadError as e:
         raise UnreadableFile(f"not a readable PDF ({e})") from None
+    except Exception as e:  # noqa: BLE001 - pypdf raises many kinds of error on a damaged file; each is the file's fault
+        raise UnreadableFile(f"not a readable PDF ({type(e).__name__}: {e})") from None
     text = "\n\n".join(pages).strip()
     if not text:
         raise UnreadableFile("the PDF has no extractable text (scanned images need OCR first)")
@@ -102,6 +110,8 @@ def _read_docx(path: Path) -> str:
         document = docx.Document(str(path))
     except (PackageNotFoundError, KeyError, ValueError) as e:
         raise UnreadableFile(f"not a readable .docx file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged zip or XML inside raises errors of zipfile, lxml, ...
+        raise UnreadableFile(f"not a readable .docx file ({type(e).__name__}: {e})") from None
     lines = []
     for paragraph in document.paragraphs:
         style = (paragraph.style.name if paragraph.style is not None else "") or ""
@@ -137,10 +147,9 @@ def _read_json_records(path: Path, doc_id: str, text_field: str | None) -> list[
         if bad_lines:
             raise UnreadableFile("not valid JSONL (" + "; ".join(bad_lines[:5]) + ")")
         return documents
-    try:
-        data = json.loads(_read_utf8(path))
-    except json.JSONDecodeError as e:
-        raise UnreadableFile(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = parse_json(_read_utf8(path), SourceRef(name))
+    if isinstance(data, DataIssue):
+        raise UnreadableFile(data.reason, data.source.line)
     if isinstance(data, list):
         return [Document(f"{doc_id}[{i}]", SourceRef(name, item=i), _record_text(r, text_field), "json") for i, r in enumerate(data)]
     return [Document(doc_id, SourceRef(name), _record_text(data, text_field), "json")]
@@ -200,7 +209,7 @@ def ingest(inputs: Iterable[str | Path], config: IngestConfig, progress=None) ->
         try:
             documents = read_document(path, doc_id, config)
         except UnreadableFile as e:
-            issues.append(DataIssue(SourceRef(str(path)), str(e)))
+            issues.append(DataIssue(SourceRef(str(path), line=e.line), str(e)))
             continue
         read.append(path)
         for document in documents:

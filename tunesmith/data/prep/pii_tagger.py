@@ -14,13 +14,13 @@ pretrained model unchanged).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunesmith.data.prep.pii_ner import group_token_spans, token_windows
 from tunesmith.data.prep.pii_rules import Span
-from tunesmith.records import TunesmithError
+from tunesmith.files import read_json
+from tunesmith.records import DataError, TunesmithError
 
 TAGGER_TYPES = ("PERSON", "ADDRESS", "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL", "DATE", "ID_NUMBER", "BANK_ACCOUNT")
 LABELS = ("O",) + tuple(f"{prefix}-{kind}" for kind in TAGGER_TYPES for prefix in ("B", "I"))
@@ -189,8 +189,8 @@ class PiiTagger:
                 "or leave 'tagger' out of anonymize.ner_models"
             )
         try:
-            self.config = TaggerConfig(**json.loads((folder / "config.json").read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            self.config = TaggerConfig(**read_json(folder / "config.json"))
+        except (DataError, TypeError) as e:
             raise TunesmithError(f"{folder / 'config.json'}: not a PII tagger config ({e})") from None
         if tuple(self.config.labels) != LABELS:
             raise TunesmithError(f"{folder}: trained for labels {self.config.labels}, this tunesmith uses {list(LABELS)}; retrain it")

@@ -26,8 +26,8 @@ from tunesmith.hooks import check_hook_path, import_callable
 from tunesmith.data.prep.progress import Progress, rich_progress
 from tunesmith.data.prep.rows import ChatRow, Chunk, Reject, parse_rows
 from tunesmith.data.prep.teacher import Teacher, TeacherConfig, TeacherFailure, make_teacher
-from tunesmith.files import read_jsonl
-from tunesmith.records import TunesmithError
+from tunesmith.files import read_json, read_jsonl
+from tunesmith.records import DataError, TunesmithError
 
 Validator = Callable[[str], Any]
 
@@ -201,12 +201,13 @@ def load_validator(dotted: str) -> Validator:
 def schema_validator(schema_path: str) -> Validator:
     import jsonschema
 
-    path = Path(schema_path)
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = read_json(schema_path)
         jsonschema.Draft202012Validator.check_schema(schema)
-    except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as e:
-        raise TunesmithError(f"task.json_schema {schema_path}: not a usable JSON Schema ({e})") from None
+    except DataError as e:
+        raise TunesmithError(f"task.json_schema {e.issues[0]}") from None
+    except jsonschema.SchemaError as e:
+        raise TunesmithError(f"task.json_schema {schema_path}: not a usable JSON Schema ({e.message})") from None
     checker = jsonschema.Draft202012Validator(schema)
 
     def validate(answer: str) -> str | None:

@@ -8,7 +8,6 @@ The API key is read from the environment at call time and never stored, logged o
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -25,8 +24,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tunesmith.config import Strict
 from tunesmith.data.prep.artifacts import sha256_of_text
 from tunesmith.records import TunesmithError
+from tunesmith.redact import redact, redacting_logger, register_secret
 
-log = logging.getLogger("tunesmith.prep.teacher")
+log = redacting_logger("tunesmith.prep.teacher")
 
 Conversation = list[dict[str, str]]
 
@@ -190,6 +190,7 @@ class OpenAICompatibleTeacher(Teacher):
 
     def _headers(self) -> dict[str, str]:
         api_key = os.environ.get(self.config.api_key_env)
+        register_secret(api_key)  # whatever the variable is called, its value never reaches a file or a log
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _post_once(self, conversation: Conversation) -> str:
@@ -222,11 +223,12 @@ class OpenAICompatibleTeacher(Teacher):
                 f"{url} not found (HTTP 404); the base URL usually ends in /v1, and model {self.config.model!r} must exist there"
             )
         if response.status_code >= 400:
-            raise _PermanentFailure(f"request rejected (HTTP {response.status_code}): {response.text[:200]}")
+            # Some endpoints echo the request, headers included: redacted before it is cut (a cut key would escape).
+            raise _PermanentFailure(f"request rejected (HTTP {response.status_code}): {redact(response.text)[:200]}")
         try:
             content = response.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _PermanentFailure(f"malformed teacher response (not an OpenAI chat completion): {response.text[:200]!r}") from None
+            raise _PermanentFailure(f"malformed teacher response (not an OpenAI chat completion): {redact(response.text)[:200]!r}") from None
         if not isinstance(content, str):
             raise _PermanentFailure("malformed teacher response: message content is not text")
         return content
