@@ -5,7 +5,7 @@
 Every row and every field is kept unchanged; only the order changes. Rows are interleaved by query type (seeded
 random order within each type, then one row of each type in turn), so the first N rows of either file are a
 balanced slice of all ten types: `data.limit` (training) and `data.n` (evaluation) take such slices, which is how
-`make demo` and the quick experiments in docs/dblp-quad.md use the same two files as the full recipe.
+`make demo` uses the same two files as the full recipe (configs/dblp-quad-full.yaml, docs/benchmarks.md).
 """
 
 from __future__ import annotations
