@@ -126,11 +126,13 @@ def main() -> None:
         from tunesmith.files import read_json
 
         summary, valid = read_json(SHIPPED / "train_summary.json"), read_json(SHIPPED / "valid_report.json")
+        origin = (f"converted exactly from the {summary['converted_from']}" if summary.get("converted_from") else
+                  f"on its validation rows (training templates, new fills) entity precision {valid['entity_precision']}, "
+                  f"recall {valid['entity_recall']}")
         lines.append(
-            "Tagger: tunesmith's own, a `tunesmith train configs/pii-tagger.yaml` run (all-MiniLM-L6-v2 + LoRA r=16 + "
+            "Tagger: tunesmith's own, a `tunesmith train configs/pii-tagger.yaml` run folder (all-MiniLM-L6-v2 + LoRA r=16 + "
             "word shapes as token types + BIO head; `make pii-tagger`), shipped in tunesmith/data/prep/pii_tagger_model/: "
-            f"{summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min on 1 CPU thread; on its validation rows "
-            f"(training templates, new fills) entity precision {valid['entity_precision']}, recall {valid['entity_recall']}."
+            f"{summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min on 1 CPU thread; {origin}."
         )
     markdown = "\n".join(lines)
     print(markdown)
