@@ -64,10 +64,14 @@ RUN ?= runs/dblp-quad-lora
 parity-llamacpp: llamacpp
 	$(PY) bench/export_parity.py $(RUN) --backend both
 
-# tunesmith's own PII tagger (MiniLM + LoRA + BIO head), trained from the data shipped in bench/data/pii/;
-# deterministic from its seed, ~15 min on 1 CPU thread. Its ~1.4 MB of weights ship in the repo.
+# tunesmith's own PII tagger: a `tunesmith train` run (configs/pii-tagger.yaml: MiniLM + LoRA + word shapes + BIO
+# head) on data generated from bench/data/pii/, trimmed into tunesmith/data/prep/pii_tagger_model/ (~1.4 MB,
+# shipped in the repo). Deterministic from its seeds, ~20 min on 1 CPU thread.
 pii-tagger: $(STAMP)
-	$(PY) -m tunesmith.data.prep.pii_tagger_train tunesmith/data/prep/pii_tagger_model --sentences 60000 --epochs 1 --context-noise 0.5
+	$(PY) -m tunesmith.data.prep.pii_tagger_data runs/pii-tagger-data --sentences 60000 --context-noise 0.5
+	rm -rf runs/pii-tagger
+	$(VENV)/bin/tunesmith train configs/pii-tagger.yaml
+	$(PY) -c "from tunesmith.data.prep.pii_tagger import ship; ship('runs/pii-tagger')"
 
 pii-bench: $(STAMP)
 	$(PY) bench/anonymize_quality.py

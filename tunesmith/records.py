@@ -77,6 +77,7 @@ class TokenizedExample:
     labels: list[int]
     source: SourceRef
     truncated: bool = False
+    token_types: list[int] | None = None  # per-token type ids an objective feeds the model (word shapes), or None
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -138,3 +138,65 @@ def test_token_head_on_an_encoder_equals_the_transformers_forward(tmp_path):
             theirs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         torch.testing.assert_close(ours, theirs[batch.targets != IGNORE_INDEX], rtol=1e-5, atol=1e-5)
         assert any(getattr(m, "is_causal", None) is False for m in model.modules())  # so training refuses packing
+
+
+def test_word_shapes_are_token_types_that_start_from_the_pretrained_encoder_and_survive_save_load(tmp_path):
+    """word_shapes: each token's shape is its token type; the encoder's type table is widened to the shapes with every
+    row a copy of type 0 (so the model starts exactly as pretrained), trains under every method, and is saved with
+    the head."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tunesmith.eval.retrieval import embedder_path
+    from tunesmith.methods.base import get_method
+    from tunesmith.objectives.token_classification import N_SHAPES, word_shape
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path())  # MiniLM's (lower-cased) tokenizer, offsets included
+    text = "Ship to:\nAnna Berg\nUSA 12"
+    data = tmp_path / "ner.jsonl"
+    data.write_text(json.dumps({"text": text, "spans": [{"start": 9, "end": 18, "label": "PERSON"}]}) + "\n")
+    cfg = config(tmp_path, model_dir, data, {"name": "token_classification", "word_shapes": True})
+    objective = get_objective("token_classification")
+    example = objective.prepare(str(data), cfg, tokenizer).tokenized[0]
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    assert example.token_types == [word_shape(text, a, b) for a, b in offsets]
+    assert example.token_types[0] == example.token_types[-1] == 0  # [CLS], [SEP]: the pretrained type 0
+    by_word = {text[a:b]: t for (a, b), t in zip(offsets, example.token_types) if b > a}
+    # Capitalized mid-line, Capitalized at a line start, UPPER at a line start, digits; "to" lower-case
+    assert [by_word[w] for w in ("Ship", "to", "Anna", "Berg", "USA", "12")] == [2, 1, 8, 2, 9, 4]
+    batch = collate([example], [[0]], pad_id=0, pack=False, shift=False)
+    assert batch.token_type_ids.tolist()[0][: len(example)] == example.token_types
+
+    task = objective.task(cfg, ["O", "B-PERSON", "I-PERSON"], model_dir, tokenizer)
+    assert task.token_types == N_SHAPES and "token_type_embeddings" in task.head_modules
+    pretrained = BertModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected_hidden = pretrained(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    for name in ("lora", "feature_extraction"):
+        method = get_method(name)
+        settings = method.config()
+        model = method.apply(method.load_base(model_dir, settings, "cpu", task), settings, task).eval()
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert inner.config.type_vocab_size == N_SHAPES
+        tables = [p for n, p in model.named_parameters() if "token_type_embeddings" in n and p.requires_grad]
+        assert tables and all(p.shape[0] == N_SHAPES for p in tables)  # peft trains a copy (modules_to_save)
+        with torch.no_grad():
+            hidden = inner.bert(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                token_type_ids=batch.token_type_ids).last_hidden_state
+            torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)  # starts unchanged
+            for p in model.parameters():  # "train": every trained parameter moves, the type table included
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.1)
+            ours = HeadLoss(model, "token").logits(batch)
+            theirs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           token_type_ids=batch.token_type_ids).logits
+        torch.testing.assert_close(ours, theirs[batch.targets != IGNORE_INDEX], rtol=1e-5, atol=1e-5)
+        saved = tmp_path / f"saved-{name}"
+        method.save(model, saved)
+        reloaded = method.load(method.load_base(model_dir, settings, "cpu", task), saved, task).eval()
+        with torch.no_grad():
+            again = HeadLoss(reloaded, "token").logits(batch)
+        torch.testing.assert_close(again, ours, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,8 @@ from tunesmith.data.prep.pii_synth import (
     split_of,
     wikigold,
 )
-from tunesmith.data.prep.pii_tagger import LABELS, SHIPPED, PiiTagger, decode, encode, load_tokenizer, word_shape
+from tunesmith.data.prep.pii_tagger import LABELS, SHIPPED, PiiTagger, decode
+from tunesmith.objectives.token_classification import word_shape
 from tunesmith.records import SourceRef, TunesmithError
 
 
@@ -77,17 +79,48 @@ def test_leak_metrics_count_what_survives():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer()
+    from transformers import AutoTokenizer
+
+    from tunesmith.eval.retrieval import embedder_path
+
+    return AutoTokenizer.from_pretrained(embedder_path())
 
 
-def test_bio_labels_round_trip_through_decode(tokenizer):
-    text = "Thanks,\nSatu Elomo-Virtanen\n12 Rue de la Paix, Paris"
-    gold = [Span(8, 27, "PERSON", "gold"), Span(28, 52, "ADDRESS", "gold")]
-    encoded = encode(tokenizer, text, gold)
-    tags = [LABELS[i] for i in encoded.labels]
-    assert tags[0] == "O" and tags.count("B-PERSON") == 1 and tags.count("B-ADDRESS") == 1
-    one_hot = [[1.0 if k == label else 0.0 for k in range(len(LABELS))] for label in encoded.labels]
-    assert [(s.start, s.end, s.type) for s in decode(text, encoded.offsets, one_hot)] == [(8, 27, "PERSON"), (28, 52, "ADDRESS")]
+def objective_tags(rows, tmp_path, tokenizer):
+    """The rows as `tunesmith train configs/pii-tagger.yaml` labels them: (prepared data, tags per example)."""
+    from tunesmith.config import RunConfig
+    from tunesmith.files import atomic_write_jsonl
+    from tunesmith.objectives.base import get_objective
+
+    atomic_write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = RunConfig(**{**_tagger_config(), "data": {"train": str(tmp_path / "rows.jsonl"), "max_seq_len": 256}})
+    prepared = get_objective("token_classification").prepare(str(tmp_path / "rows.jsonl"), cfg, tokenizer)
+    return prepared
+
+
+def _tagger_config():
+    import yaml
+
+    from tunesmith.files import read_text
+
+    return yaml.safe_load(read_text(Path(__file__).resolve().parents[2] / "configs" / "pii-tagger.yaml"))
+
+
+def test_tagger_data_rows_label_every_span_and_decode_back(tmp_path, tokenizer):
+    """pii_tagger_data rows → the objective's BIO labels (the config's label order is the tagger's) → decode: the
+    gold spans again, for multi-line addresses and neighbouring names too."""
+    from tunesmith.data.prep.pii_tagger_data import rows
+
+    examples = SyntheticPii("train", seed=3).generate(80) + [LabelledText(
+        "Thanks,\nSatu Elomo-Virtanen\n12 Rue de la Paix\nParis", [Span(8, 27, "PERSON", "gold"), Span(28, 51, "ADDRESS", "gold")], 0)]
+    prepared = objective_tags(rows(examples), tmp_path, tokenizer)
+    assert tuple(prepared.label_names) == LABELS
+    for example, tokenized, prep in zip(examples, prepared.tokenized, prepared.examples):
+        labels = [label for label in tokenized.labels if label != -100]
+        offsets = [o for o, label in zip(prep.meta["offsets"], tokenized.labels) if label != -100]
+        one_hot = [[1.0 if k == label else 0.0 for k in range(len(LABELS))] for label in labels]
+        found = [(s.start, s.end, s.type) for s in decode(example.text, offsets, one_hot)]
+        assert found == [(s.start, s.end, s.type) for s in sorted(example.spans, key=lambda s: s.start)], example.text
 
 
 def test_b_tag_separates_neighbouring_names():
@@ -178,7 +211,7 @@ def test_missing_tagger_says_how_to_build_it(tmp_path):
         PiiTagger(tmp_path)
 
 
-@pytest.mark.skipif(not (SHIPPED / "weights.safetensors").is_file(), reason="tagger not built (make pii-tagger)")
+@pytest.mark.skipif(not (SHIPPED / "config.yaml").is_file(), reason="tagger not built (make pii-tagger)")
 def test_shipped_tagger_finds_names_the_rules_cannot():
     tagger = PiiTagger()
     text = "Have you been to a Ravil G Yefimov concert before?\nThanks,\nSatu Elomo"
@@ -187,34 +220,9 @@ def test_shipped_tagger_finds_names_the_rules_cannot():
     assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
 
 
-def test_saved_tagger_loads_merged_with_identical_outputs(tmp_path, tokenizer):
-    """save → PiiTagger (LoRA merged into the base) gives the trained model's probabilities."""
-    import torch
-
-    from tunesmith.data.prep.pii_tagger import TaggerConfig, build_model, save
-
-    torch.manual_seed(0)
-    config = TaggerConfig(lora_r=4, lora_alpha=8)
-    model = build_model(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    save(model, config, tmp_path)
-    model.eval()
-    text = "Ship to:\nAnna Berg\n12 Rue de la Paix, Paris"
-    encoded = encode(tokenizer, text)
-    ids = torch.tensor([[101, *encoded.ids, 102]])
-    shapes = torch.tensor([[0, *encoded.shapes, 0]])
-    with torch.no_grad():
-        # weights are stored in fp16: compare against the model holding the same rounded values
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(p.half().float())
-        expected = model(ids, torch.ones_like(ids), shapes)[0, 1:-1].softmax(-1)
-    loaded = PiiTagger(tmp_path)
-    assert loaded.config.lora_r == 4
-    assert torch.allclose(torch.tensor(loaded.probabilities(encoded)), expected, atol=1e-4)
+def test_shipped_tagger_says_where_its_weights_come_from():
+    licence = (SHIPPED / "LICENSE.md").read_text()
+    assert "CC BY-SA 3.0" in licence and "CC BY 4.0" in licence and "Apache" in licence
 
 
 def test_merging_never_uncovers_a_word():

@@ -27,6 +27,7 @@ class MicroBatch:
     targets: torch.Tensor  # next-token targets, IGNORE_INDEX where not trained
     attention_mask: torch.Tensor | None  # None for packed rows: the mask comes from position_ids
     n_examples: int
+    token_type_ids: torch.Tensor | None = None  # when the examples carry token types (0 on padding)
 
     @property
     def n_trained(self) -> int:
@@ -40,6 +41,7 @@ class MicroBatch:
         return MicroBatch(
             self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device),
             None if self.attention_mask is None else self.attention_mask.to(device), self.n_examples,
+            None if self.token_type_ids is None else self.token_type_ids.to(device),
         )
 
 
@@ -96,6 +98,8 @@ def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int
     targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
     attention_mask = None if pack else torch.zeros((n, width), dtype=torch.long)
+    typed = any(examples[i].token_types is not None for row in rows for i in row)
+    token_type_ids = torch.zeros((n, width), dtype=torch.long) if typed else None
     for r, row in enumerate(rows):
         at = 0
         for i in row:
@@ -104,12 +108,14 @@ def collate(examples: list[TokenizedExample], rows: list[list[int]], pad_id: int
             input_ids[r, at : at + length] = torch.tensor(ex.input_ids)
             targets[r, at : at + length] = torch.tensor(shifted_targets(ex) if shift else ex.labels)
             position_ids[r, at : at + length] = torch.arange(length)
+            if token_type_ids is not None and ex.token_types is not None:
+                token_type_ids[r, at : at + length] = torch.tensor(ex.token_types)
             at += length
         if attention_mask is not None:
             attention_mask[r, :at] = 1
         # The pad tail gets positions restarting at 0: to the packed-sequence mask it is a separate sequence.
         position_ids[r, at:] = torch.arange(width - at)
-    return MicroBatch(input_ids, position_ids, targets, attention_mask, sum(len(r) for r in rows))
+    return MicroBatch(input_ids, position_ids, targets, attention_mask, sum(len(r) for r in rows), token_type_ids)
 
 
 def iter_batches(examples: list[TokenizedExample], *, batch_size: int, row_len: int, pack: bool,

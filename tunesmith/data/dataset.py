@@ -22,10 +22,12 @@ class PreparedData:
     label_names: list[str] = field(default_factory=list)  # classification objectives: class id → name
 
     def fingerprint(self) -> str:
-        """sha256 of the tokenized examples in order (ids and labels): what training actually sees of the data."""
+        """sha256 of the tokenized examples in order (ids, labels and token types where there are): what training
+        actually sees of the data."""
         digest = hashlib.sha256()
         for example in self.tokenized:
-            for values in (example.input_ids, example.labels):
+            typed = (example.token_types,) if example.token_types is not None else ()
+            for values in (example.input_ids, example.labels, *typed):
                 digest.update(len(values).to_bytes(8, "little"))
                 digest.update(array("q", values).tobytes())
         return digest.hexdigest()

@@ -18,7 +18,9 @@ from typing import Literal
 from pydantic import Field
 
 from tunesmith.files import read_json
-from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, load_trained_state, register, trained_state
+from tunesmith.methods.base import (
+    CAUSAL_LM, Method, MethodSettings, Task, in_head, load_trained_state, register, trained_state,
+)
 
 CONFIG_FILE = "bottleneck_adapter.json"
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
@@ -63,7 +65,7 @@ def add_adapters(model, cfg: AdapterSettings, heads: tuple[str, ...] = ()):
         base = getattr(parent, leaf)
         setattr(parent, leaf, AdaptedLinear(base, max(1, base.out_features // cfg.reduction_factor), cfg.non_linearity))
     for name, p in model.named_parameters():
-        if ".adapter." in name or any(name.startswith(h + ".") for h in heads):
+        if ".adapter." in name or in_head(name, heads):
             p.requires_grad_(True)
     return model
 

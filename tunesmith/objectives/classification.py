@@ -151,10 +151,14 @@ def head_objective_problems(run_cfg) -> list[str]:
     return problems
 
 
-def head_task(peft_task: str, auto_class: str, label_names: list[str], model_path: Path, tokenizer) -> Task:
+def head_task(peft_task: str, auto_class: str, label_names: list[str], model_path: Path, tokenizer,
+              token_types: int = 0) -> Task:
+    """The Task of a head objective; with `token_types`, the widened token-type table trains and is saved with the head."""
     from tunesmith.train.loss import HEAD_NAMES
 
-    return Task(peft_task_type=peft_task, head_modules=HEAD_NAMES, auto_class=auto_class, model_path=str(model_path),
+    heads = HEAD_NAMES + (("token_type_embeddings",) if token_types else ())
+    return Task(peft_task_type=peft_task, head_modules=heads, auto_class=auto_class, model_path=str(model_path),
+                token_types=token_types,
                 model_kwargs={"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                               "label2id": {n: i for i, n in enumerate(label_names)},
                               "pad_token_id": tokenizer.pad_token_id})

@@ -5,6 +5,12 @@ returns character spans.
 
 Rows hold `text` and `spans` ([{start, end, label}], character offsets, end exclusive; `type` is accepted for
 `label`), or CoNLL-style `tokens` and `tags` (words and their BIO tags), by the column names configured.
+
+`word_shapes: true` feeds each token its word's shape (lower, Capitalized, UPPER, digits, other; at a line start or
+not) as its token type: the encoder's token-type embedding becomes a trained table of shapes. For lower-cased
+vocabularies (MiniLM), where "Reed" and "reed" are the same token, capitalisation and line starts are among the
+strongest name and address cues. The table starts as copies of the pretrained type 0 (methods.base.fit_to_task),
+so training starts from the pretrained model unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,40 @@ class TokenClassificationSettings(ObjectiveSettings):
     tokens: str | None = Field(None, description="CoNLL style instead: the column with the words ...")
     tags: str | None = Field(None, description="... and the column with their BIO tags")
     labels: list[str] | None = Field(None, description="Entity types, in order (default: those in the training data, sorted)")
+    word_shapes: bool = Field(False, description="Feed each token's word shape as its token type (BERT-style encoders; "
+                                                 "for lower-cased vocabularies)")
+
+
+SHAPES = ("special", "lower", "Capitalized", "UPPER", "digit", "other")  # × (mid-line, line start)
+N_SHAPES = 2 * len(SHAPES)
+
+
+def word_shape(text: str, start: int, end: int) -> int:
+    """Shape id of the word around text[start:end] (subword pieces share their word's shape); 0 for special tokens
+    (empty offsets), so they keep the pretrained type 0."""
+    while start < end and text[start].isspace():
+        start += 1
+    if start >= end:
+        return 0
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    word = text[start:end]
+    letters = [c for c in word if c.isalpha()]
+    if any(c.isdigit() for c in word):
+        shape = 4
+    elif not letters:
+        shape = 5
+    elif len(letters) >= 2 and all(c.isupper() for c in letters):
+        shape = 3
+    elif letters[0].isupper():
+        shape = 2
+    else:
+        shape = 1
+    line = text[text.rfind("\n", 0, start) + 1 : start]
+    at_line_start = "\n" in text[:start] and not line.strip()
+    return shape + (len(SHAPES) if at_line_start else 0)
 
 
 def row_spans(row: dict[str, Any], cfg) -> tuple[str, list[tuple[int, int, str]]] | str:
@@ -126,13 +166,15 @@ class TokenClassification(Objective):
             if fitted is None:
                 continue
             ids, labels, truncated = fitted
-            examples.append(Example(messages=[], source=where, text=text,
-                                    meta={"offsets": [tuple(o) for o in enc["offset_mapping"][:len(ids)]]}))
-            tokenized.append(TokenizedExample(ids, labels, where, truncated))
+            offsets = [tuple(o) for o in enc["offset_mapping"][:len(ids)]]
+            shapes = [word_shape(text, a, b) for a, b in offsets] if cfg.word_shapes else None
+            examples.append(Example(messages=[], source=where, text=text, meta={"offsets": offsets}))
+            tokenized.append(TokenizedExample(ids, labels, where, truncated, shapes))
         return finish(path, run_cfg, examples, tokenized, issues, report, label_names)
 
     def task(self, run_cfg, label_names, model_path: Path, tokenizer) -> Task:
-        return head_task("TOKEN_CLS", "AutoModelForTokenClassification", label_names, model_path, tokenizer)
+        return head_task("TOKEN_CLS", "AutoModelForTokenClassification", label_names, model_path, tokenizer,
+                         token_types=N_SHAPES if run_cfg.objective.word_shapes else 0)
 
     def loss_module(self, model, run_cfg):
         from tunesmith.train.loss import HeadLoss

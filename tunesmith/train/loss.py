@@ -41,6 +41,9 @@ def is_prompt_learning(model: nn.Module) -> bool:
 def final_hidden_states(model: nn.Module, batch: MicroBatch) -> torch.Tensor:
     """(rows, length, hidden): the last layer's output at every input position of the batch."""
     if is_prompt_learning(model):
+        if batch.token_type_ids is not None:
+            raise TunesmithError("virtual-token methods (prompt/prefix/p-tuning) cannot take token types (word shapes): "
+                                 "choose another method or turn the objective's word_shapes off")
         if batch.attention_mask is None:
             raise TunesmithError("virtual-token methods (prompt/prefix/p-tuning) need padded rows: set train.pack=false")
         inner = causal_lm_of(model)
@@ -53,8 +56,9 @@ def final_hidden_states(model: nn.Module, batch: MicroBatch) -> torch.Tensor:
         return out.hidden_states[-1][:, -batch.input_ids.shape[1]:]
     lm = causal_lm_of(model)
     backbone = getattr(lm, lm.base_model_prefix)
+    typed = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
     return backbone(
-        input_ids=batch.input_ids, position_ids=batch.position_ids,
+        input_ids=batch.input_ids, position_ids=batch.position_ids, **typed,
         # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
         # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
         attention_mask=batch.attention_mask,

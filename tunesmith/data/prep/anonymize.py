@@ -43,8 +43,8 @@ class AnonymizeConfig(Strict):
         "pii_synth data); both by default: together they let the fewest identifiers through (docs/benchmarks.md)",
     )
     ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
-    tagger_path: str | None = Field(None, description="A tagger trained with pii_tagger_train; default: the one shipped with tunesmith")
-    tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default: the trained one's")
+    tagger_path: str | None = Field(None, description="A PII tagger run folder (`tunesmith train configs/pii-tagger.yaml`); default: the one shipped with tunesmith")
+    tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default 0.5")
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
     allow: list[str] = Field(default_factory=list, description="Terms never treated as PII (product names, acronyms the NER mistakes for names)")

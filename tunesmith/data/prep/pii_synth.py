@@ -91,6 +91,52 @@ HARD_TEMPLATES = (
     "Address: {{address}}\nTel: {{phone_number}}",
     "She grew up in {{city}} and moved to {{city}} in {{year}}.",
     "Card {{credit_card_number}} was charged; receipt sent to {{email}}.",
+    # mined from the misses and false alarms of rules+rampart+tagger on the evaluation split (docs/benchmarks.md):
+    # surname lists and firm-style names
+    "Law offices of {{last_name}}, {{last_name}} & {{last_name}}",
+    "Authors: {{last_name}}, {{last_name}}, and {{last_name}}.",
+    "{{last_name}} & {{last_name}} signed the lease.",
+    "Founded by {{last_name}}, {{last_name}} and {{last_name}} in {{year}}.",
+    "Present: {{last_name}}; {{last_name}}; {{last_name}}; apologies from {{last_name}}.",
+    "The {{last_name}}s and the {{last_name}}s are coming to dinner.",
+    # names as modifiers, inside running text
+    "I'm a huge {{person}} fan, honestly.",
+    "Tickets for the {{person}} show sold out in minutes.",
+    "That {{first_name}} {{last_name}} interview was painful to watch.",
+    "The {{last_name}} family moved to {{city}} last spring.",
+    "Is this the {{person}} who wrote the report?",
+    # signatures, greetings and chat transcripts
+    "Regards,\n{{person}}",
+    "Warm wishes,\n\n{{first_name}} {{last_name}}\n{{phone_number}}",
+    "Thank you,\n{{person}}\n{{job}}",
+    "Respectfully,\n\n{{person}}",
+    "Best,\n{{first_name}}\n\nSent from {{organization}} Mail",
+    "All the best,\n{{person}} | {{organization}} | {{phone_number}}",
+    "{{first_name}}: are you there?\n{{first_name}}: yes, what's up?",
+    "[10:42] {{person}}: pushed the fix\n[10:43] {{person}}: thanks!",
+    "-----Original Message-----\nFrom: {{person}}\nSent: {{day_of_week}}\nTo: {{person}}",
+    # lower-case and chat-style names
+    "lol {{first_name}} said that??",
+    "ok ill ask {{first_name}} {{last_name}} tmrw",
+    "thx {{first_name}}, see u at 5",
+    "pls forward to {{first_name}} when u can",
+    # names next to quotes and brackets
+    "“{{person}}” is the name on the contract.",
+    "\"Never again,\" said {{person}}.",
+    "The photo is credited to ({{person}}).",
+    "Reviewer [{{person}}] approved the change.",
+    "'{{first_name}}' is what everyone calls her.",
+    "As {{last_name}} put it: 'the data is the product'.",
+    # multi-line and all-caps addresses
+    "> {{person}}\n> {{address_lines}}",
+    "Deliver to:\n{{street_address}}\n{{city_upper}} {{postcode}}",
+    "Our new office is in {{city_upper}}.",
+    "Flight to {{city_upper}} leaves at 6.",
+    "Mailing address\n{{person}}\n{{street_address}}\n{{city}}, {{state_abbr}} {{zipcode}}",
+    "c/o {{person}}, {{street_address}}, {{city}}",
+    # ages, titles and words that are not names
+    "{{first_name}}, {{age}}, lives in {{city}}.",
+    "{{person}} ({{age}}), {{job}}, joined in {{year}}.",
 )
 
 # No personal data: contractions, acronyms, capitalised common words, organisations and places that are not
@@ -132,9 +178,19 @@ NEGATIVE_TEMPLATES = (
     "Use the REST endpoint, not the SOAP one.",
     "The WHO and the CDC updated their guidance.",
     "The report is due in June, not in May.",
+    "Sincerely, the support team",
+    "Regards from all of us at {{organization}}!",
+    "Remember me? We met at the conference in {{country}}.",
+    "tmrw works for me, thx",
+    "Producer, director and editor: all credited at the end.",
+    "See you on {{day_of_week}} at the {{organization}} office.",
+    "The patient is {{age}} years old and feels fine.",
+    "Best regards, and thanks again for the help!",
+    "Welcome to the Premium tier (12 months).",
+    "Room 12, floor 3: the meeting starts at 10.",
 )
 
-NAME_STYLE_RATES = (("lower", 0.07), ("upper", 0.03), ("initial", 0.06), ("comma", 0.03))
+NAME_STYLE_RATES = (("lower", 0.10), ("upper", 0.04), ("initial", 0.06), ("comma", 0.03))
 PERSON_PLACEHOLDERS = {
     "person", "name", "name_female", "name_male", "first_name", "first_name_male", "first_name_female",
     "first_name_nonbinary", "last_name", "last_name_male", "last_name_female",
@@ -233,9 +289,11 @@ def _fill(name: str, who: dict[str, str], faker, rng: random.Random) -> tuple[st
         "address": (who["address"], "ADDRESS"),
         "address_lines": (who["address"].replace(", ", "\n", 1) if "\n" not in who["address"] else who["address"], "ADDRESS"),
         "street_name": (who["street_name"], "ADDRESS"),
+        "street_address": (who["street_address"], "ADDRESS"),
         "building_number": (who["building_number"], "ADDRESS"),
         "secondary_address": (faker.secondary_address() if hasattr(faker, "secondary_address") else f"Apt. {rng.randint(1, 99)}", "ADDRESS"),
         "city": (who["city"], "ADDRESS"),
+        "city_upper": (who["city"].upper(), "ADDRESS"),
         "zipcode": (who["postcode"], "ADDRESS"), "postcode": (who["postcode"], "ADDRESS"),
         "state_abbr": (who["state"] or who["city"], "ADDRESS"),
         "prefix": ("Mr." if who["gender"] == "male" else "Ms.", None),

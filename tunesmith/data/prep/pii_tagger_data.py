@@ -1,0 +1,66 @@
+"""The PII tagger's training data, as rows `tunesmith train` reads (configs/pii-tagger.yaml):
+
+    python -m tunesmith.data.prep.pii_tagger_data OUT_DIR [--sentences 60000] [--context-noise 0.5]
+
+writes OUT_DIR/train.jsonl and OUT_DIR/valid.jsonl, one `{"text", "spans": [{start, end, label}]}` per line (the
+token_classification objective's `spans` form). Deterministic from its seed. Training: the synthetic training split
+(pii_synth: templates, identities and locales that never occur in the evaluation split), WikiGold's training
+sentences as they are and with new names, some joined, some lower-cased. Validation: training-split templates with
+new fills (the evaluation split stays untouched for bench/anonymize_quality.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+from tunesmith.data.prep.pii_eval import LabelledText
+from tunesmith.data.prep.pii_synth import SyntheticPii, cased, context_noised, joined, vocabulary_of, wikigold, with_new_names
+
+
+def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 3,
+                      context_noise: float = 0.0) -> list[LabelledText]:
+    """Synthetic sentences (training split; a share `context_noise` with random words swapped into their
+    context), WikiGold's training sentences as they are and with new names, some joined, some lower-cased;
+    shuffled. Deterministic from `seed`."""
+    rng = random.Random(seed)
+    source = SyntheticPii("train", seed=seed)
+    real = wikigold("train")
+    examples = source.generate(n_synthetic)
+    if context_noise:
+        examples = context_noised(examples, vocabulary_of(real), rng, rate=context_noise)
+    examples += real * wikigold_repeats
+    for _ in range(renamed_repeats):
+        examples += with_new_names(real, source)
+    rng.shuffle(examples)
+    return cased(joined(examples, rng), rng)
+
+
+def rows(examples: list[LabelledText]) -> list[dict]:
+    """Labelled texts → the token_classification objective's rows."""
+    return [{"text": e.text, "spans": [{"start": s.start, "end": s.end, "label": s.type} for s in e.spans]}
+            for e in examples]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tunesmith.files import atomic_write_jsonl
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--sentences", type=int, default=60000, help="synthetic training sentences")
+    parser.add_argument("--validation", type=int, default=400, help="validation sentences (training templates, new fills)")
+    parser.add_argument("--context-noise", type=float, default=0.5,
+                        help="share of synthetic sentences with random words swapped into their context")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    train = training_examples(args.sentences, args.seed, context_noise=args.context_noise)
+    valid = SyntheticPii("train", seed=args.seed + 1).generate(args.validation)
+    atomic_write_jsonl(args.out_dir / "train.jsonl", rows(train))
+    atomic_write_jsonl(args.out_dir / "valid.jsonl", rows(valid))
+    print(f"wrote {len(train)} training and {len(valid)} validation texts to {args.out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
