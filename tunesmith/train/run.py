@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunesmith.cli import RequiredConfigArg, SetOpt
+from tunesmith.cli import RequiredConfigArg, SetOpt, ThreadsOpt
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
 from tunesmith.data.dataset import PreparedData
@@ -36,6 +36,7 @@ from tunesmith.train.checkpoint import (
     latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
 )
 from tunesmith.train.loss import dataset_loss
+from tunesmith.threads import use_threads
 from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
@@ -533,6 +534,9 @@ def peak_rss_mb() -> float:
 
 
 def train_command(config: RequiredConfigArg, overrides: SetOpt = None,
-                  resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False):
+                  resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False,
+                  threads: ThreadsOpt = None):
     """Fine-tune a model as the config says."""
-    train(load_config(config, overrides or []), resume=resume)
+    cfg = load_config(config, overrides or [], options={"model.threads": threads})
+    use_threads(cfg.model.threads, register="train")
+    train(cfg, resume=resume)
