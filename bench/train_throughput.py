@@ -155,7 +155,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--examples", type=int, default=96, help="Rows drawn for each repeat")
     parser.add_argument("--pool", type=int, default=1000, help="Draw from the first N rows of the shipped train file")
-    parser.add_argument("--peak-gflops", type=float, default=575.0, help="Measured bf16 matmul peak of this CPU")
+    parser.add_argument("--peak-gflops", type=float, default=287.5,
+                        help="Measured bf16 matmul peak of this CPU per thread (550-600 GFLOP/s on 2 threads)")
+    parser.add_argument("--note", default="", help="A sentence about the conditions, added to the docs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-train")
     parser.add_argument("--no-docs", action="store_true", help="Print the table only")
     parser.add_argument("--child", choices=["trainer", "tunesmith"])
@@ -201,7 +203,7 @@ def main() -> None:
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}` on {platform.machine()}, {threads} threads, torch "
+        f"{args.examples} --pool {args.pool}" + (f" --note '{args.note}'" if args.note else "") + "` on {platform.machine()}, {threads} threads, torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
@@ -211,8 +213,8 @@ def main() -> None:
         f"packed rows of up to {ROW_LEN} tokens per step. Trainer: the same examples per step (batch size = examples / "
         "tunesmith's steps, rounded), padded by DataCollatorForSeq2Seq. LoRA: r=16, alpha=32, dropout 0, all linear "
         "layers (Trainer + peft). Full: every weight (Trainer alone). Cells: median (min–max) over repeats; ratios are "
-        f"of medians. MFU: useful training FLOPs per second over {args.peak_gflops:.0f} GFLOP/s, the measured bf16 "
-        "matmul peak on 2 threads.",
+        f"of medians. MFU: useful training FLOPs per second over {args.peak_gflops * threads:.0f} GFLOP/s, the "
+        f"measured bf16 matmul peak on {threads} thread(s). {args.note}".strip(),
         "",
         "| method | stack | trained tokens/s | ratio | peak RSS MB | RSS ratio | MFU % | steps | last logged loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -225,7 +227,7 @@ def main() -> None:
             rs = results[f"{method}/{which}"]
             tps = [r["trained_tokens"] / r["seconds"] for r in rs]
             rss = [r["peak_rss_mb"] for r in rs]
-            mfu = [100 * r["gflops"] / r["seconds"] / args.peak_gflops for r in rs]
+            mfu = [100 * r["gflops"] / r["seconds"] / (args.peak_gflops * r["threads"]) for r in rs]
             known = [r["final_loss"] for r in rs if r.get("final_loss") is not None]
             loss = f"{statistics.median(known):.3f}" if known else "-"
             lines.append(f"| {method} | {which} | {spread(tps)} | {statistics.median(tps) / base_tps:.2f}x | {spread(rss)} | "
