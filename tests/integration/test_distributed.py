@@ -21,6 +21,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tunesmith.config import load_config
+from tunesmith.records import TunesmithError
 from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.run import train
 
@@ -97,13 +98,13 @@ def test_two_processes_equal_one_process_with_accumulation(runs):
 def test_checkpoint_written_by_two_processes_resumes_exactly(runs):
     run = runs["root"] / "two-resumed" / "run"
     shutil.copytree(runs["two"], run)
-    cfg_path = runs["root"] / "two-resumed" / "config.yaml"
-    cfg = load_config(runs["two_cfg"], [f"output.dir={run}"])
-    cfg_path.write_text(runs["two_cfg"].read_text().replace(str(runs["two"]), str(run)))
-    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(runs["two"]), str(run)))
-    assert load_config(cfg_path).output.dir == cfg.output.dir
+    cfg_path = runs["root"] / "two-resumed" / "config.yaml"  # the same config, pointing at the copy
+    for path in (cfg_path, run / "config.yaml"):
+        path.write_text((run / "config.yaml" if path == cfg_path else path).read_text().replace(str(runs["two"]), str(run)))
     shutil.rmtree(run / "final")  # interrupted right after the step-2 checkpoint
     (run / "train_summary.json").unlink()
+    with pytest.raises(TunesmithError, match=r"written by a run of 2 process\(es\), this one has 1"):
+        train(load_config(cfg_path), resume=True)  # one process would train another share of the stream
     log = finished(tunesmith_train(str(cfg_path), "--resume", "--nproc", "2", "--master-port", str(free_port())))
     assert "Resuming" in log and "step 2/4" in log
     assert_same_training(runs["two"], run, tol=0.0)  # the same two processes: bit-exact

@@ -314,6 +314,12 @@ def restore(run: Run, hooks: list[Hook]) -> int:
                 f"--resume: the {what} data changed since {last} was saved ({path}: its examples are not those the run "
                 f"{'trained on' if split == 'train' else 'was validated on'}). Resuming would continue with another "
                 "batch stream. Put the original data back, or start a new run (another output.dir).")
+    processes = read_state(last).get("processes", 1)
+    if processes != run.accelerator.num_processes:
+        raise TunesmithError(
+            f"--resume: {last} was written by a run of {processes} process(es), this one has "
+            f"{run.accelerator.num_processes}; each process trains its own share of the batch stream, so resume with "
+            f"the same number (--nproc x --nnodes = {processes})")
     state = load_checkpoint(last, run.model, run.optimizer, run.scheduler)
     counters = state.get("counters", {})
     run.train_seconds_before = counters.get("train_seconds", 0.0)
@@ -482,7 +488,7 @@ class SaveCheckpoints(Hook):
                     run.metrics.sync()  # the log up to this step survives a power loss, like the checkpoint
                 state = {"counters": {"train_seconds": stats.seconds, "tokens": stats.tokens_seen,
                                       "trained_tokens": stats.trained_seen},
-                         "data": data_fingerprints(run)}
+                         "data": data_fingerprints(run), "processes": run.accelerator.num_processes}
                 state.update({h.name: h.state_dict() for h in self.hooks if h.name})
                 save_checkpoint(run.ckpt_dir, stats.done, run.model, run.optimizer, run.scheduler, state,
                                 run.cfg.train.keep_last)
