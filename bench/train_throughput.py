@@ -203,7 +203,7 @@ def main() -> None:
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}" + (f" --note '{args.note}'" if args.note else "") + "` on {platform.machine()}, {threads} threads, torch "
+        f"{args.examples} --pool {args.pool}" + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {threads} thread(s), torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
