@@ -70,6 +70,9 @@ def main() -> None:
     single_s = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(batched, single))
+    # generated tokens (answers re-tokenized, end-of-turn token included): comparable with llama.cpp's tokens/s
+    tokens = {name: sum(len(tokenizer(a, add_special_tokens=False).input_ids) + 1 for a in answers)
+              for name, answers in (("single", single), ("batched", batched))}
     ratio = single_s / batched_s
     table = (
         "## Eval generation throughput: batched vs one prompt at a time\n\n"
@@ -77,10 +80,11 @@ def main() -> None:
         f"--max-new-tokens {args.max_new_tokens} --run {args.run}` · machine: {os.cpu_count()}-core CPU "
         f"({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads · model: {which} · "
         f"{args.n} DBLP-QuAD validation questions, greedy, up to {args.max_new_tokens} new tokens, stop at end-of-turn.\n\n"
-        "| how | items | seconds | items/s |\n| --- | ---: | ---: | ---: |\n"
-        f"| transformers `generate`, one prompt at a time | {args.n} | {single_s:.1f} | {args.n / single_s:.2f} |\n"
+        "| how | items | seconds | items/s | generated tokens/s |\n| --- | ---: | ---: | ---: | ---: |\n"
+        f"| transformers `generate`, one prompt at a time | {args.n} | {single_s:.1f} | {args.n / single_s:.2f} | "
+        f"{tokens['single'] / single_s:.1f} |\n"
         f"| tunesmith `generate_chat` (batch {args.batch_size}, left-padded, KV cache, sorted by length) | {args.n} | "
-        f"{batched_s:.1f} | {args.n / batched_s:.2f} |\n\n"
+        f"{batched_s:.1f} | {args.n / batched_s:.2f} | {tokens['batched'] / batched_s:.1f} |\n\n"
         f"**Speed-up: {ratio:.1f}x.** Identical answers: {same} of {args.n} (greedy decoding; batched fp32 matmuls "
         "round differently from single ones, so a near-tie between two tokens can go the other way).\n"
     )

@@ -1,19 +1,28 @@
-"""Training throughput: tunesmith vs the standard stack (transformers Trainer + peft), in one invocation.
+"""Training throughput: tunesmith vs the standard stack (transformers Trainer [+ peft]), in one invocation.
 
-Same model (embedded SmolLM2-135M-Instruct), same DBLP-QuAD rows, same LoRA config (r=16, alpha=32, dropout 0,
-all linear layers), same chat template and loss mask, ~8 examples per optimizer step, bf16 autocast where the
-CPU has it. Each contender runs in its own process so peak RSS is its own. Prints a table and writes it into
-docs/benchmarks.md.
+Same model (embedded SmolLM2-135M-Instruct), same DBLP-QuAD rows, same chat template and loss mask (both tokenize
+through tunesmith.data.dataset.prepare_data), the same examples per optimizer step, bf16 autocast where the CPU has
+it, for LoRA (r=16, alpha=32, dropout 0, all linear layers; Trainer + peft) and full fine-tuning (Trainer alone).
 
-    .venv/bin/python bench/train_throughput.py [--examples 192]
+Each repeat draws its own `--examples` rows (seeded) from the first `--pool` rows of the shipped DBLP-QuAD train
+file; both stacks train on that same draw, each in its own process (peak RSS is its own). Reported: the median and
+the range over repeats of trained tokens/s, peak RSS, their ratios to the Trainer, and MFU: useful training FLOPs
+(matmuls: 2 x parameters per token forward, as much again for the input gradients, again for full fine-tuning's
+weight gradients; causal attention per example, not per packed row or padded batch) over the measured matmul peak
+of this CPU (`--peak-gflops`, bf16 on 2 threads).
+
+    .venv/bin/python bench/train_throughput.py [--methods lora,full] [--repeats 3] [--examples 96] [--pool 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -21,13 +30,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CONFIG = ROOT / "configs" / "dblp-quad-lora.yaml"
+DATA = ROOT / "examples" / "dblp_quad" / "data" / "train.jsonl"
+CONFIGS = {"lora": ROOT / "configs" / "dblp-quad-lora.yaml", "full": ROOT / "configs" / "methods" / "full.yaml"}
+LR = {"lora": 1e-3, "full": 1e-4}
+ROW_LEN, ROWS_PER_STEP = 512, 2  # tunesmith: 2 packed rows of up to 512 tokens per optimizer step
 
 
-def run_trainer(n_examples: int, out: Path) -> dict:
-    """The standard recipe: tokenized examples padded per batch by a collator, Trainer + peft LoRA."""
+def overrides(method: str, data: Path, out: Path | None = None) -> list[str]:
+    """The shared settings, on top of the method's shipped config: the draw's file, all of it, one epoch."""
+    sets = [f"data.train={data}", "data.valid=null", "data.limit=null", "train.epochs=1", f"train.lr={LR[method]}",
+            f"train.batch_size={ROWS_PER_STEP}", "train.grad_accum=1", "train.pack=true", f"data.max_seq_len={ROW_LEN}"]
+    return sets + ([f"output.dir={out}"] if out else [])
+
+
+def run_trainer(method: str, data: Path, out: Path, batch: int) -> dict:
+    """The standard recipe: examples padded per batch by DataCollatorForSeq2Seq, Trainer (+ peft LoRA)."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from tunesmith.config import load_config
@@ -35,15 +53,19 @@ def run_trainer(n_examples: int, out: Path) -> dict:
     from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
     from tunesmith.models.precision import bf16_available
 
-    cfg = load_config(CONFIG, [f"data.limit={n_examples}"])
+    cfg = load_config(CONFIGS[method], overrides(method, data))
     path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(path)
-    data = prepare_data(cfg.data.train, cfg.data, tokenizer)  # identical tokens and labels to tunesmith's
-    rows = [{"input_ids": t.input_ids, "attention_mask": [1] * len(t), "labels": t.labels} for t in data.tokenized]
-    model = get_peft_model(load_model(path, device="cpu"), LoraConfig(
-        r=cfg.method.r, lora_alpha=cfg.method.alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    prepared = prepare_data(cfg.data.train, cfg.data, tokenizer)  # identical tokens and labels to tunesmith's
+    rows = [{"input_ids": t.input_ids, "attention_mask": [1] * len(t), "labels": t.labels} for t in prepared.tokenized]
+    model = load_model(path, device="cpu")
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.method.r, lora_alpha=cfg.method.alpha, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
+        output_dir=str(out), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=cfg.train.lr,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=5, save_strategy="no", report_to=[],
         bf16=bf16_available(torch.device("cpu")), use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows,
@@ -51,86 +73,172 @@ def run_trainer(n_examples: int, out: Path) -> dict:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    trained = sum(t.n_trained for t in data.tokenized)
-    return {"seconds": seconds, "trained_tokens": trained, "tokens": sum(len(t) for t in data.tokenized),
-            "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "trained_tokens": sum(t.n_trained for t in prepared.tokenized),
+            "tokens": sum(len(t) for t in prepared.tokenized), "steps": trainer.state.global_step,
+            "final_loss": losses[-1] if losses else None}
 
 
-def run_tunesmith(n_examples: int, out: Path, pack: bool) -> dict:
+def run_tunesmith(method: str, data: Path, out: Path) -> dict:
     from tunesmith.config import load_config
     from tunesmith.train.run import train
 
-    overrides = [f"data.limit={n_examples}", f"output.dir={out}", f"train.pack={str(pack).lower()}", "train.epochs=1"]
-    overrides += ["train.batch_size=2"] if pack else ["train.batch_size=8"]  # 2 packed rows of 512 ≈ 6-8 examples
-    result = train(load_config(CONFIG, overrides))
+    result = train(load_config(CONFIGS[method], overrides(method, data, out)))
     return {"seconds": result.train_seconds, "trained_tokens": result.trained_tokens, "tokens": result.tokens,
-            "final_loss": result.final_loss}
+            "steps": result.steps, "final_loss": result.final_loss}
 
 
-def child(which: str, n_examples: int, out: Path) -> None:
+def child(which: str, method: str, data: Path, out: Path, batch: int) -> None:
     import torch
 
     torch.manual_seed(0)
-    if which == "trainer":
-        result = run_trainer(n_examples, out)
-    else:
-        result = run_tunesmith(n_examples, out, pack=which == "tunesmith-packed")
+    result = run_trainer(method, data, out, batch) if which == "trainer" else run_tunesmith(method, data, out)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result))
+
+
+# ---- the parent: draws, plans, runs, reports ----
+
+def draw(pool: int, n: int, seed: int, out: Path) -> Path:
+    lines = DATA.read_text().splitlines()[:pool]
+    chosen = sorted(random.Random(seed).sample(range(len(lines)), n))
+    path = out / f"draw-{seed}.jsonl"
+    path.write_text("".join(lines[i] + "\n" for i in chosen))
+    return path
+
+
+def plan(method: str, data: Path) -> dict:
+    """tunesmith's optimizer steps and per-example lengths for this draw (the Trainer gets the same examples/step)."""
+    from tunesmith.config import load_config
+    from tunesmith.data.dataset import prepare_data
+    from tunesmith.models.loading import load_tokenizer, resolve_model
+    from tunesmith.train.run import micro_batch_stream
+
+    cfg = load_config(CONFIGS[method], overrides(method, data))
+    tokenized = prepare_data(cfg.data.train, cfg.data, load_tokenizer(resolve_model(cfg.model.name))).tokenized
+    steps = len(micro_batch_stream(tokenized, cfg))
+    return {"examples": len(tokenized), "steps": steps, "lengths": [len(t) for t in tokenized]}
+
+
+def model_shape() -> dict:
+    """Matmul parameters (every Linear, the tied LM head included) and the attention shape, from the model config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunesmith.models.loading import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return {"linear_params": linear, "layers": config.num_hidden_layers,
+            "attn_dim": config.num_attention_heads * (config.hidden_size // config.num_attention_heads)}
+
+
+def useful_flops(method: str, shape: dict, lengths: list[int]) -> float:
+    """Training FLOPs a perfect implementation needs for these examples (no padding, no cross-example attention)."""
+    passes = 3 if method == "full" else 2  # forward + input gradients (+ weight gradients when every weight trains)
+    matmuls = passes * 2 * shape["linear_params"] * sum(lengths)
+    attention = 3 * 2 * shape["attn_dim"] * shape["layers"] * sum(n * n for n in lengths)  # QK^T and AV, causal half
+    return matmuls + attention
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    med = statistics.median(values)
+    return fmt.format(med) if len(values) == 1 else f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--examples", type=int, default=192)
-    parser.add_argument("--child", choices=["trainer", "tunesmith-unpacked", "tunesmith-packed"])
+    parser.add_argument("--methods", default="lora,full")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=96, help="Rows drawn for each repeat")
+    parser.add_argument("--pool", type=int, default=1000, help="Draw from the first N rows of the shipped train file")
+    parser.add_argument("--peak-gflops", type=float, default=287.5,
+                        help="Measured bf16 matmul peak of this CPU per thread (550-600 GFLOP/s on 2 threads)")
+    parser.add_argument("--note", default="", help="A sentence about the conditions, added to the docs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-train")
+    parser.add_argument("--no-docs", action="store_true", help="Print the table only")
+    parser.add_argument("--child", choices=["trainer", "tunesmith"])
+    parser.add_argument("--method", choices=list(CONFIGS))
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.examples, args.out / args.child)
+        child(args.child, args.method, args.data, args.out, args.batch)
         return
 
     import shutil
 
     shutil.rmtree(args.out, ignore_errors=True)
-    results = {}
-    for which in ("trainer", "tunesmith-unpacked", "tunesmith-packed"):
-        print(f"running {which} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", which, "--examples", str(args.examples),
-                               "--out", str(args.out)], capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.exit(f"{which} failed:\n{proc.stderr[-3000:]}")
-        results[which] = json.loads(line[7:])
-        r = results[which]
-        print(f"  {r['trained_tokens'] / r['seconds']:.0f} trained tokens/s, {r['seconds']:.0f} s, {r['peak_rss_mb']:.0f} MB")
+    args.out.mkdir(parents=True)
+    methods = args.methods.split(",")
+    shape = model_shape()
+    results: dict[str, list[dict]] = {f"{m}/{w}": [] for m in methods for w in ("trainer", "tunesmith")}
+    for repeat in range(args.repeats):
+        data = draw(args.pool, args.examples, repeat, args.out)
+        for method in methods:
+            p = plan(method, data)
+            batch = max(1, round(p["examples"] / p["steps"]))
+            for which in ("trainer", "tunesmith"):
+                print(f"repeat {repeat + 1}/{args.repeats}: {method} {which} ({p['examples']} examples, "
+                      f"{p['examples'] / p['steps']:.1f} per step) ...", flush=True)
+                cmd = [sys.executable, __file__, "--child", which, "--method", method, "--data", str(data),
+                       "--out", str(args.out / f"{method}-{which}-{repeat}"), "--batch", str(batch)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    sys.exit(f"{method} {which} failed:\n{proc.stderr[-3000:]}")
+                r = json.loads(line[7:])
+                r.update(batch=batch if which == "trainer" else None, examples=p["examples"],
+                         gflops=useful_flops(method, shape, p["lengths"]) / 1e9)
+                results[f"{method}/{which}"].append(r)
+                print(f"  {r['trained_tokens'] / r['seconds']:.0f} trained tokens/s, {r['seconds']:.0f} s, "
+                      f"{r['peak_rss_mb']:.0f} MB, {r['steps']} steps", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
-    base = results["trainer"]
-    base_tps = base["trained_tokens"] / base["seconds"]
+    threads = results[f"{methods[0]}/tunesmith"][0]["threads"]
     lines = [
-        "## Training throughput: tunesmith vs transformers Trainer + peft",
+        "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
-        f"`.venv/bin/python bench/train_throughput.py --examples {args.examples}` on {platform.machine()}, "
-        f"{__import__('os').cpu_count()} CPU cores, torch {__import__('torch').__version__}, "
-        f"transformers {__import__('transformers').__version__}, peft {__import__('peft').__version__}; "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
+        f"{args.examples} --pool {args.pool}" + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {threads} thread(s), torch "
+        f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
+        f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
-        f"SmolLM2-135M-Instruct, LoRA r=16 alpha=32 dropout 0 on all linear layers, {args.examples} DBLP-QuAD rows "
-        "(question + entities → SPARQL; loss on the answer only), one epoch, bf16 autocast. Trainer: batches of 8 "
-        "padded by DataCollatorForSeq2Seq. tunesmith unpacked: batches of 8, length-grouped. tunesmith packed: 2 rows "
-        "of up to 512 tokens per step (about 6 examples), attention kept within each example.",
+        f"SmolLM2-135M-Instruct on DBLP-QuAD (question + entities → SPARQL; loss on the answer only). Each repeat draws "
+        f"{args.examples} rows (seed = repeat) from the first {args.pool} rows of examples/dblp_quad/data/train.jsonl; "
+        f"both stacks train one epoch on that draw, each in its own process, bf16 autocast. tunesmith: {ROWS_PER_STEP} "
+        f"packed rows of up to {ROW_LEN} tokens per step. Trainer: the same examples per step (batch size = examples / "
+        "tunesmith's steps, rounded), padded by DataCollatorForSeq2Seq. LoRA: r=16, alpha=32, dropout 0, all linear "
+        "layers (Trainer + peft). Full: every weight (Trainer alone). Cells: median (min–max) over repeats; ratios are "
+        f"of medians. MFU: useful training FLOPs per second over {args.peak_gflops * threads:.0f} GFLOP/s, the "
+        f"measured bf16 matmul peak on {threads} thread(s). {args.note}".strip(),
         "",
-        "| stack | trained tokens/s | ratio | wall s | peak RSS MB | final loss |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | stack | trained tokens/s | ratio | peak RSS MB | RSS ratio | MFU % | steps | last logged loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for which, r in results.items():
-        tps = r["trained_tokens"] / r["seconds"]
-        loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "-"
-        lines.append(f"| {which} | {tps:.0f} | {tps / base_tps:.2f}x | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | {loss} |")
+    for method in methods:
+        base = results[f"{method}/trainer"]
+        base_tps = statistics.median(r["trained_tokens"] / r["seconds"] for r in base)
+        base_rss = statistics.median(r["peak_rss_mb"] for r in base)
+        for which in ("trainer", "tunesmith"):
+            rs = results[f"{method}/{which}"]
+            tps = [r["trained_tokens"] / r["seconds"] for r in rs]
+            rss = [r["peak_rss_mb"] for r in rs]
+            mfu = [100 * r["gflops"] / r["seconds"] / (args.peak_gflops * r["threads"]) for r in rs]
+            known = [r["final_loss"] for r in rs if r.get("final_loss") is not None]
+            loss = f"{statistics.median(known):.3f}" if known else "-"
+            lines.append(f"| {method} | {which} | {spread(tps)} | {statistics.median(tps) / base_tps:.2f}x | {spread(rss)} | "
+                         f"{statistics.median(rss) / base_rss:.2f}x | {spread(mfu, '{:.1f}')} | "
+                         f"{statistics.median(r['steps'] for r in rs):.0f} | {loss} |")
     table = "\n".join(lines)
     print(table)
-    from bench.report import update_section
+    if not args.no_docs:
+        from bench.report import update_section
 
-    update_section("train-throughput", table)
+        update_section("train-throughput", table)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
 InputOpt = Annotated[Path, typer.Option("--input", "-i", help="File to read", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the output is up to date with its inputs and settings")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads for torch and onnxruntime (sets model.threads where the verb has a config; "
+                             "default: TUNESMITH_THREADS, else the cores this process may use)", show_default=False)]
 
 
 def user_errors(function):

@@ -28,6 +28,8 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = Field("smollm2-135m-instruct", description="Embedded model name, a local HF folder, or a .gguf file")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch and onnxruntime (None: TUNESMITH_THREADS, "
+                                                         "else the cores this process may use; tunesmith/threads.py)")
 
 
 class TemplateConfig(Strict):

@@ -17,12 +17,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tunesmith.cli import ThreadsOpt
 from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 from tunesmith.models.precision import autocast, resolve_precision
 from tunesmith.records import DataError, DataIssue, Message, TunesmithError
+from tunesmith.threads import use_threads
 
 console = Console(stderr=True)
 
@@ -352,7 +354,7 @@ def generate_command(
     system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
     max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
-    guardrails: GuardrailsOpt = None,
+    guardrails: GuardrailsOpt = None, threads: ThreadsOpt = None,
 ):
     """Answer prompts with a base model or a trained run (batched; greedy unless --temperature > 0); JSONL on stdout.
 
@@ -364,6 +366,7 @@ def generate_command(
         raise TunesmithError("nothing to answer: give --prompt TEXT or --input FILE")
     if system:
         conversations = [[{"role": "system", "content": system}] + c for c in conversations]
+    use_threads(threads, register="generate")
     model_obj, tokenizer = load_for_inference(run, model)
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
                     seed=seed, precision=precision)
@@ -383,9 +386,10 @@ def chat_command(
     run: Annotated[Optional[Path], typer.Option(help="A trained run folder")] = None,
     model: Annotated[Optional[str], typer.Option(help="A model name or folder")] = None,
     system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
-    guardrails: GuardrailsOpt = None,
+    guardrails: GuardrailsOpt = None, threads: ThreadsOpt = None,
 ):
     """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
+    use_threads(threads, register="chat")
     model_obj, tokenizer = load_for_inference(run, model)
     guard = load_guard(guardrails, model_obj, tokenizer)
     history = [{"role": "system", "content": system}] if system else []

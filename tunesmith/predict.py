@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 
 from tunesmith.files import atomic_write_json, atomic_write_jsonl
+from tunesmith.cli import ThreadsOpt
 from tunesmith.records import TunesmithError
+from tunesmith.threads import use_threads
 
 console = Console(stderr=True)
 
@@ -55,10 +57,12 @@ def predict_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the predictions here (JSONL) instead of stdout")] = None,
     batch_size: int = 16,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
+    threads: ThreadsOpt = None,
 ):
     """Label texts with a classification run: one JSON line per row (label and probabilities, or entity spans)."""
     if (input is None) == (not text):
         raise TunesmithError("give --input FILE or --text TEXT (one of the two)")
+    use_threads(threads, register="predict")
     with tempfile.TemporaryDirectory(prefix="tunesmith-predict-") as tmp:
         if text:
             from tunesmith.config import load_config

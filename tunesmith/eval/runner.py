@@ -19,7 +19,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from tunesmith.cli import RequiredConfigArg, SetOpt
+from tunesmith.cli import RequiredConfigArg, SetOpt, ThreadsOpt
 from tunesmith.config import read_config
 from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.data.formats import load_examples
@@ -38,6 +38,7 @@ from tunesmith.eval.scoring import reference_loss
 from tunesmith.generate import generate_chat, load_for_inference
 from tunesmith.files import read_json
 from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
+from tunesmith.threads import use_threads
 from tunesmith.train.tracking import read_metrics
 
 console = Console(stderr=True)
@@ -338,12 +339,15 @@ def eval_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (sets report.dir)")] = None,
     n: Annotated[Optional[int], typer.Option("-n", help="Evaluate only the first N test items (sets data.n)")] = None,
     no_forgetting: Annotated[bool, typer.Option("--no-forgetting", help="Skip the forgetting panel (sets forgetting.enabled=false)")] = False,
+    threads: ThreadsOpt = None,
 ):
     """Compare base, few-shot, RAG and tuned variants on one held-out set; write report.md/.html/.json."""
     from tunesmith.eval.report import verdict
 
     cfg = read_config(EvalConfig, config, overrides or [], options={
-        "report.dir": str(out) if out else None, "data.n": n, "forgetting.enabled": False if no_forgetting else None})
+        "report.dir": str(out) if out else None, "data.n": n, "forgetting.enabled": False if no_forgetting else None,
+        "model.threads": threads})
+    use_threads(cfg.model.threads, register="eval")
     report = run_eval(cfg)
     for line in verdict(report):
         console.print(line.replace("**", ""))

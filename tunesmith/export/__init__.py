@@ -18,7 +18,9 @@ from rich.console import Console
 from tunesmith.export.hf import DEFAULT_HF_DTYPE, HF_DTYPES, save_hf
 from tunesmith.export.parity import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MIN_IDENTICAL, DEFAULT_N, ParityResult
 from tunesmith.files import atomic_dir, atomic_write_json, read_json
+from tunesmith.cli import ThreadsOpt
 from tunesmith.records import TunesmithError
+from tunesmith.threads import use_threads
 
 console = Console(stderr=True)
 
@@ -303,10 +305,12 @@ def export_command(
     backend: Annotated[str, typer.Option(help="Who answers for a GGUF in the parity check: transformers or llama.cpp")] = "transformers",
     untie_embeddings: Annotated[bool, typer.Option("--untie-embeddings", help="Allow merging an adapter that changes tied embeddings by untying them")] = False,
     precision: Annotated[str, typer.Option(help="Parity generation precision for both sides: fp32 (default), bf16 or auto")] = "fp32",
+    threads: ThreadsOpt = None,
 ):
     """Export a run to the runtimes users run, and check that the export answers like the run."""
     if backend not in ("transformers", "llama.cpp"):
         raise TunesmithError("--backend must be transformers or llama.cpp")
+    use_threads(threads, register="export")
     opts = ExportOptions(quant=quant, out=out, parity=parity, n=n, max_new_tokens=max_new_tokens, prompts=prompts,
                          min_identical=min_identical, backend=backend, untie_embeddings=untie_embeddings,
                          precision=precision)

@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from tunesmith.cli import ConfigArg, SetOpt
+from tunesmith.cli import ConfigArg, SetOpt, ThreadsOpt
 from tunesmith.records import TunesmithError
+from tunesmith.threads import use_threads
 
 console = Console(stderr=True)
 
@@ -27,6 +28,7 @@ def serve_command(
     port: Annotated[Optional[int], typer.Option(help="Port (sets port; default 8000)", show_default=False)] = None,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File of accepted API keys, one a line", show_default=False)] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No API key (sets no_auth; loopback addresses only)")] = False,
+    threads: ThreadsOpt = None,
 ):
     """Serve runs through an OpenAI-compatible API (several adapters on one base, batched, with guardrails).
 
@@ -39,6 +41,7 @@ def serve_command(
     from tunesmith.serve.models import ModelPool
 
     cfg = serve_config(config, overrides or [], run or [], model, guardrails, host=host, port=port, no_auth=no_auth)
+    use_threads(threads, register="serve")
     keys = resolve_keys(cfg, api_key_file)
     pool = ModelPool(cfg)
     app = create_app(cfg, pool, keys)

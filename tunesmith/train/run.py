@@ -9,6 +9,7 @@ probe, checkpoints, early stop) are small hooks, each in one place, called in or
 from __future__ import annotations
 
 import math
+import os
 import resource
 import shutil
 import time
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunesmith.cli import RequiredConfigArg, SetOpt
+from tunesmith.cli import RequiredConfigArg, SetOpt, ThreadsOpt
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.batching import MicroBatch, collate, plan_epoch
 from tunesmith.data.dataset import PreparedData
@@ -36,6 +37,7 @@ from tunesmith.train.checkpoint import (
     latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
 )
 from tunesmith.train.loss import dataset_loss
+from tunesmith.threads import LAUNCHED_ENV, use_threads
 from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
@@ -118,20 +120,25 @@ class Run:
 
 def setup(cfg: RunConfig, resume: bool) -> Run:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
     from transformers import get_scheduler
 
-    run_dir = _open_run_dir(cfg, resume)
     device = pick_device(cfg.model.device)
     precision = resolve_precision(cfg.train.precision, device, "train.precision")
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    # several processes (tunesmith/train/launch.py, or the user's own torchrun): gloo on CPU, NCCL on CUDA
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=device.type == "cpu", kwargs_handlers=[
+        InitProcessGroupKwargs(backend="gloo" if device.type == "cpu" else "nccl")] if several else None)
+    run_dir = _open_run_dir(cfg, resume, accelerator.is_main_process)
+    device = accelerator.device  # this rank's device (cuda:LOCAL_RANK under torchrun)
     set_seed(cfg.train.seed)
     model_path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
     objective = get_objective(cfg.objective.name)
     train_data = objective.prepare(cfg.data.train, cfg, tokenizer)
     valid_data = objective.prepare(cfg.data.valid, cfg, tokenizer, train_data.label_names) if cfg.data.valid else None
-    _write_run_files(run_dir, cfg, train_data, valid_data)
+    if accelerator.is_main_process:  # only rank 0 writes files
+        _write_run_files(run_dir, cfg, train_data, valid_data)
     stream = micro_batch_stream(train_data.tokenized, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(stream) // cfg.train.grad_accum
     if total_steps == 0:
@@ -154,17 +161,20 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
         "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule, optimizer,
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
     loss_module, optimizer = accelerator.prepare(objective.loss_module(model, cfg), optimizer)
-    console.print(
-        f"[bold]{cfg.method.name}[/] ({cfg.objective.name}) on {model_path.name}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.2f}%), {device.type}, precision {'bf16 autocast' if precision == 'bf16' else 'fp32'}; "
-        f"{len(train_data.tokenized)} sequences, {total_steps} steps of {cfg.train.grad_accum} micro-batch(es)")
+    if accelerator.is_main_process:
+        console.print(
+            f"[bold]{cfg.method.name}[/] ({cfg.objective.name}) on {model_path.name}: {trainable:,} of {total:,} parameters "
+            f"train ({100 * trainable / total:.2f}%), {device.type}, precision "
+            f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}; {len(train_data.tokenized)} sequences, {total_steps} "
+            f"steps of {cfg.train.grad_accum} micro-batch(es)"
+            + (f" on each of {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
     return Run(cfg, run_dir, accelerator, precision, tokenizer, method, objective, task, model, loss_module, optimizer,
                scheduler, train_data, valid_data, stream, total_steps, trainable, total)
 
 
-def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
+def _open_run_dir(cfg: RunConfig, resume: bool, is_main: bool = True) -> Path:
     """Check output.dir against the command (nothing is written before the data is validated); clear what writes
-    cut short by a crash left there."""
+    cut short by a crash left there (rank 0 only: another rank must not remove a file rank 0 is writing)."""
     run_dir = Path(cfg.output.dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TunesmithError(f"output.dir {run_dir} is a file, not a folder; choose another output.dir")
@@ -174,11 +184,12 @@ def _open_run_dir(cfg: RunConfig, resume: bool) -> Path:
         raise TunesmithError(f"{run_dir} holds a run already: pass --resume to continue it, or choose another output.dir")
     if resume and saved.is_file() and read_text(saved) != dump_config(cfg):
         raise TunesmithError(f"--resume needs the same config as the interrupted run; compare with {saved}")
-    if resume and not checkpoints:
+    if resume and not checkpoints and is_main:
         console.print(f"[yellow]--resume[/]: {run_dir / 'checkpoints'} holds no checkpoint yet (the run stopped before "
                       "its first one, or train.save_every is not set); training starts at step 0")
-    remove_unfinished(run_dir)
-    remove_unfinished(run_dir / "checkpoints")
+    if is_main:
+        remove_unfinished(run_dir)
+        remove_unfinished(run_dir / "checkpoints")
     return run_dir
 
 
@@ -305,6 +316,12 @@ def restore(run: Run, hooks: list[Hook]) -> int:
                 f"--resume: the {what} data changed since {last} was saved ({path}: its examples are not those the run "
                 f"{'trained on' if split == 'train' else 'was validated on'}). Resuming would continue with another "
                 "batch stream. Put the original data back, or start a new run (another output.dir).")
+    processes = read_state(last).get("processes", 1)
+    if processes != run.accelerator.num_processes:
+        raise TunesmithError(
+            f"--resume: {last} was written by a run of {processes} process(es), this one has "
+            f"{run.accelerator.num_processes}; each process trains its own share of the batch stream, so resume with "
+            f"the same number (--nproc x --nnodes = {processes})")
     state = load_checkpoint(last, run.model, run.optimizer, run.scheduler)
     counters = state.get("counters", {})
     run.train_seconds_before = counters.get("train_seconds", 0.0)
@@ -312,7 +329,8 @@ def restore(run: Run, hooks: list[Hook]) -> int:
     for hook in hooks:
         if hook.name and state.get(hook.name):
             hook.load_state_dict(state[hook.name])
-    console.print(f"[bold]Resuming[/] from {last} (step {state['step']}/{run.total_steps})")
+    if run.is_main:
+        console.print(f"[bold]Resuming[/] from {last} (step {state['step']}/{run.total_steps})")
     return state["step"]
 
 
@@ -349,7 +367,12 @@ def optimizer_step(run: Run, step: int) -> StepStats:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return StepStats(step + 1, loss_sum / max(trained, 1), loss_sum, trained, sum(b.n_tokens for b in window), grad_norm)
+    tokens = sum(b.n_tokens for b in window)
+    if run.accelerator.num_processes > 1:  # the step's loss and token counts over every process, as one process sees them
+        totals = run.accelerator.reduce(torch.tensor([loss_sum, trained, tokens], dtype=torch.float64,
+                                                     device=run.accelerator.device), "sum").tolist()
+        loss_sum, trained, tokens = totals[0], round(totals[1]), round(totals[2])
+    return StepStats(step + 1, loss_sum / max(trained, 1), loss_sum, trained, tokens, grad_norm)
 
 
 def run_steps(run: Run, hooks: list[Hook], start: int) -> StepStats | None:
@@ -469,7 +492,7 @@ class SaveCheckpoints(Hook):
                     run.metrics.sync()  # the log up to this step survives a power loss, like the checkpoint
                 state = {"counters": {"train_seconds": stats.seconds, "tokens": stats.tokens_seen,
                                       "trained_tokens": stats.trained_seen},
-                         "data": data_fingerprints(run)}
+                         "data": data_fingerprints(run), "processes": run.accelerator.num_processes}
                 state.update({h.name: h.state_dict() for h in self.hooks if h.name})
                 save_checkpoint(run.ckpt_dir, stats.done, run.model, run.optimizer, run.scheduler, state,
                                 run.cfg.train.keep_last)
@@ -532,6 +555,8 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
         tokens_per_second=round(tokens / max(elapsed, 1e-9), 1),
         trainable_parameters=run.trainable, total_parameters=run.total, peak_rss_mb=round(peak_rss_mb(), 1),
         final_step=final_step)
+    if not run.is_main:
+        return result
     atomic_write_json(run.run_dir / "train_summary.json", asdict(result))
     console.print(f"[green]Done[/]: {out_dir} (loss {final_loss:.4f}"
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
@@ -553,6 +578,28 @@ def peak_rss_mb() -> float:
 
 
 def train_command(config: RequiredConfigArg, overrides: SetOpt = None,
-                  resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False):
-    """Fine-tune a model as the config says."""
-    train(load_config(config, overrides or []), resume=resume)
+                  resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last checkpoint")] = False,
+                  threads: ThreadsOpt = None,
+                  nproc: Annotated[int, typer.Option("--nproc", min=1, help="Training processes on this node (torchrun; data parallel: gloo on CPU, NCCL on CUDA)")] = 1,
+                  nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines in the job (run the same command on each, with its --node-rank)")] = 1,
+                  node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's index, 0 to nnodes-1 (0 hosts the rendezvous)")] = 0,
+                  master_addr: Annotated[str, typer.Option("--master-addr", help="Address of node 0, reachable from every node")] = "127.0.0.1",
+                  master_port: Annotated[int, typer.Option("--master-port", help="A free TCP port on node 0")] = 29500):
+    """Fine-tune a model as the config says (with --nproc/--nnodes: several processes or machines, via torchrun)."""
+    from tunesmith.train.launch import Launch, distributed_problems, in_launched_rank, launch_training
+
+    cfg = load_config(config, overrides or [], options={"model.threads": threads})
+    launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    if launch.distributed and not in_launched_rank():
+        problems = launch.problems() + distributed_problems(cfg)
+        if problems:
+            raise TunesmithError("; ".join(problems))
+        use_threads(cfg.model.threads, register="train")  # the whole job, once
+        args = [str(config), *[a for o in overrides or [] for a in ("--set", o)], *(["--resume"] if resume else [])]
+        code = launch_training(launch, args, cfg.model.threads)
+        if code:
+            raise typer.Exit(code)
+        return
+    # a rank started by our launcher takes the share of threads it was given; otherwise the setting applies
+    use_threads(None if os.environ.get(LAUNCHED_ENV) else cfg.model.threads, register="train")
+    train(cfg, resume=resume)

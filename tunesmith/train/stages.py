@@ -91,6 +91,13 @@ def train_stages(cfg, resume: bool = False):
     from tunesmith.files import atomic_write_json, atomic_write_text, read_json
     from tunesmith.train.run import _open_run_dir, train
 
+    import os
+
+    from tunesmith.records import TunesmithError
+    from tunesmith.train.launch import distributed_problems
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TunesmithError("; ".join(distributed_problems(cfg)))
     console = Console(stderr=True)
     run_dir = _open_run_dir(cfg, resume)
     run_dir.mkdir(parents=True, exist_ok=True)

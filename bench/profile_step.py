@@ -1,0 +1,77 @@
+"""Where a training step's time goes: torch.profiler over a few tunesmith optimizer steps, grouped by kind of op.
+
+Same settings as bench/train_throughput.py (SmolLM2-135M-Instruct, DBLP-QuAD, 2 packed rows of up to 512 tokens per
+step, bf16 autocast). The first steps warm up (oneDNN primitives) and are not profiled.
+
+    .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# op name substrings → kind (first match wins)
+KINDS = [
+    ("attention (SDPA)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")),
+    ("dtype casts / copies", ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous")),
+    ("log-softmax / cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("optimizer", ("adam", "Optimizer.step", "_foreach")),
+    ("norms / activations / elementwise", ("rsqrt", "pow", "mean", "silu", "mul", "add", "neg", "cat", "cos", "sin")),
+]
+
+
+def kind_of(name: str) -> str:
+    for kind, keys in KINDS:
+        if any(k in name for k in keys):
+            return kind
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=64)
+    args = parser.parse_args()
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.train_throughput import CONFIGS, draw, overrides
+    from tunesmith.config import load_config
+    from tunesmith.train.run import optimizer_step, setup
+
+    out = ROOT / "runs" / "bench-profile"
+    out.mkdir(parents=True, exist_ok=True)
+    data = draw(1000, args.examples, 0, out)
+    import shutil
+
+    shutil.rmtree(out / "run", ignore_errors=True)
+    run = setup(load_config(CONFIGS[args.method], overrides(args.method, data, out / "run")), resume=False)
+    for step in range(args.warmup):
+        optimizer_step(run, step)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(args.warmup, args.warmup + args.steps):
+            optimizer_step(run, step)
+    # self CPU time per op: every microsecond is counted once, in the op that spent it
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        totals[kind_of(event.key)] += event.self_cpu_time_total
+    whole = sum(totals.values())
+    print(f"{args.method}, {args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} thread(s): "
+          f"{whole / 1e6 / args.steps:.2f} s of op time per step")
+    for kind, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:36s} {100 * us / whole:5.1f}%")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
