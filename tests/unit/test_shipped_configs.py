@@ -12,7 +12,8 @@ from tunesmith.config import RunConfig, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for folder in ("configs", "examples") for p in (ROOT / folder).rglob("*.yaml"))
-MADE_BY_SCRIPTS = ("examples/docs-to-dataset/work/",)  # written by examples/docs-to-dataset/run.sh
+MADE_BY_SCRIPTS = ("examples/docs-to-dataset/work/",  # written by examples/docs-to-dataset/run.sh
+                   "runs/")  # written by a command the config's comment names (tunesmith data relabel)
 
 
 def config_model(path: Path):

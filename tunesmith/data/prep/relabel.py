@@ -34,6 +34,7 @@ class RelabelConfig(Strict):
     format: Literal["auto", "messages", "alpaca", "prompt_completion", "template"] = "auto"
     template: TemplateConfig | None = None
     system_prompt: str | None = Field(None, description="Added as a system message to every chat that has none")
+    limit: int | None = Field(None, ge=1, description="Only the first N rows (as data.limit of the student's run config)")
 
 
 def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
@@ -41,7 +42,8 @@ def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
     """(rows with the teacher's answers, rows the teacher could not answer)."""
     from tunesmith.data.formats import load_examples
 
-    data_cfg = DataConfig(train=str(path), format=cfg.format, template=cfg.template, system_prompt=cfg.system_prompt)
+    data_cfg = DataConfig(train=str(path), format=cfg.format, template=cfg.template, system_prompt=cfg.system_prompt,
+                          limit=cfg.limit)
     examples, issues = load_examples(path, data_cfg)
     if issues:
         raise DataError(issues, hint="relabel reads rows as `tunesmith train` does: set relabel.format / relabel.template")
