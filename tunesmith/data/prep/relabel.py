@@ -64,8 +64,9 @@ def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
             reason = reply.reason if isinstance(reply, TeacherFailure) else "empty answer"
             rejects.append(Reject(reason=reason, source=str(example.source), prompt=prompt[-1]["content"]))
             continue
-        rows.append(ChatRow(messages=prompt + [{"role": "assistant", "content": reply.strip()}], source=str(example.source),
-                            teacher=teacher.config.model, reference=reference, **example.meta))
+        rows.append(ChatRow.model_validate({  # the row's other fields (labels such as query_type) are kept
+            **example.meta, "messages": prompt + [{"role": "assistant", "content": reply.strip()}],
+            "source": str(example.source), "teacher": teacher.config.model, "reference": reference}))
     return rows, rejects
 
 
