@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: setup demo test test-fast chaos bench llamacpp parity-llamacpp pii-tagger pii-bench clean
+.PHONY: setup browser demo test test-fast chaos bench llamacpp parity-llamacpp pii-tagger pii-bench clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m tunesmith.export.llamacpp install
 	touch $@
 
+# The web UI's browser tests drive Debian's Chromium through Playwright's Python package (`playwright install`
+# downloads its own browser, which cannot work offline). Installed with apt where we are root; elsewhere the browser
+# tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; } \
+	      || echo "chromium could not be installed: the browser tests will be skipped"; \
+	  else echo "no chromium (apt-get install chromium): the browser tests will be skipped"; fi; }
+
 demo: $(STAMP)
 	$(PY) examples/dblp_quad/demo.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -155,3 +155,38 @@ def _make_examples(n, vocab, seed=0, lo=5, hi=30):
 @pytest.fixture()
 def make_examples():
     return _make_examples
+
+
+TEMPLATE = {"prompt": "{question}\nEntities: {entities}", "completion": "{sparql}"}
+
+
+def make_ui_project(root: Path, model_dir: Path) -> Path:
+    """A small project as `tunesmith ui` sees one: a model, data (with one bad line), a train, an eval and a
+    guardrails config, every path relative to the project folder."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(model_dir, root / "models" / "tiny")
+    (root / "data").mkdir(parents=True)
+    train_rows = DBLP_ROWS[:20] + DBLP_ROWS[24:30]
+    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows) + "{not json\n")
+    (root / "data" / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))  # eval reads it whole
+    (root / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DBLP_ROWS[20:24] + DBLP_ROWS[30:32]))
+    (root / "configs").mkdir()
+    data = {"format": "template", "max_seq_len": 128, "template": TEMPLATE, "on_bad_rows": "skip"}
+    (root / "configs" / "train.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "models/tiny", "device": "cpu"}, "data": {"train": "data/train.jsonl", **data},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {"batch_size": 2, "lr": 5e-3, "max_steps": 40, "log_every": 1, "save_every": 10, "precision": "fp32"},
+    }, sort_keys=False))
+    (root / "configs" / "eval.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "models/tiny", "device": "cpu"},
+        "data": {"test": "data/test.jsonl", "train": "data/pool.jsonl", **data},
+        "variants": [{"kind": "base"}], "generation": {"max_new_tokens": 8, "batch_size": 8, "precision": "fp32"},
+        "metrics": {"use": ["exact_match", "token_f1"], "headline": "token_f1", "bootstrap": {"samples": 100}},
+        "forgetting": {"enabled": False},
+    }, sort_keys=False))
+    (root / "configs" / "guardrails.yaml").write_text(yaml.safe_dump({
+        "input": {"pii": None, "blocked_topics": [{"name": "weapons", "terms": ["bomb"]}]}, "refusal": "Sorry, not that."}))
+    return root

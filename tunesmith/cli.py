@@ -48,6 +48,7 @@ VERBS: dict[str, Verb] = {
     "student": Verb("tunesmith.models.student:student_command", "Make a smaller student model from a teacher by keeping some of its blocks."),
     "merge": Verb("tunesmith.export:merge_command", "Fold a run's adapter into a plain transformers model folder."),
     "serve": Verb("tunesmith.serve:serve_command", "Serve runs through an OpenAI-compatible API, with guardrails."),
+    "ui": Verb("tunesmith.ui:ui_command", "Open the web UI: data, training, evaluation and chat in the browser."),
     "eval": Verb("tunesmith.eval.runner:eval_command", "Was fine-tuning worth it? Base, few-shot, RAG and tuned on one test set."),
     "data show": Verb("tunesmith.data.show:show_command", "Render examples as the trainer sees them, with counts."),
     "data ingest": Verb("tunesmith.data.prep.ingest:ingest_command", "Read documents and cut them into topic chunks."),

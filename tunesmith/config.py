@@ -193,12 +193,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_path(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
-    node = data
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{what}: {part!r} is not a section")
-    node[path[-1]] = value
+    """Set `value` at a dotted path; a number indexes a list (`variants.0.run`), a missing section is created."""
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[:i])
+                raise ConfigError(f"{what}: {where} is a list of {len(node)}; {part!r} is not one of its indices "
+                                  f"(0..{len(node) - 1})" if node else f"{what}: {where} is an empty list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{what}: {'.'.join(path[:i])!r} is not a section")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

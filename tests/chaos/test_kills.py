@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("killer.py")
 KILLED = -signal.SIGKILL
 SEED = int(os.environ.get("TUNESMITH_CHAOS_SEED", "7"))  # kill points drawn at random are drawn from this seed
-TIMING = {"tokens_per_second", "train_seconds", "trained_tokens_per_second", "peak_rss_mb", "run_dir", "output_dir"}
+TIMING = {"time", "tokens_per_second", "train_seconds", "trained_tokens_per_second", "peak_rss_mb", "run_dir", "output_dir"}
 
 
 def tunesmith(spec: str, cwd: Path, *args, wait: float | None = None) -> subprocess.CompletedProcess:

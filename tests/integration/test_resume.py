@@ -11,7 +11,7 @@ from tunesmith.train.run import train
 
 from conftest import DBLP_ROWS, write_config
 
-TIMING = {"tokens_per_second", "train_seconds", "trained_tokens_per_second", "peak_rss_mb", "run_dir", "output_dir"}
+TIMING = {"time", "tokens_per_second", "train_seconds", "trained_tokens_per_second", "peak_rss_mb", "run_dir", "output_dir"}
 # dropout > 0 and grad accumulation make the RNG and the mid-epoch data position matter; log_every=4 with a
 # checkpoint at step 3 puts a checkpoint inside a logging window
 COMMON = dict(method={"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1},

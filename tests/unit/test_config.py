@@ -46,6 +46,20 @@ def test_overrides_from_command_line(tmp_path):
         load_config(path, ["train.lr"])
 
 
+def test_overrides_reach_into_lists_and_say_what_is_wrong(tmp_path):
+    from tunesmith.config import read_config
+    from tunesmith.eval.config import EvalConfig
+
+    path = tmp_path / "e.yaml"
+    path.write_text("data:\n  train: a.jsonl\n  test: t.jsonl\nvariants:\n  - kind: base\n  - kind: tuned\n    run: runs/a\n")
+    cfg = read_config(EvalConfig, path, ["variants.1.run=runs/b"])
+    assert cfg.variants[1].run == "runs/b"
+    with pytest.raises(ConfigError, match=r"variants is a list of 2; '5' is not one of its indices"):
+        read_config(EvalConfig, path, ["variants.5.run=runs/b"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        load_config(None, ["train.lr=1", "train.lr.x=2"])
+
+
 def test_method_switch_rejects_keys_of_other_method(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  train: x.jsonl\nmethod:\n  name: full\n  r: 8\n")

@@ -19,15 +19,24 @@ from tunesmith.models.loading import load_tokenizer, resolve_model
 from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
 
+def token_pieces(tokenizer, example: TokenizedExample) -> list[tuple[str, bool]]:
+    """(text, trained) for every token of an example: what the terminal view and the web UI both colour."""
+    return [(tokenizer.decode([tok]), label != IGNORE_INDEX) for tok, label in zip(example.input_ids, example.labels)]
+
+
 def render_tokens(tokenizer, example: TokenizedExample) -> Text:
     text = Text()
-    for tok, label in zip(example.input_ids, example.labels):
-        piece = tokenizer.decode([tok])
-        if label == IGNORE_INDEX:
-            text.append(piece, style="dim")
-        else:
-            text.append(piece, style="bold black on green")
+    for piece, trained in token_pieces(tokenizer, example):
+        text.append(piece, style="bold black on green" if trained else "dim")
     return text
+
+
+def length_bins(lengths: list[int], bins: int = 8) -> list[tuple[int, int, int]]:
+    """(first, last, count) of up to `bins` equal-width ranges of sequence length, from the shortest to the longest."""
+    lo, hi = min(lengths), max(lengths)
+    step = max(1, -(-(hi - lo + 1) // bins))
+    counts = Counter((n - lo) // step for n in lengths)
+    return [(lo + b * step, lo + (b + 1) * step - 1, counts.get(b, 0)) for b in range(bins) if lo + b * step <= hi]
 
 
 def length_histogram(lengths: list[int], bins: int = 8, width: int = 40) -> Table:
@@ -35,22 +44,22 @@ def length_histogram(lengths: list[int], bins: int = 8, width: int = 40) -> Tabl
     table.add_column("range", justify="right")
     table.add_column("count", justify="right")
     table.add_column("")
-    lo, hi = min(lengths), max(lengths)
-    step = max(1, -(-(hi - lo + 1) // bins))
-    counts = Counter((n - lo) // step for n in lengths)
-    top = max(counts.values())
-    for b in range(bins):
-        if lo + b * step > hi:
-            break
-        c = counts.get(b, 0)
-        table.add_row(f"{lo + b * step}-{lo + (b + 1) * step - 1}", str(c), "█" * round(width * c / top))
+    rows = length_bins(lengths, bins)
+    top = max(c for _, _, c in rows)
+    for first, last, c in rows:
+        table.add_row(f"{first}-{last}", str(c), "█" * round(width * c / top))
     return table
+
+
+def inspect(cfg: RunConfig):
+    """(tokenizer, PreparedData) of the config's training file, exactly as `tunesmith train` prepares it."""
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
+    return tokenizer, get_objective(cfg.objective.name).prepare(cfg.data.train, cfg, tokenizer)
 
 
 def show(cfg: RunConfig, n: int = 3, console: Console | None = None) -> dict:
     console = console or Console()
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    data = get_objective(cfg.objective.name).prepare(cfg.data.train, cfg, tokenizer)
+    tokenizer, data = inspect(cfg)
     for example in data.tokenized[:n]:
         title = f"{example.source} · {len(example)} tokens, {example.n_trained} trained" + (" · TRUNCATED" if example.truncated else "")
         console.print(Panel(render_tokens(tokenizer, example), title=title, title_align="left"))

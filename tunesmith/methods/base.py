@@ -14,13 +14,13 @@ reading a config stays cheap.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from tunesmith.plugins import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -88,34 +88,11 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} does not merge")
 
 
-METHODS: dict[str, Method] = {}
-
-
-def register(method_cls):
-    METHODS[method_cls.name] = method_cls()
-    return method_cls
-
-
-def registry() -> dict[str, Method]:
-    """Every registered method by name: each module of this package registers its own on import."""
-    import tunesmith.methods as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"tunesmith.methods.{info.name}")
-    return METHODS
-
-
-def get_method(name: str) -> Method:
-    methods = registry()
-    if name not in methods:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(methods))}")
-    return methods[name]
-
-
-def method_configs() -> list[type[MethodSettings]]:
-    """Every method's config class, in name order (the discriminated union of `method:` in a run config)."""
-    return [m.config for _, m in sorted(registry().items())]
+PLUGINS: Registry[Method] = Registry("tunesmith.methods", "method")
+register = PLUGINS.register  # class decorator of each plug-in module
+registry = PLUGINS.all  # every method by name
+get_method = PLUGINS.get
+method_configs = PLUGINS.configs  # the config classes, in name order (the union of `method:` in a run config)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -13,9 +13,7 @@ literal `name`) and a registered class; `tunesmith.config` builds the `objective
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tunesmith.files import read_json
 from tunesmith.methods.base import Task
+from tunesmith.plugins import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -73,32 +72,11 @@ def saved_labels(directory: Path) -> list[str]:
     return read_json(path)["labels"] if path.is_file() else []
 
 
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register(objective_cls):
-    OBJECTIVES[objective_cls.name] = objective_cls()
-    return objective_cls
-
-
-def registry() -> dict[str, Objective]:
-    import tunesmith.objectives as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"tunesmith.objectives.{info.name}")
-    return OBJECTIVES
-
-
-def get_objective(name: str) -> Objective:
-    objectives = registry()
-    if name not in objectives:
-        raise KeyError(f"unknown objective {name!r}; known: {', '.join(sorted(objectives))}")
-    return objectives[name]
-
-
-def objective_configs() -> list[type[ObjectiveSettings]]:
-    return [o.config for _, o in sorted(registry().items())]
+PLUGINS: Registry[Objective] = Registry("tunesmith.objectives", "objective")
+register = PLUGINS.register  # class decorator of each plug-in module
+registry = PLUGINS.all  # every objective by name
+get_objective = PLUGINS.get
+objective_configs = PLUGINS.configs  # the config classes, in name order (the union of `objective:` in a run config)
 
 
 def labelled_logits(loss_module, examples: list[TokenizedExample], *, pad_id: int, batch_size: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from tunesmith.files import atomic_write_jsonl, iter_jsonl
@@ -36,7 +37,8 @@ class MetricsLog:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, step: int, **values: float) -> None:
-        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        # `time` (Unix seconds, in the JSONL only) lets a reader of a live run work out its pace and ETA.
+        self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
         self._file.flush()
         if self._tb:
             for key, value in values.items():
