@@ -98,6 +98,24 @@ def summary(timings: dict) -> dict:
             "command": "python bench/distill.py (under 1 CPU thread)"}
 
 
+def markdown(result: dict) -> str:
+    """The table of docs/distillation.md."""
+    lines = ["| variant | blocks | parameters | SPARQL match [95% CI] | exact match | generated tokens/s | s / item | peak MB | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in result["variants"].items():
+        lines.append(f"| {name} | {v['blocks']} | {v['parameters'] / 1e6:.1f}M | {v['sparql_match']:.1f} "
+                     f"[{v['ci'][0]:.1f}, {v['ci'][1]:.1f}] | {v['exact_match']:.1f} | {v['generation_tokens_per_second']:.1f} | "
+                     f"{v['seconds_per_item']:.2f} | {v['peak_rss_mb']:,.0f} | {v['train_seconds'] or '–'} |")
+    lines += ["", "| student | share of teacher score | speed-up (s/item) | speed-up (tokens/s) | − SFT student [95% paired CI] | − teacher [95% paired CI] |",
+              "|---|---|---|---|---|---|"]
+    for name, t in result["targets"].items():
+        vs_sft = f"{t['vs_sft']['mean']:+.1f} [{t['vs_sft']['ci'][0]:+.1f}, {t['vs_sft']['ci'][1]:+.1f}]" if t["vs_sft"] else "–"
+        vt = t["vs_teacher"]
+        lines.append(f"| {name} | {t['kept_share_of_teacher_score']:.0%} | {t['generation_speedup_seconds_per_item']:.2f}x | "
+                     f"{t['generation_speedup_tokens_per_second']:.2f}x | {vs_sft} | {vt['mean']:+.1f} [{vt['ci'][0]:+.1f}, {vt['ci'][1]:+.1f}] |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--offline", action="store_true", help="also train the offline (stored top-k) variant")
@@ -116,6 +134,7 @@ def main() -> None:
 
     atomic_write_json(ROOT / "docs" / "distillation.json", result)
     print(json.dumps(result, indent=1))
+    print(markdown(result))
 
 
 if __name__ == "__main__":
