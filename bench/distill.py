@@ -2,6 +2,7 @@
 
     python bench/distill.py            # every step whose output is missing, then the summary
     python bench/distill.py --offline  # also the offline (stored top-k) variant's costs
+    python bench/distill.py --no-seqkd # without sequence-level KD (its teacher pass is the slowest step)
 
 Steps (each the command a user would type; a step whose output exists is skipped, so an interrupted run continues):
 teacher (configs/dblp-quad-lora.yaml, the demo's LoRA run) → `tunesmith student` (every other block) → the student
@@ -38,6 +39,12 @@ STEPS = [  # name, output that marks it done, command
     ("eval", "runs/eval-distill/report.json", ["eval", "examples/dblp_quad/eval-distill.yaml"]),
 ]
 OFFLINE = ("logit KD (offline)", "runs/distill-offline/train_summary.json", ["train", "configs/distill-offline.yaml"])
+
+
+def read_yaml_variants() -> list[dict]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "examples/dblp_quad/eval-distill.yaml").read_text())["variants"]
 
 
 def run_steps(steps, timings: dict) -> None:
@@ -119,11 +126,18 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--offline", action="store_true", help="also train the offline (stored top-k) variant")
+    parser.add_argument("--no-seqkd", action="store_true",
+                        help="leave out sequence-level KD (its teacher pass over 720 prompts is the slowest step)")
     args = parser.parse_args()
     os.chdir(ROOT)
     timings_file = ROOT / "runs" / "distill-bench-timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     steps = STEPS[:-1] + ([OFFLINE] if args.offline else []) + STEPS[-1:]
+    if args.no_seqkd:
+        name, done, command = steps[-1]
+        variants = [v for v in read_yaml_variants() if "seq-level" not in v["name"]]
+        steps = [s for s in steps if s[0] not in ("teacher answers", "seq-level KD")][:-1]
+        steps.append((name, done, command + ["--set", "variants=" + json.dumps(variants)]))
     try:
         run_steps(steps, timings)
     finally:
