@@ -36,7 +36,7 @@ def test_teacher_run_to_student_to_distilled_runs(tmp_path, tiny_model_dir, dblp
 
     online = distill_run("online", divergence="jsd")
     lineage = json.loads((online / "distillation.json").read_text())
-    assert lineage["teacher"] == str(teacher) and lineage["teacher_is_run"]
+    assert lineage["teacher"] == str(teacher) and lineage["teacher_is_run"] and len(lineage["teacher_fingerprint"]) == 64
     assert lineage["student_origin"]["kept_blocks"] == [1] and lineage["objective"]["divergence"] == "jsd"
     summary = json.loads((online / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["valid_loss"] > 0

@@ -365,6 +365,8 @@ def write_lineage(run_cfg) -> None:
     from tunesmith.models.loading import resolve_model
 
     s, state = run_cfg.objective, run_cfg.objective._state
+    if not state.get("teacher_fingerprint"):  # which teacher exactly, even if its folder is later retrained in place
+        state["teacher_fingerprint"] = teacher_fingerprint(s.teacher)
     origin = None
     try:
         student_file = resolve_model(run_cfg.model.name) / STUDENT_FILE
