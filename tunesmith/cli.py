@@ -52,7 +52,7 @@ VERBS: dict[str, Verb] = {
     "eval": Verb("tunesmith.eval.runner:eval_command", "Was fine-tuning worth it? Base, few-shot, RAG and tuned on one test set."),
     "data show": Verb("tunesmith.data.show:show_command", "Render examples as the trainer sees them, with counts."),
     "data ingest": Verb("tunesmith.data.prep.ingest:ingest_command", "Read documents and cut them into topic chunks."),
-    "data generate": Verb("tunesmith.data.prep.synthesize:generate_command", "A teacher LLM writes Q/A pairs about every chunk."),
+    "data generate": Verb("tunesmith.data.prep.synthesize:generate_command", "Q/A pairs about every chunk: from its facts (no LLM) or by a teacher LLM."),
     "data augment": Verb("tunesmith.data.prep.augment:augment_command", "Add paraphrased and template-varied prompts."),
     "data anonymize": Verb("tunesmith.data.prep.anonymize:anonymize_command", "Replace personal data consistently."),
     "data relabel": Verb("tunesmith.data.prep.relabel:relabel_command", "A teacher answers every training prompt (sequence-level distillation)."),

@@ -51,6 +51,9 @@ class DataConfig(Strict):
     on_bad_rows: Literal["error", "skip"] = "error"
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     limit: int | None = Field(None, ge=1, description="Use only the first N rows (quick experiments)")
+    decode_unicode_escapes: bool = Field(
+        False, description="Turn literal \\uXXXX text in string fields into the character it names (e.g. DBLP-QuAD's "
+                           "'Jo\\u00E3o'), in training and evaluation alike")
 
     @model_validator(mode="after")
     def _template_needs_fields(self) -> DataConfig:
@@ -100,6 +103,8 @@ class ProbeConfig(Strict):
     batch_size: int = Field(16, ge=1)
     patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
     min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
+    restore_best: bool = Field(False, description="The run's final output is the best probed model (run/best), not the "
+                                                  "last step's: eval, generate, export and serve then use it")
 
     @model_validator(mode="after")
     def _known_metrics(self) -> ProbeConfig:

@@ -145,6 +145,15 @@ def test_verbs_are_wired_into_the_tunesmith_command():
     assert all(verb in result.output for verb in ("ingest", "generate", "augment", "anonymize", "split", "stats"))
 
 
+def test_example_settings_are_valid():
+    """examples/docs-to-dataset/prep.yaml generates with the `facts` strategy, no teacher."""
+    from tunesmith.data.prep.config import step_settings
+
+    prep = Path(__file__).resolve().parents[2] / "examples" / "docs-to-dataset" / "prep.yaml"
+    generate = step_settings("generate", prep, [], {})
+    assert generate.strategy == "facts" and generate.facts.per_fact == 8
+
+
 def test_set_names_a_setting_from_the_top_of_the_prep_config(tmp_path):
     """One meaning of --set for every command: a dotted path from the YAML root (here: the `generate:` section)."""
     from tunesmith.data.prep.config import step_settings

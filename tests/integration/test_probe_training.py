@@ -28,3 +28,24 @@ def test_probe_needs_validation_data(tmp_path, tiny_model_dir, dblp_file):
 
     with pytest.raises(ConfigError, match="needs a validation file"):
         load_config(write_config(tmp_path, tiny_model_dir, dblp_file), ["probe.every=2"])
+
+
+def test_restore_best_makes_the_best_probed_model_the_final_output(tmp_path, tiny_model_dir, dblp_file):
+    cfg = load_config(write_config(
+        tmp_path, tiny_model_dir, dblp_file, train={"max_steps": 6, "precision": "fp32", "lr": 1e-9},
+    ), [f"data.valid={dblp_file}", "probe.every=2", "probe.n=3", "probe.max_new_tokens=4", "probe.metric=token_f1",
+        "probe.restore_best=true"])
+    result = train(cfg)
+    run = tmp_path / "run"
+    best = json.loads((run / "best.json").read_text())["step"]
+    assert best == 2 < result.steps == 6  # lr ~0: the first probe stays the best
+    assert result.final_step == 2 == json.loads((run / "train_summary.json").read_text())["final_step"]
+    weights = "adapter_model.safetensors"
+    assert (run / "final" / weights).read_bytes() == (run / "best" / weights).read_bytes()
+    # and the last step's weights really differ from the first probe's, so the test could fail
+    cfg_last = cfg.model_copy(deep=True)
+    cfg_last.probe.restore_best = False
+    cfg_last.output.dir = str(tmp_path / "run-last")
+    last = train(cfg_last)
+    assert last.final_step == 6
+    assert (tmp_path / "run-last" / "final" / weights).read_bytes() != (run / "final" / weights).read_bytes()

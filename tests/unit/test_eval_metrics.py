@@ -149,3 +149,14 @@ def test_paired_difference_detects_a_real_gain():
     assert mean == pytest.approx(80.0) and low > 0
     mean, low, high = paired_bootstrap_diff([100.0, 0.0] * 10, [0.0, 100.0] * 10, samples=500)
     assert low < 0 < high
+
+
+def test_contains_looks_for_the_value_as_whole_words():
+    from tunesmith.eval.metrics import contains
+
+    assert contains("Kraelzend Group was founded in 1988.", "1988") == 100.0
+    assert contains("19880", "1988") == 0.0  # whole words only
+    assert contains("It lies in larthax valley", "the Larthax Valley") == 100.0  # case and articles ignored
+    assert contains("Send it to /orbit/v2/invoices", "/orbit/v2") == 100.0  # punctuation breaks words
+    assert contains("anything", "") == 0.0
+    assert build_metrics(["contains"], Normalizer())[0].score_corpus(["in 1988", "1987"], ["1988", "1988"]) == 50.0

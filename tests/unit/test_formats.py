@@ -39,6 +39,20 @@ def test_text_rows_and_field_template(tmp_path):
     assert examples[0].meta["query_type"] == "BOOLEAN"
 
 
+def test_unicode_escapes_decoded_only_when_asked(tmp_path):
+    """DBLP-QuAD writes some names as literal `\\u00ED` text; data.decode_unicode_escapes turns it into `í` in
+    every field (prompt, completion, meta), so training and evaluation see the same text a user would type."""
+    cfg = DataConfig(train="x", format="template", template=TemplateConfig(prompt="{question}", completion="{sparql}"))
+    row = {"question": "Who is Jo\\u00E3o? \\uD83D\\uDE00 \\R", "sparql": "ASK { ?x ?y 'Cear\\u00E1' }", "venue": "f\\u00FCr"}
+    path = write(tmp_path / "d.jsonl", [row])
+    kept, _ = load_examples(path, cfg)
+    assert kept[0].messages[0]["content"] == row["question"]  # off by default: rows as they are
+    decoded, _ = load_examples(path, cfg.model_copy(update={"decode_unicode_escapes": True}))
+    assert decoded[0].messages[0]["content"] == "Who is João? 😀 \\R"  # a surrogate pair is one character
+    assert decoded[0].messages[1]["content"] == "ASK { ?x ?y 'Ceará' }"
+    assert decoded[0].meta["venue"] == "für"
+
+
 def test_system_prompt_only_when_asked(tmp_path):
     path = write(tmp_path / "d.jsonl", [{"prompt": "p", "completion": "c"}])
     assert load_examples(path, DataConfig(train="x"))[0][0].messages[0]["role"] == "user"

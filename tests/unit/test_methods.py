@@ -181,3 +181,22 @@ def test_adapter_kinds_and_identity_at_start(tiny_model_dir, batch):
         assert len(adapted) == per_block * 2  # two blocks in the tiny model
         assert model.model.layers[0].mlp.down_proj.adapter.down.out_features == 32 // 4
         torch.testing.assert_close(outputs(TrainedTokenLoss(model), batch), reference, rtol=0, atol=0)  # up = 0
+
+
+def test_saved_tensors_the_model_lacks_are_refused(tiny_model_dir, tmp_path):
+    """freeze/adapter/feature_extraction load what they saved onto a fresh base: a file from another model is an
+    error naming the tensors, never a silent partial load."""
+    from safetensors.torch import save_file
+
+    from tunesmith.methods.base import load_trained_state
+    from tunesmith.models.loading import load_model
+
+    model = load_model(tiny_model_dir, device="cpu")
+    name, param = next(iter(model.named_parameters()))
+    save_file({name: torch.ones_like(param)}, tmp_path / "good.safetensors")
+    load_trained_state(model, tmp_path / "good.safetensors")
+    assert torch.equal(dict(model.named_parameters())[name], torch.ones_like(param))
+    assert not any(p.requires_grad for p in model.parameters())
+    save_file({"model.layers.99.mlp.up_proj.weight": torch.ones(2, 2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="holds tensors the model lacks: .*layers.99"):
+        load_trained_state(load_model(tiny_model_dir, device="cpu"), tmp_path / "other.safetensors")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,30 @@ def template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
+_UNICODE_ESCAPE = re.compile(r"(?:\\u[0-9A-Fa-f]{4})+")
+
+
+def decode_unicode_escapes(value: Any) -> Any:
+    """`\\u00E9` written out as six characters → `é`, in every string of a row (nested lists and dicts too).
+
+    Runs of escapes are decoded together so that UTF-16 surrogate pairs become one character; a lone
+    surrogate is left as the text it was. Only `\\uXXXX` is touched: other backslashes stay as they are.
+    """
+    if isinstance(value, str):
+        def decode(m: re.Match) -> str:
+            units = bytes.fromhex("".join(m.group(0)[i + 2:i + 6] for i in range(0, len(m.group(0)), 6)))
+            try:
+                return units.decode("utf-16-be")
+            except UnicodeDecodeError:
+                return m.group(0)
+        return _UNICODE_ESCAPE.sub(decode, value) if "\\u" in value else value
+    if isinstance(value, list):
+        return [decode_unicode_escapes(v) for v in value]
+    if isinstance(value, dict):
+        return {k: decode_unicode_escapes(v) for k, v in value.items()}
+    return value
+
+
 REQUIRED = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
 
@@ -230,6 +255,8 @@ def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], lis
                                     "messages / instruction+output / prompt+completion / text, or set data.template"))
             continue
         shape = shape or row_shape  # the first good row fixes the shape: mixed files are reported, not guessed
+        if cfg.decode_unicode_escapes:
+            row = decode_unicode_escapes(row)
         result = row_to_example(row, where, shape, cfg)
         (issues if isinstance(result, DataIssue) else examples).append(result)
     return examples, issues

@@ -68,6 +68,24 @@ def token_f1(pred: str, ref: str) -> float:
     return 100.0 * 2 * precision * recall / (precision + recall)
 
 
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def _words(text: str) -> str:
+    """Lower case, punctuation as word breaks ("/orbit/v2" → "orbit v2", "12,400" → "12 400"), no articles."""
+    return " ".join(_ARTICLES.sub(" ", _PUNCTUATION.sub(" ", text.lower())).split())
+
+
+def contains(pred: str, ref: str) -> float:
+    """The reference occurs in the answer as whole words (case, punctuation and articles ignored).
+
+    The score for knowledge questions, where "It was founded in 1988." is as right as "1988".
+    """
+    r = _words(ref)
+    return 100.0 * bool(r) * (f" {r} " in f" {_words(pred)} ")
+
+
 def sentence_bleu(pred: str, ref: str) -> float:
     import sacrebleu
 
@@ -154,6 +172,8 @@ def _plain(score: ItemScore) -> Callable[[Normalizer], ItemScore]:
 REGISTRY: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec("exact_match", "exact match", "exact string match after the configured normalisation", exact_match),
     MetricSpec("token_f1", "token F1", "SQuAD-style token-overlap F1", _plain(token_f1)),
+    MetricSpec("contains", "contains", "the reference occurs in the answer as whole words (case, punctuation and "
+               "articles ignored)", _plain(contains)),
     MetricSpec("bleu", "BLEU", "sacrebleu corpus BLEU", _plain(sentence_bleu), corpus_bleu),
     MetricSpec("chrf", "chrF", "sacrebleu corpus chrF", _plain(sentence_chrf), corpus_chrf),
     MetricSpec("rouge_l", "ROUGE-L", "ROUGE-L F-measure (rouge-score)", _plain(rouge_l)),

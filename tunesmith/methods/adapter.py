@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from tunesmith.files import read_json
-from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, register, trained_state
+from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, load_trained_state, register, trained_state
 
 CONFIG_FILE = "bottleneck_adapter.json"
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
@@ -88,14 +88,6 @@ class Adapter(Method):
         (directory / CONFIG_FILE).write_text(json.dumps({"type": "bottleneck_adapter", **model.tunesmith_adapter}, indent=1))
 
     def load(self, base, directory: Path, task: Task = CAUSAL_LM):
-        from safetensors.torch import load_file
-
         saved = read_json(directory / CONFIG_FILE)
         model = self.apply(base, AdapterSettings(**saved["settings"]), Task(head_modules=tuple(saved["heads"])))
-        state = load_file(directory / WEIGHTS_FILE)
-        unknown = sorted(set(state) - {n for n, _ in model.named_parameters()})
-        if unknown:
-            raise ValueError(f"{directory / WEIGHTS_FILE} holds tensors the model lacks: {unknown[:3]}")
-        model.load_state_dict(state, strict=False)
-        model.requires_grad_(False)
-        return model
+        return load_trained_state(model, directory / WEIGHTS_FILE)

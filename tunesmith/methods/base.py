@@ -113,6 +113,20 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def load_trained_state(model: nn.Module, path: Path) -> nn.Module:
+    """Put the tensors a freeze-style method saved (trained_state) back into `model`, frozen for inference; a file
+    naming tensors the model lacks (another base model, another method's settings) is refused."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    unknown = sorted(set(state) - {n for n, _ in model.named_parameters()})
+    if unknown:
+        raise ValueError(f"{path} holds tensors the model lacks: {unknown[:3]}")
+    model.load_state_dict(state, strict=False)
+    model.requires_grad_(False)
+    return model
+
+
 def module_names(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
     """Names of modules whose name ends with one of `suffixes` (matched on whole dotted parts)."""
     return [n for n, _ in model.named_modules() if any(n == s or n.endswith("." + s) for s in suffixes)]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, register, trained_state
+from tunesmith.methods.base import CAUSAL_LM, Method, MethodSettings, Task, load_trained_state, register, trained_state
 
 TRAINED_FILE = "trained.safetensors"
 
@@ -94,15 +94,7 @@ class Freeze(Method):
         (directory / "trained.json").write_text(json.dumps({"method": self.name, "tensors": sorted(state)}, indent=1))
 
     def load(self, base, directory: Path, task: Task = CAUSAL_LM):
-        from safetensors.torch import load_file
-
-        state = load_file(directory / TRAINED_FILE)
-        missing = sorted(set(state) - {n for n, _ in base.named_parameters()})
-        if missing:
-            raise ValueError(f"{directory / TRAINED_FILE} holds tensors the base model lacks: {missing[:3]}")
-        base.load_state_dict(state, strict=False)
-        base.requires_grad_(False)
-        return base
+        return load_trained_state(base, directory / TRAINED_FILE)
 
     def merge(self, model):
         return model  # the trained tensors are the model's own: nothing to fold

@@ -56,6 +56,7 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     peak_rss_mb: float
+    final_step: int | None = None  # the step the final output comes from (probe.restore_best: the best probed one)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
@@ -103,6 +104,7 @@ class Run:
     fingerprints: dict[str, str | None] | None = None  # of the tokenized data, computed once (data_fingerprints)
     metrics: MetricsLog | None = None  # metrics.jsonl + TensorBoard (main process only)
     started: float = 0.0  # perf_counter() when the first step of this process began
+    best_step: int | None = None  # the step of the model in run/best (the generation probe's best so far)
     loop_seconds: float = 0.0  # how long the step loop ran in this process
 
     @property
@@ -430,6 +432,7 @@ class RunProbe(Hook):
             is_best, stop = probe.update(stats.done, scores)
             if is_best:
                 save_model(run, run.run_dir / "best", run.model)
+                run.best_step = stats.done
                 atomic_write_json(run.run_dir / "best.json", {
                     "step": stats.done, "metric": probe.cfg.metric, "value": scores[f"probe/{probe.cfg.metric}"]})
         stop = bool(run.accelerator.reduce(torch.tensor(int(stop), device=run.accelerator.device), "sum").item())
@@ -446,6 +449,7 @@ class RunProbe(Hook):
             from tunesmith.eval.probe import ProbeState
 
             self.probe.state = ProbeState(**state)
+            self.run.best_step = self.probe.state.best_step
 
 
 class SaveCheckpoints(Hook):
@@ -498,8 +502,15 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
                                                        if isinstance(v, float)) + f" ({run.run_dir / 'valid_report.json'})")
     run.accelerator.wait_for_everyone()
     out_dir = run.run_dir / "final"
+    final_step = restored_step(run)
     if run.is_main:
-        save_model(run, out_dir, run.accelerator.unwrap_model(run.loss_module).model)
+        if final_step != run.total_steps:
+            with atomic_dir(out_dir) as folder:  # probe.restore_best: the very files the probe saved
+                shutil.copytree(run.run_dir / "best", folder, dirs_exist_ok=True)
+            console.print(f"probe.restore_best: the final output is the best probed model, step {final_step} of "
+                          f"{run.total_steps} (the validation loss below is the last step's)")
+        else:
+            save_model(run, out_dir, run.accelerator.unwrap_model(run.loss_module).model)
         if cfg.output.merge:
             from tunesmith.export import merge_run
 
@@ -519,13 +530,22 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
         train_seconds=round(run.train_seconds_before + run.loop_seconds, 2),
         trained_tokens_per_second=round(trained / max(elapsed, 1e-9), 1),
         tokens_per_second=round(tokens / max(elapsed, 1e-9), 1),
-        trainable_parameters=run.trainable, total_parameters=run.total, peak_rss_mb=round(peak_rss_mb(), 1))
+        trainable_parameters=run.trainable, total_parameters=run.total, peak_rss_mb=round(peak_rss_mb(), 1),
+        final_step=final_step)
     atomic_write_json(run.run_dir / "train_summary.json", asdict(result))
     console.print(f"[green]Done[/]: {out_dir} (loss {final_loss:.4f}"
                   + (f", valid loss {valid_loss:.4f}" if valid_loss is not None else "")
                   + f"). Next: " + (f"tunesmith generate --run {run.run_dir} --prompt '...'" if run.objective.generates
                                     else f"tunesmith predict --run {run.run_dir} --input FILE"))
     return result
+
+
+def restored_step(run: Run) -> int:
+    """The step whose model becomes the final output: the best probed one with `probe.restore_best`, else the last."""
+    probe = run.cfg.probe
+    if probe is not None and probe.restore_best and run.best_step is not None and (run.run_dir / "best").is_dir():
+        return run.best_step
+    return run.total_steps
 
 
 def peak_rss_mb() -> float:

@@ -53,7 +53,9 @@ class LineChart {
       this.plot = new uPlot({
         title: this.title, width: width, height: 220,
         scales: {x: {time: false}},
-        axes: [{label: "step", stroke: "#6b7385", grid: {stroke: "#eef0f4"}}, {stroke: "#6b7385", grid: {stroke: "#eef0f4"}, size: 60}],
+        axes: [{label: "step", stroke: "#6b7385", grid: {stroke: "#eef0f4"}}, {stroke: "#6b7385", grid: {stroke: "#eef0f4"}, size: 60,
+          // small values (learning rates) in scientific notation, or every tick reads "0.001"
+          values: (u, ticks) => ticks.map(v => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : +v.toPrecision(4)))}],
         series: [{label: "step"}, ...columns.map((c, i) => ({
           label: c.label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true,
           points: {show: c.sparse || steps.length < 40, size: c.sparse ? 7 : 4},
