@@ -45,6 +45,7 @@ VERBS: dict[str, Verb] = {
     "chat": Verb("tunesmith.generate:chat_command", "Talk to a model or a trained run in the terminal."),
     "predict": Verb("tunesmith.predict:predict_command", "Label texts with a run that trained a classification head."),
     "export": Verb("tunesmith.export:export_command", "Export a run to hf, peft, gguf or ollama, checked for parity."),
+    "student": Verb("tunesmith.models.student:student_command", "Make a smaller student model from a teacher by keeping some of its blocks."),
     "merge": Verb("tunesmith.export:merge_command", "Fold a run's adapter into a plain transformers model folder."),
     "serve": Verb("tunesmith.serve:serve_command", "Serve runs through an OpenAI-compatible API, with guardrails."),
     "ui": Verb("tunesmith.ui:ui_command", "Open the web UI: data, training, evaluation and chat in the browser."),
@@ -54,6 +55,7 @@ VERBS: dict[str, Verb] = {
     "data generate": Verb("tunesmith.data.prep.synthesize:generate_command", "Q/A pairs about every chunk: from its facts (no LLM) or by a teacher LLM."),
     "data augment": Verb("tunesmith.data.prep.augment:augment_command", "Add paraphrased and template-varied prompts."),
     "data anonymize": Verb("tunesmith.data.prep.anonymize:anonymize_command", "Replace personal data consistently."),
+    "data relabel": Verb("tunesmith.data.prep.relabel:relabel_command", "A teacher answers every training prompt (sequence-level distillation)."),
     "data split": Verb("tunesmith.data.prep.split:split_command", "Grouped train/valid/test split with a leakage check."),
     "data stats": Verb("tunesmith.data.prep.stats:stats_command", "Counts, lengths, balance, duplicates and PII of a file."),
 }

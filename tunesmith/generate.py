@@ -84,6 +84,19 @@ def load_for_inference(run: str | Path | None = None, model: str | None = None, 
     return loaded.model, loaded.tokenizer
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """True for a tunesmith run folder (it holds the run's config.yaml), as opposed to a model folder or name."""
+    return (Path(path).expanduser() / "config.yaml").is_file()
+
+
+def load_run_or_model(name: str | Path, device: str = "auto"):
+    """(model, tokenizer) for a name that is either a run folder (its trained output, merged where it merges) or a
+    model (embedded name, local folder, .gguf): teachers of `data generate`, distillation and `tunesmith student`."""
+    if is_run_folder(name):
+        return load_for_inference(run=name, device=device)
+    return load_for_inference(model=str(name), device=device)
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

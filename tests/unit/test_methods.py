@@ -50,14 +50,34 @@ class Tokenizer:
     pad_token_id = 2
 
 
+def distill_loss(model):
+    """Distillation only (alpha 0) from a teacher of the same shape with other random weights: the gradient that
+    trains is the divergence's, through whatever the method wraps around the model."""
+    from tunesmith.train.distill_loss import DistillLoss
+    from tunesmith.train.loss import causal_lm_of
+
+    inner = causal_lm_of(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        teacher = TrainedTokenLoss(type(inner)(inner.config).eval())
+
+    def source(batch, temperature):
+        with torch.no_grad():
+            return torch.log_softmax(teacher.logits(batch) / temperature, -1), None
+
+    return DistillLoss(model, alpha=0.0, temperature=2.0, divergence="forward_kl", beta=0.5, source=source)
+
+
 OBJECTIVES = {
     # objective: (task, loss, batch fixture)
     "causal_lm": (lambda path: Task(model_path=str(path)), TrainedTokenLoss, "batch"),
+    "distill": (lambda path: Task(model_path=str(path)), distill_loss, "batch"),
     "classification": (lambda path: head_task("SEQ_CLS", "AutoModelForSequenceClassification", ["a", "b", "c"], path,
                                               Tokenizer()), HeadLoss, "class_batch"),
 }
 HEAD_METHODS = [m for m in METHODS if m != "prefix_tuning"]  # refused by its check: see methods/prefix_tuning.py
-CASES = [(m, "causal_lm") for m in CAUSAL_METHODS] + [(m, "classification") for m in HEAD_METHODS]
+CASES = ([(m, "causal_lm") for m in CAUSAL_METHODS] + [(m, "classification") for m in HEAD_METHODS]
+         + [(m, "distill") for m in CAUSAL_METHODS])
 
 
 def outputs(loss, batch):

@@ -118,19 +118,39 @@ def test_failures_are_not_cached(server, tmp_path):
 
 def test_local_teacher_uses_the_local_model_in_batches(tmp_path, monkeypatch):
     calls = []
-    loading = types.ModuleType("tunesmith.models.loading")
-    loading.load_model_and_tokenizer = lambda name, device="auto": (f"model:{name}", "tokenizer")
     generate = types.ModuleType("tunesmith.generate")
+    generate.load_run_or_model = lambda name, device="auto": (f"model:{name}", "tokenizer")  # a run folder or a model
 
     def generate_chat(model, tokenizer, conversations, max_new_tokens=256, batch_size=16, temperature=0.0, show_progress=True):
         calls.append((model, len(conversations), batch_size, show_progress))
         return [c[-1]["content"].upper() for c in conversations]
 
     generate.generate_chat = generate_chat
-    monkeypatch.setitem(sys.modules, "tunesmith.models.loading", loading)
     monkeypatch.setitem(sys.modules, "tunesmith.generate", generate)
     teacher = LocalTeacher(TeacherConfig(kind="local", batch_size=2, cache=str(tmp_path / "c.sqlite")))
     conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(10)]
     assert teacher.complete(conversations) == [f"Q{i}" for i in range(10)]
     assert [n for _, n, _, _ in calls] == [8, 2] and all(c[0] == "model:smollm2-135m-instruct" and c[3] is False for c in calls)
     assert teacher.complete(conversations) == [f"Q{i}" for i in range(10)] and len(calls) == 2  # cached
+
+
+def test_relabel_has_an_endpoint_teacher_answer_every_training_prompt(server, tmp_path):
+    """Sequence-level distillation through the same client: rows read as training reads them, the prompt sent, the
+    last assistant turn replaced, the original kept as `reference`, the row's other fields kept, failures rejected."""
+    import json
+
+    from tunesmith.data.prep.relabel import RelabelConfig, relabel_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "Who wrote X?", "sparql": "SELECT 1", "query_type": "SINGLE"},
+        {"question": "Did Y publish?", "sparql": "ASK {}", "query_type": "BOOLEAN"}]))
+    cfg = RelabelConfig(format="template", template={"prompt": "Q: {question}", "completion": "{sparql}"},
+                        teacher=TeacherConfig(base_url=server.base_url, cache=str(tmp_path / "c.sqlite"), **FAST))
+    rows, rejects = relabel_rows(data, cfg, OpenAICompatibleTeacher(cfg.teacher))
+    assert not rejects and [r.messages for r in rows] == [
+        [{"role": "user", "content": "Q: Who wrote X?"}, {"role": "assistant", "content": "hi there"}],
+        [{"role": "user", "content": "Q: Did Y publish?"}, {"role": "assistant", "content": "hi there"}]]
+    assert rows[0].to_json()["reference"] == "SELECT 1" and rows[1].to_json()["query_type"] == "BOOLEAN"
+    assert sorted(r["messages"][0]["content"] for r in server.requests) == ["Q: Did Y publish?", "Q: Who wrote X?"]
+    assert all(len(r["messages"]) == 1 for r in server.requests)  # the prompt only, not the answer it replaces

@@ -12,8 +12,9 @@ from tunesmith.config import RunConfig, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for folder in ("configs", "examples") for p in (ROOT / folder).rglob("*.yaml"))
-# written by examples/docs-to-dataset/run.sh, and by `make pii-tagger` (tunesmith.data.prep.pii_tagger_data)
-MADE_BY_SCRIPTS = ("examples/docs-to-dataset/work/", "runs/pii-tagger-data/")
+# written by examples/docs-to-dataset/run.sh; under runs/ by a command the config's comment names
+# (`make pii-tagger`: tunesmith.data.prep.pii_tagger_data; `tunesmith data relabel` for sequence-level KD)
+MADE_BY_SCRIPTS = ("examples/docs-to-dataset/work/", "runs/")
 
 
 def config_model(path: Path):

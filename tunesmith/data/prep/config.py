@@ -14,6 +14,7 @@ from tunesmith.config import Strict, read_config
 from tunesmith.data.prep.anonymize import AnonymizeConfig
 from tunesmith.data.prep.augment import AugmentConfig
 from tunesmith.data.prep.ingest import IngestConfig
+from tunesmith.data.prep.relabel import RelabelConfig
 from tunesmith.data.prep.split import SplitConfig
 from tunesmith.data.prep.synthesize import GenerateConfig
 
@@ -24,6 +25,7 @@ class PrepConfig(Strict):
     generate: GenerateConfig = GenerateConfig()
     augment: AugmentConfig = AugmentConfig()
     split: SplitConfig = SplitConfig()
+    relabel: RelabelConfig = RelabelConfig()
 
 
 def step_settings(step: str, config: Path | None, overrides: list[str] | None, options: dict[str, Any]):

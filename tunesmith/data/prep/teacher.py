@@ -33,7 +33,7 @@ Conversation = list[dict[str, str]]
 
 class TeacherConfig(Strict):
     kind: Literal["openai", "local"] = Field("openai", description="openai: any OpenAI-compatible endpoint; local: transformers")
-    model: str = Field("smollm2-135m-instruct", description="Model name sent to the endpoint, or the local model to load")
+    model: str = Field("smollm2-135m-instruct", description="Model name sent to the endpoint, or the local model or run folder to load")
     base_url: str | None = Field(None, description="Endpoint base URL, e.g. http://localhost:8000/v1 (default: $base_url_env)")
     base_url_env: str = "OPENAI_BASE_URL"
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (optional for local servers)")
@@ -280,11 +280,10 @@ class LocalTeacher(Teacher):
 
     def _complete_uncached(self, conversations, on_done):
         # Imported here: loading torch/transformers costs seconds, and the openai path never needs them.
-        from tunesmith.generate import generate_chat
-        from tunesmith.models.loading import load_model_and_tokenizer
+        from tunesmith.generate import generate_chat, load_run_or_model
 
-        if self._model is None:
-            self._model, self._tokenizer = load_model_and_tokenizer(self.config.model, device=self.config.device)
+        if self._model is None:  # a tunesmith run folder (e.g. a tuned teacher for distillation) or a model
+            self._model, self._tokenizer = load_run_or_model(self.config.model, device=self.config.device)
         replies: list[str | TeacherFailure] = []
         # Several batches per call: generate_chat sorts a call's prompts by length, so larger calls pad less;
         # smaller than everything at once so the progress bar moves.
