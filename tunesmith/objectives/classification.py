@@ -67,15 +67,21 @@ def finish(path: str, run_cfg, examples, tokenized, issues, report, label_names)
     return PreparedData(examples, tokenized, issues, report["truncated"], report["dropped"], label_names)
 
 
-@register
-class Classification(Objective):
-    name = "classification"
-    config = ClassificationSettings
+class HeadObjective(Objective):
+    """What the objectives that train a head (one label per text, or one per token) share: no shifted labels,
+    no generation, the same config checks."""
+
     shift = False
     generates = False
 
     def check(self, run_cfg) -> list[str]:
         return head_objective_problems(run_cfg)
+
+
+@register
+class Classification(HeadObjective):
+    name = "classification"
+    config = ClassificationSettings
 
     def prepare(self, path, run_cfg, tokenizer, label_names=None, require_labels=True):
         from tunesmith.data.formats import fill_template, template_fields

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tunesmith.methods.base import Task
-from tunesmith.objectives.base import Objective, ObjectiveSettings, labelled_logits, register
-from tunesmith.objectives.classification import fit_length, finish, head_objective_problems, head_task, read_head_rows
+from tunesmith.objectives.base import ObjectiveSettings, labelled_logits, register
+from tunesmith.objectives.classification import HeadObjective, fit_length, finish, head_task, read_head_rows
 from tunesmith.records import IGNORE_INDEX, DataIssue, Example, TokenizedExample
 
 
@@ -119,14 +119,9 @@ def entities(tags: list[str]) -> set[tuple[int, int, str]]:
 
 
 @register
-class TokenClassification(Objective):
+class TokenClassification(HeadObjective):
     name = "token_classification"
     config = TokenClassificationSettings
-    shift = False
-    generates = False
-
-    def check(self, run_cfg) -> list[str]:
-        return head_objective_problems(run_cfg)
 
     def prepare(self, path, run_cfg, tokenizer, label_names=None, require_labels=True):
         cfg = run_cfg.objective
