@@ -176,12 +176,13 @@ def make_ui_project(root: Path, model_dir: Path) -> Path:
     (root / "configs").mkdir()
     data = {"format": "template", "max_seq_len": 128, "template": TEMPLATE, "on_bad_rows": "skip"}
     (root / "configs" / "train.yaml").write_text(yaml.safe_dump({
-        "model": {"name": "models/tiny", "device": "cpu"}, "data": {"train": "data/train.jsonl", **data},
+        # one thread: a tiny model's ops are microseconds, and OpenMP threads on a busy machine make them crawl
+        "model": {"name": "models/tiny", "device": "cpu", "threads": 1}, "data": {"train": "data/train.jsonl", **data},
         "method": {"name": "lora", "r": 4, "alpha": 8},
         "train": {"batch_size": 2, "lr": 5e-3, "max_steps": 40, "log_every": 1, "save_every": 10, "precision": "fp32"},
     }, sort_keys=False))
     (root / "configs" / "eval.yaml").write_text(yaml.safe_dump({
-        "model": {"name": "models/tiny", "device": "cpu"},
+        "model": {"name": "models/tiny", "device": "cpu", "threads": 1},
         "data": {"test": "data/test.jsonl", "train": "data/pool.jsonl", **data},
         "variants": [{"kind": "base"}], "generation": {"max_new_tokens": 8, "batch_size": 8, "precision": "fp32"},
         "metrics": {"use": ["exact_match", "token_f1"], "headline": "token_f1", "bootstrap": {"samples": 100}},
