@@ -101,28 +101,23 @@ def json_list_prompt(chunk: str, config: GenerateConfig) -> list[dict[str, str]]
     ]
 
 
+def user_turn(text: str) -> list[dict[str, str]]:
+    """A prompt of one user message (the teacher's chat template adds the rest)."""
+    return [{"role": "user", "content": text}]
+
+
 def question_prompt(chunk: str, start: str, config: GenerateConfig) -> list[dict[str, str]]:
-    return [
-        {
-            "role": "user",
-            "content": (
-                f"Text:\n{chunk}\n\nWrite one question that starts with \"{start}\" and is answered by the text above. "
-                f"{config.task.instructions} Reply with the question only."
-            ),
-        }
-    ]
+    return user_turn(
+        f"Text:\n{chunk}\n\nWrite one question that starts with \"{start}\" and is answered by the text above. "
+        f"{config.task.instructions} Reply with the question only."
+    )
 
 
 def sentence_question_prompt(chunk: str, sentence: str, start: str, config: GenerateConfig) -> list[dict[str, str]]:
-    return [
-        {
-            "role": "user",
-            "content": (
-                f"Text:\n{chunk}\n\nSentence: {sentence}\n\nWrite one question that starts with \"{start}\" and is answered by "
-                f"the sentence above. {config.task.instructions} Reply with the question only."
-            ),
-        }
-    ]
+    return user_turn(
+        f"Text:\n{chunk}\n\nSentence: {sentence}\n\nWrite one question that starts with \"{start}\" and is answered by "
+        f"the sentence above. {config.task.instructions} Reply with the question only."
+    )
 
 
 # A sentence ends at . ! ? before whitespace and a capital/digit, or at a line break; headings are not answers.
@@ -140,15 +135,10 @@ def answer_sentences(chunk: str, min_words: int = 5) -> list[str]:
 
 
 def answer_prompt(chunk: str, question: str, config: GenerateConfig) -> list[dict[str, str]]:
-    return [
-        {
-            "role": "user",
-            "content": (
-                f"Text:\n{chunk}\n\nQuestion: {question}\n\nAnswer the question using only the text above. "
-                f"The answer must be {config.task.answer_format}. Reply with the answer only."
-            ),
-        }
-    ]
+    return user_turn(
+        f"Text:\n{chunk}\n\nQuestion: {question}\n\nAnswer the question using only the text above. "
+        f"The answer must be {config.task.answer_format}. Reply with the answer only."
+    )
 
 
 class MalformedOutput(ValueError):
