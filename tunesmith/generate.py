@@ -235,6 +235,35 @@ class _Rows:
             self.sent[r] = end
 
 
+def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
+    """(what to call generate on, input_ids, attention_mask), the learned prompt of prompt tuning / p-tuning in place.
+
+    peft injects those virtual tokens in its own `prepare_inputs_for_generation`, which looks for the KV cache under
+    `past_key_values`; transformers 5 passes it as `cache`, so peft (0.21) sees no cache at any step and prepends
+    the whole prompt again before every new token: wrong answers, and a KV cache that grows by 21 positions a token.
+    Its prefix-tuning branch puts the learned keys/values under `past_key_values` too, where transformers 5 never
+    looks: the trained prefix is silently ignored. So the base model generates on its own with the virtual tokens
+    given once: prompt tuning / p-tuning as the first forward's input embeddings, prefix tuning as a KV cache
+    that already holds them. Either way the row is [virtual tokens][left padding][prompt], positions from the mask,
+    as peft's forward trains it (the method battery checks greedy generation against the argmax of that forward).
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return model, input_ids, attention
+    if "adapter_names" in extra:
+        raise TunesmithError("per-row adapters are not available with virtual-token methods")
+    rows, virtual = input_ids.shape[0], config.num_virtual_tokens
+    if config.peft_type == "PREFIX_TUNING":  # learned keys/values in every layer: a KV cache `virtual` long
+        extra["cache"] = model.get_prompt(batch_size=rows)
+    else:  # learned input embeddings before the prompt's
+        prompt = model.get_prompt(batch_size=rows)  # (rows, virtual, hidden)
+        embeds = model.get_base_model().get_input_embeddings()(input_ids)
+        extra["inputs_embeds"] = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+    input_ids = torch.cat([input_ids.new_full((rows, virtual), pad_id), input_ids], dim=1)
+    attention = torch.cat([attention.new_ones((rows, virtual)), attention], dim=1)
+    return model.get_base_model(), input_ids, attention
+
+
 def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int = 16, precision: str = "auto",
                   show_progress: bool = False) -> list[RowResult]:
     """The one generation path (generate, chat, eval, probe, serve): batched, left-padded, KV-cached.
@@ -284,8 +313,10 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
             extra = {}
             if adapters:  # per-row adapters (peft); a row without one keeps the model's active adapter
                 extra["adapter_names"] = [r.adapter or model.active_adapter for r in batch]
-            model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device), attention.to(device),
+                                                                   pad_id, extra)
+            generator.generate(
+                input_ids=input_ids, attention_mask=attention,
                 max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=False, temperature=None, top_p=None,
                 top_k=None, eos_token_id=stops, pad_token_id=pad_id,
                 logits_processor=LogitsProcessorList([Processor(rows)]),
