@@ -35,6 +35,7 @@ class RelabelConfig(Strict):
     template: TemplateConfig | None = None
     system_prompt: str | None = Field(None, description="Added as a system message to every chat that has none")
     limit: int | None = Field(None, ge=1, description="Only the first N rows (as data.limit of the student's run config)")
+    decode_unicode_escapes: bool = Field(False, description="As data.decode_unicode_escapes of the run config")
 
 
 def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
@@ -43,7 +44,7 @@ def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
     from tunesmith.data.formats import load_examples
 
     data_cfg = DataConfig(train=str(path), format=cfg.format, template=cfg.template, system_prompt=cfg.system_prompt,
-                          limit=cfg.limit)
+                          limit=cfg.limit, decode_unicode_escapes=cfg.decode_unicode_escapes)
     examples, issues = load_examples(path, data_cfg)
     if issues:
         raise DataError(issues, hint="relabel reads rows as `tunesmith train` does: set relabel.format / relabel.template")
