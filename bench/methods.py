@@ -142,9 +142,8 @@ def weights_in_memory(config: str) -> float:
     from tunesmith.config import load_config
     from tunesmith.methods.base import get_method
     from tunesmith.models.loading import resolve_model
-    from tunesmith.models.precision import cpu_has_bf16
+    from tunesmith.models.precision import cpu_has_bf16, store_frozen_linear_weights_in
     from tunesmith.objectives.base import get_objective
-    from tunesmith.train.run import store_frozen_linear_weights_in
     from tunesmith.train.stages import stage_config
 
     cfg = load_config(ROOT / config)

@@ -22,7 +22,7 @@ from tunesmith.data.formats import parse_messages
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
-from tunesmith.models.precision import autocast, resolve_precision
+from tunesmith.models.precision import autocast, prepare_for_inference, resolve_precision
 from tunesmith.records import DataError, DataIssue, Message, TunesmithError
 from tunesmith.threads import use_threads
 
@@ -67,8 +67,13 @@ def load_run(run: str | Path, device: str = "auto", merge: bool = True) -> Loade
 
 
 def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto",
-                       merge: bool = True):
+                       merge: bool = True, precision: str | None = None):
     """(model, tokenizer) for a run folder (base + its trained output), or a model name/folder as is.
+
+    With `precision` (what generation and scoring will run at) the model is prepared to only answer:
+    nothing trains, and under bf16 its Linear weights are stored in bf16 once instead of being re-cast by autocast
+    for every token (the same numbers; tunesmith.models.precision.prepare_for_inference). Without it (a student
+    built from the weights, a teacher that casts itself) the weights stay as loaded.
 
     A run's adapter is merged into the base weights in memory by default: the same function (merged == unmerged is
     tested) without the adapter's extra matmuls on every generated token. Methods that do not merge (bottleneck
@@ -76,12 +81,16 @@ def load_for_inference(run: str | Path | None = None, model: str | None = None, 
     """
     if run is None:
         path = resolve_model(model or DEFAULT_MODEL)
-        return load_model(path, device=device).eval(), load_tokenizer(path)
-    loaded = load_run(run, device, merge)
-    if not loaded.objective.generates:
-        raise TunesmithError(f"{run} trained a {loaded.cfg.objective.name} head: it labels text instead of answering; "
-                             f"use `tunesmith predict --run {run} --input FILE`")
-    return loaded.model, loaded.tokenizer
+        loaded_model, tokenizer = load_model(path, device=device).eval(), load_tokenizer(path)
+    else:
+        loaded = load_run(run, device, merge)
+        if not loaded.objective.generates:
+            raise TunesmithError(f"{run} trained a {loaded.cfg.objective.name} head: it labels text instead of "
+                                 f"answering; use `tunesmith predict --run {run} --input FILE`")
+        loaded_model, tokenizer = loaded.model, loaded.tokenizer
+    if precision is not None:
+        prepare_for_inference(loaded_model, precision)
+    return loaded_model, tokenizer
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -89,12 +98,12 @@ def is_run_folder(path: str | Path) -> bool:
     return (Path(path).expanduser() / "config.yaml").is_file()
 
 
-def load_run_or_model(name: str | Path, device: str = "auto"):
+def load_run_or_model(name: str | Path, device: str = "auto", precision: str | None = None):
     """(model, tokenizer) for a name that is either a run folder (its trained output, merged where it merges) or a
     model (embedded name, local folder, .gguf): teachers of `data generate`, distillation and `tunesmith student`."""
     if is_run_folder(name):
-        return load_for_inference(run=name, device=device)
-    return load_for_inference(model=str(name), device=device)
+        return load_for_inference(run=name, device=device, precision=precision)
+    return load_for_inference(model=str(name), device=device, precision=precision)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -411,7 +420,7 @@ def generate_command(
     if system:
         conversations = [[{"role": "system", "content": system}] + c for c in conversations]
     use_threads(threads, register="generate")
-    model_obj, tokenizer = load_for_inference(run, model)
+    model_obj, tokenizer = load_for_inference(run, model, precision=precision)
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
                     seed=seed, precision=precision)
     guard = load_guard(guardrails, model_obj, tokenizer)
@@ -434,7 +443,7 @@ def chat_command(
 ):
     """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
     use_threads(threads, register="chat")
-    model_obj, tokenizer = load_for_inference(run, model)
+    model_obj, tokenizer = load_for_inference(run, model, precision="auto")
     guard = load_guard(guardrails, model_obj, tokenizer)
     history = [{"role": "system", "content": system}] if system else []
     while True:

@@ -140,3 +140,40 @@ def test_mixed_adapters_in_one_batch_equal_each_adapter_alone(tiny_model_dir, ti
         r.adapter = None
         assert generate_rows(reference.eval(), tiny_tokenizer, [r], precision="fp32")[0].text == text
     assert len(set(mixed)) > 1  # the adapters really change the answers
+
+
+@pytest.mark.parametrize("method", ["none", "lora"])
+def test_bf16_inference_weights_give_autocast_s_numbers_bit_for_bit(method, tiny_model_dir, tiny_tokenizer):
+    """Linear weights stored in bf16 once (the tied LM head given its own copy) == fp32 weights re-cast by autocast
+    for every token: the same logits, bit for bit, the same greedy answers; embeddings and norms stay fp32."""
+    from pydantic import TypeAdapter
+
+    from tunesmith.config import MethodConfig
+    from tunesmith.methods.base import Task, get_method
+    from tunesmith.models.loading import load_model
+    from tunesmith.models.precision import cpu_has_bf16, store_frozen_linear_weights_in
+
+    def build():
+        torch.manual_seed(0)
+        model = load_model(tiny_model_dir, device="cpu")
+        if method == "lora":
+            cfg = TypeAdapter(MethodConfig).validate_python({"name": "lora"})
+            model = get_method("lora").apply(model, cfg, Task(model_path=str(tiny_model_dir)))
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn_like(p) * 0.1)
+        return model.eval().requires_grad_(False)
+
+    reference, prepared = build(), build()
+    assert store_frozen_linear_weights_in(prepared, torch.bfloat16, untie_output=True) > 0
+    head, embeddings = prepared.get_output_embeddings(), prepared.get_input_embeddings()
+    assert head.weight.dtype == torch.bfloat16 and embeddings.weight.dtype == torch.float32
+    ids = torch.tensor([[5, 17, 42, 9, 100, 7, 250, 33]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(reference(input_ids=ids).logits, prepared(input_ids=ids).logits)
+    if not cpu_has_bf16():
+        pytest.skip("the generation half needs a CPU with native bf16 (generate_rows refuses emulated bf16)")
+    answers = [[r.text for r in generate_rows(m, tiny_tokenizer, _rows(tiny_tokenizer, max_new_tokens=12),
+                                              precision="bf16")] for m in (reference, prepared)]
+    assert answers[0] == answers[1]

@@ -11,7 +11,7 @@ from tunesmith.data.batching import collate
 from tunesmith.methods.base import count_parameters, get_method
 from tunesmith.models.precision import cpu_has_bf16
 from tunesmith.train.loss import TrainedTokenLoss
-from tunesmith.train.run import store_frozen_linear_weights_in
+from tunesmith.models.precision import store_frozen_linear_weights_in
 
 bnb = pytest.importorskip("bitsandbytes")
 

@@ -94,7 +94,8 @@ class EvalContext:
         metrics = build_metrics(cfg.metrics.use, Normalizer.from_config(cfg.metrics.normalize), cfg.metrics.custom)
         console.print(f"[bold]eval[/]: {len(tests)} test items, {len(pool)} training items, "
                       f"{len(cfg.variants)} variants: {', '.join(v.label for v in cfg.variants)}")
-        base_model, tokenizer = load_for_inference(model=cfg.model.name, device=cfg.model.device)
+        base_model, tokenizer = load_for_inference(model=cfg.model.name, device=cfg.model.device,
+                                                   precision=cfg.generation.precision)
         return cls(cfg, tests, pool, [reference_of(ex) for ex in tests], Leakage(**found.to_dict()), metrics,
                    base_model, tokenizer)
 
@@ -180,7 +181,7 @@ class Tuned(ZeroShot):
         return ctx.rag_prompts if self.cfg.rag else ctx.zero_shot_prompts
 
     def model(self, ctx: EvalContext):
-        return load_for_inference(run=self.cfg.run, device=ctx.cfg.model.device)
+        return load_for_inference(run=self.cfg.run, device=ctx.cfg.model.device, precision=ctx.cfg.generation.precision)
 
     def extras(self, ctx: EvalContext, model, tokenizer) -> dict[str, Any]:
         run = Path(self.cfg.run)

@@ -198,9 +198,9 @@ class Teacher:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device, "objective.teacher_precision")
         if self.precision == "bf16":
-            from tunesmith.train.run import store_frozen_linear_weights_in
+            from tunesmith.models.precision import store_frozen_linear_weights_in
 
-            store_frozen_linear_weights_in(model, torch.bfloat16)
+            store_frozen_linear_weights_in(model, torch.bfloat16, untie_output=True)  # frozen: its LM head too
         self.loss = TrainedTokenLoss(model)  # its `logits`: the LM head at trained positions only
         self.vocab_size = self.loss.model.get_output_embeddings().weight.shape[0]
 

@@ -55,7 +55,7 @@ class ModelPool:
         from tunesmith.config import load_config
         from tunesmith.generate import load_for_inference
         from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
-        from tunesmith.models.precision import resolve_precision
+        from tunesmith.models.precision import prepare_for_inference
 
         self.entries: dict[str, Entry] = {}
         self.groups: dict[str, Group] = {}
@@ -100,7 +100,7 @@ class ModelPool:
             console.print(f"[green]serving[/] {served.id} ({'adapter on ' + Path(group.key).name if adapter else source})"
                           f"{' with guardrails' if guard else ''}")
         for group in self.groups.values():  # an explicit bf16 without native support fails now, not per request
-            resolve_precision(cfg.precision, next(group.model.parameters()).device)
+            prepare_for_inference(group.model, cfg.precision)  # every adapter added: weights stored at serving precision
 
     def get(self, name: str) -> Entry | None:
         return self.entries.get(name)

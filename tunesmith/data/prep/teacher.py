@@ -283,7 +283,8 @@ class LocalTeacher(Teacher):
         from tunesmith.generate import generate_chat, load_run_or_model
 
         if self._model is None:  # a tunesmith run folder (e.g. a tuned teacher for distillation) or a model
-            self._model, self._tokenizer = load_run_or_model(self.config.model, device=self.config.device)
+            self._model, self._tokenizer = load_run_or_model(self.config.model, device=self.config.device,
+                                                                  precision="auto")
         replies: list[str | TeacherFailure] = []
         # Several batches per call: generate_chat sorts a call's prompts by length, so larger calls pad less;
         # smaller than everything at once so the progress bar moves.
