@@ -152,11 +152,12 @@ class RowResult:
 
 
 class _Rows:
-    """Per-row bookkeeping for one `model.generate` call: text, stop strings, limits, streaming, constraints.
+    """Per-row bookkeeping of one batch: text, stop strings, limits, streaming, constraints.
 
     transformers calls the logits processor before each token is chosen and the stopping criteria after it is
     appended (with the whole sequence), and both hooks accept per-row answers, so everything per-request rides on
-    one ordinary `generate` call instead of a loop of our own.
+    ordinary `generate` calls instead of a decoding loop of our own. `active` maps the rows of the current
+    `generate` call to the batch's requests: finished rows leave the batch between calls (generate_rows).
     """
 
     def __init__(self, requests: list[RowRequest], tokenizer, stops: list[int], prompt_width: int, device):
@@ -168,36 +169,42 @@ class _Rows:
         self.generators = [torch.Generator(device=device).manual_seed(r.seed if r.seed is not None else 0)
                            if r.temperature > 0 else None for r in requests]
         self.eos = min(stops)
+        self.active = list(range(len(requests)))
+
+    def unfinished(self) -> list[int]:
+        """Positions (in the current call) of the rows still generating."""
+        return [i for i, r in enumerate(self.active) if self.finish[r] is None]
 
     # LogitsProcessor hook
     def process(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-        for r, req in enumerate(self.requests):
+        for i, r in enumerate(self.active):
+            req = self.requests[r]
             if self.finish[r] is not None:
                 continue
-            row = scores[r : r + 1]
+            row = scores[i : i + 1]
             if req.constraint is not None:
                 req.constraint.mask(row[0])
                 if torch.isinf(row).all():  # nothing allowed (grammar finished or failed): end the turn
                     row[0, self.eos] = 0.0
             if req.temperature > 0:
                 # Per-row sampling with the row's own generator; generate() then runs greedy over one finite score.
-                row = TemperatureLogitsWarper(req.temperature)(input_ids[r : r + 1], row)
+                row = TemperatureLogitsWarper(req.temperature)(input_ids[i : i + 1], row)
                 if req.top_p < 1.0:
-                    row = TopPLogitsWarper(req.top_p)(input_ids[r : r + 1], row)
+                    row = TopPLogitsWarper(req.top_p)(input_ids[i : i + 1], row)
                 choice = torch.multinomial(torch.softmax(row.float(), dim=-1), 1, generator=self.generators[r])
-                scores[r].fill_(-float("inf"))
-                scores[r, choice.item()] = 0.0
+                scores[i].fill_(-float("inf"))
+                scores[i, choice.item()] = 0.0
         return scores
 
     # StoppingCriteria hook
     def step(self, input_ids: torch.LongTensor, scores) -> torch.BoolTensor:
-        done = torch.zeros(len(self.requests), dtype=torch.bool, device=input_ids.device)
-        for r, req in enumerate(self.requests):
+        done = torch.zeros(len(self.active), dtype=torch.bool, device=input_ids.device)
+        for i, r in enumerate(self.active):
             if self.finish[r] is None:
-                self._advance(r, req, int(input_ids[r, -1]))
-            done[r] = self.finish[r] is not None
+                self._advance(r, self.requests[r], int(input_ids[i, -1]))
+            done[i] = self.finish[r] is not None
         return done
 
     def _advance(self, r: int, req: RowRequest, token: int) -> None:
@@ -273,12 +280,16 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
     return model.get_base_model(), input_ids, attention
 
 
+DROP_FINISHED_EVERY = 16  # new tokens per `generate` call; finished rows leave the batch between calls
+
+
 def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int = 16, precision: str = "auto",
                   show_progress: bool = False) -> list[RowResult]:
     """The one generation path (generate, chat, eval, probe, serve): batched, left-padded, KV-cached.
 
     Rows are sorted by prompt length and generated `batch_size` at a time; each row keeps its own stop strings,
-    token limit, sampling settings, seed, adapter, constraint and streaming callback.
+    token limit, sampling settings, seed, adapter, constraint and streaming callback. A batch runs as a few
+    `generate` calls of DROP_FINISHED_EVERY tokens, continuing from the KV cache, without the rows that have ended.
     """
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -324,12 +335,31 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                 extra["adapter_names"] = [r.adapter or model.active_adapter for r in batch]
             generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device), attention.to(device),
                                                                    pad_id, extra)
-            generator.generate(
-                input_ids=input_ids, attention_mask=attention,
-                max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=False, temperature=None, top_p=None,
-                top_k=None, eos_token_id=stops, pad_token_id=pad_id,
-                logits_processor=LogitsProcessorList([Processor(rows)]),
-                stopping_criteria=StoppingCriteriaList([Stopper(rows)]), **extra)
+            hooks = dict(logits_processor=LogitsProcessorList([Processor(rows)]),
+                         stopping_criteria=StoppingCriteriaList([Stopper(rows)]))
+            while True:
+                # A row that has ended leaves the batch at the next chunk boundary (its KV cache rows dropped): the
+                # rest no longer pay for it at every step, as they would in one `generate` call to the longest row.
+                left = max(batch[r].max_new_tokens - len(rows.tokens[r]) for r in rows.active if rows.finish[r] is None)
+                out = generator.generate(
+                    input_ids=input_ids, attention_mask=attention, max_new_tokens=min(left, DROP_FINISHED_EVERY),
+                    do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad_id,
+                    return_dict_in_generate=True, **hooks, **extra)
+                keep = rows.unfinished()
+                if not keep:
+                    break
+                new = out.sequences.shape[1] - input_ids.shape[1]
+                input_ids = out.sequences
+                attention = torch.cat([attention, attention.new_ones((attention.shape[0], new))], dim=1)
+                extra.pop("inputs_embeds", None)  # the virtual prompt is in the cache now
+                extra["cache"] = out.cache
+                if len(keep) < len(rows.active):
+                    index = torch.tensor(keep, device=input_ids.device)
+                    input_ids, attention = input_ids[index], attention[index]
+                    extra["cache"].batch_select_indices(index)
+                    if "adapter_names" in extra:
+                        extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
+                    rows.active = [rows.active[i] for i in keep]
             for row, i in enumerate(idx):
                 results[i] = RowResult(rows.text[row], rows.finish[row] or "length", len(batch[row].prompt_ids),
                                        len(rows.tokens[row]))

@@ -177,3 +177,18 @@ def test_bf16_inference_weights_give_autocast_s_numbers_bit_for_bit(method, tiny
     answers = [[r.text for r in generate_rows(m, tiny_tokenizer, _rows(tiny_tokenizer, max_new_tokens=12),
                                               precision="bf16")] for m in (reference, prepared)]
     assert answers[0] == answers[1]
+
+
+def test_rows_leaving_the_batch_change_no_answer(tiny_model, tiny_tokenizer):
+    """Finished rows leave the batch every DROP_FINISHED_EVERY tokens and the rest continue from the cropped KV
+    cache: every row's answer, finish reason and token count are those it gets alone."""
+    from tunesmith.generate import DROP_FINISHED_EVERY
+
+    limits = [3, 2 * DROP_FINISHED_EVERY + 5, DROP_FINISHED_EVERY, DROP_FINISHED_EVERY + 1]
+    def rows():
+        return [RowRequest(r.prompt_ids, max_new_tokens=n) for r, n in zip(_rows(tiny_tokenizer), limits)]
+
+    together = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=4, precision="fp32")
+    alone = [generate_rows(tiny_model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
+    assert together == alone
+    assert [r.completion_tokens for r in together] == limits  # the tiny model never says end-of-turn here

@@ -156,12 +156,13 @@ def test_generation_answers_what_the_trained_forward_predicts(name, tiny_model_d
                 p.add_(torch.randn_like(p) * 0.5)
     model.eval()
     prompts = [[5, 17, 42, 9, 100, 7, 250], [33, 8]]  # different lengths: the short one is left-padded
-    results = generate_rows(model, tiny_tokenizer, [RowRequest(ids, max_new_tokens=8) for ids in prompts],
+    limits = [40, 21]  # past DROP_FINISHED_EVERY: the batch continues from its cache, a finished row dropped
+    results = generate_rows(model, tiny_tokenizer, [RowRequest(ids, max_new_tokens=n) for ids, n in zip(prompts, limits)],
                             batch_size=2, precision="fp32")
     with torch.no_grad():
-        for ids, result in zip(prompts, results):
+        for ids, result, limit in zip(prompts, results, limits):
             tokens = []
-            for _ in range(8):
+            for _ in range(limit):
                 next_id = int(model(input_ids=torch.tensor([ids + tokens])).logits[0, -1].argmax())
                 if next_id == tiny_tokenizer.eos_token_id:
                     break
