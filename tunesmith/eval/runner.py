@@ -81,6 +81,8 @@ class EvalContext:
     general_tasks: list = field(default_factory=list)  # forgetting panel: general instructions
     base_general: Any = None  # the base model's scores on them
     general_by_run: dict[str, Any] = field(default_factory=dict)  # tuned and tuned+rag share a run: measured once
+    loaded_run: tuple[str, Any, Any] | None = None  # (run, model, tokenizer) of the last tuned variant: reused by
+    # the next variant of the same run (tuned, then tuned + rag), replaced by another run's
 
     @classmethod
     def prepare(cls, cfg: EvalConfig) -> EvalContext:
@@ -181,7 +183,12 @@ class Tuned(ZeroShot):
         return ctx.rag_prompts if self.cfg.rag else ctx.zero_shot_prompts
 
     def model(self, ctx: EvalContext):
-        return load_for_inference(run=self.cfg.run, device=ctx.cfg.model.device, precision=ctx.cfg.generation.precision)
+        run = str(Path(self.cfg.run).resolve())
+        if ctx.loaded_run is None or ctx.loaded_run[0] != run:
+            ctx.loaded_run = None  # the previous run's model goes before the next one loads
+            ctx.loaded_run = (run, *load_for_inference(run=self.cfg.run, device=ctx.cfg.model.device,
+                                                       precision=ctx.cfg.generation.precision))
+        return ctx.loaded_run[1], ctx.loaded_run[2]
 
     def extras(self, ctx: EvalContext, model, tokenizer) -> dict[str, Any]:
         run = Path(self.cfg.run)
