@@ -45,6 +45,8 @@ GENERATIVE = {  # in the order they run: the most asked-about first, so a partia
     "p_tuning": "configs/methods/p_tuning.yaml",
     "dora": "configs/methods/dora.yaml",
     "two-stage": "configs/methods/two-stage.yaml",
+    # the same method with a larger budget: do the virtual-token methods learn the task at all, given more steps?
+    "prompt_tuning x4": "configs/methods/prompt_tuning.yaml train.epochs=4",
 }
 # label → (config, overrides): question → query type (10 classes), a classification head
 CLASSIFIERS = {
@@ -113,9 +115,10 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
     from tunesmith.eval.runner import run_eval
     from tunesmith.generate import load_for_inference
 
-    run = RESULTS / label / "run"
+    config, *extra = config.split()  # "CONFIG [KEY=VALUE ...]": the shipped config with overrides
+    run = RESULTS / label.replace(" ", "-") / "run"
     # no validation loss at the end of training: the eval below measures every method the same way
-    overrides = [f"output.dir={run}", "data.valid=null"] + (["train.max_steps=2"] if smoke else [])
+    overrides = [f"output.dir={run}", "data.valid=null", *extra] + (["train.max_steps=2"] if smoke else [])
     args = ["train", config] + [x for o in overrides for x in ("--set", o)]
     done = (run / "train_summary.json").is_file() or (run / "lineage.json").is_file() and _stages_done(run, config)
     if not done:
@@ -124,12 +127,12 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
     n = 4 if smoke else EVAL_ROWS
     eval_cfg = read_config(EvalConfig, ROOT / "examples" / "dblp_quad" / "eval.yaml", [
         f"variants=[{{kind: tuned, name: {label}, run: '{run}'}}]", "forgetting.enabled=false", "metrics.loss=false",
-        f"report.dir={RESULTS / label / 'eval'}", f"data.n={n}", "metrics.use=[exact_match, sparql_match]",
+        f"report.dir={RESULTS / label.replace(' ', '-') / 'eval'}", f"data.n={n}", "metrics.use=[exact_match, sparql_match]",
         "metrics.breakdown_by=[query_type]"] + (["generation.max_new_tokens=16"] if smoke else []))
     report = run_eval(eval_cfg, show_progress=False)
     variant = report.variants[0]
     model, tokenizer = load_for_inference(run, device="cpu")
-    return {"label": label, "config": config, "task": "sparql", "eval_rows": n, "weights_mb": weights_in_memory(config),
+    return {"label": label, "config": " ".join([config, *extra]), "task": "sparql", "eval_rows": n, "weights_mb": weights_in_memory(config),
             "sparql_match": variant.scores["sparql_match"], "exact_match": variant.scores["exact_match"],
             "generation_seconds": variant.generation_seconds, "general_perplexity": general_perplexity(model, tokenizer),
             "trained_bytes": trained_size(run), **summary}
