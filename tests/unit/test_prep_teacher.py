@@ -119,7 +119,7 @@ def test_failures_are_not_cached(server, tmp_path):
 def test_local_teacher_uses_the_local_model_in_batches(tmp_path, monkeypatch):
     calls = []
     generate = types.ModuleType("tunesmith.generate")
-    generate.load_run_or_model = lambda name, device="auto": (f"model:{name}", "tokenizer")  # a run folder or a model
+    generate.load_run_or_model = lambda name, device="auto", precision=None: (f"model:{name}", "tokenizer")  # a run folder or a model
 
     def generate_chat(model, tokenizer, conversations, max_new_tokens=256, batch_size=16, temperature=0.0, show_progress=True):
         calls.append((model, len(conversations), batch_size, show_progress))
