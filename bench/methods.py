@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -259,9 +260,15 @@ def plot(rows: list[dict]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label, log in ((axes[0], "trainable_parameters", "trainable parameters", True),
                                 (axes[1], "train_seconds", "train time (s, one CPU thread)", False)):
+        placed: list[tuple[float, float, int]] = []  # labels of nearby points stacked upwards, not on each other
         for r in rows:
-            ax.scatter(r[key], r["sparql_match"], s=30)
-            ax.annotate(r["label"], (r[key], r["sparql_match"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+            x, y = r[key], r["sparql_match"]
+            ax.scatter(x, y, s=30)
+            near = [level for px, py, level in placed if abs(py - y) < 1.5
+                    and (abs(math.log10(px / x)) < 1.0 if log else abs(px - x) < 200)]
+            level = max(near) + 1 if near else 0
+            placed.append((x, y, level))
+            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 3 + 9 * level), fontsize=8)
         ax.set_xscale("log" if log else "linear")
         ax.set_xlabel(label)
         ax.set_ylabel("SPARQL match (%)")
