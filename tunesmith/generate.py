@@ -252,7 +252,8 @@ class _Rows:
 
 
 def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
-    """(what to call generate on, input_ids, attention_mask), the learned prompt of prompt tuning / p-tuning in place.
+    """(what to call generate on, input_ids, attention_mask), with the virtual tokens of prompt tuning, p-tuning or
+    prefix tuning in place.
 
     peft injects those virtual tokens in its own `prepare_inputs_for_generation`, which looks for the KV cache under
     `past_key_values`; transformers 5 passes it as `cache`, so peft (0.21) sees no cache at any step and prepends
