@@ -59,7 +59,7 @@ def store_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype, u
     embeddings and every trainable tensor stay fp32. An LM head tied to the input embeddings stays fp32 too (the
     embedding lookup must not change), unless `untie_output`: then the head gets its own copy in `dtype` (inference:
     +vocab x hidden in bf16, and no re-cast of the largest matrix for every generated token).
-    Measured on SmolLM2, 2-core CPU with AMX: training LoRA +8% to +20% tokens/s; greedy generation 1.6x
+    Measured on SmolLM2, 2-core CPU with AMX: training LoRA +8% to +20% tokens/s; greedy generation 1.4-1.5x
     (docs/benchmarks.md).
     """
     embeddings = model.get_input_embeddings()
