@@ -182,6 +182,21 @@ def test_single_word_names_take_only_the_same_spelling_elsewhere():
     assert "anna" not in json.dumps(result.rows).casefold()
 
 
+def test_every_detected_value_is_replaced_however_it_was_written_first():
+    # Found by the issue-14 measurement: the pattern knew one spelling per value (the first seen), so a name detected
+    # as "carlsson" after "Carlsson" survived in its own row, and the leak check, built on the same pattern, agreed.
+    texts = ("Carlsson & Berg signed.", "alfonsi & carlsson signed.", "Ms. PADOVESI called.", "Dear Ms. Padovesi,",
+             "carlsson again; CARLSSON never seen.")
+    found = {texts[0]: [("Carlsson", "PERSON")], texts[1]: [("carlsson", "PERSON")], texts[2]: [("PADOVESI", "PERSON")],
+             texts[3]: [("Padovesi", "PERSON")]}
+    result = anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=StubDetector(found))
+    out = [r["text"] for r in result.rows]
+    assert out[:4] == ["<PERSON_1> & Berg signed.", "alfonsi & <PERSON_1> signed.", "Ms. <PERSON_2> called.",
+                       "Dear Ms. <PERSON_2>,"]
+    assert out[4] == "<PERSON_1> again; CARLSSON never seen."  # each detected spelling travels; others do not
+    assert result.leaks == []
+
+
 def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
     detector = PiiDetector(AnonymizeConfig(ner=False))
 

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import typer
 from pydantic import Field
@@ -164,6 +164,7 @@ class Pseudonyms:
         self.replace_with = replace_with
         self.by_value: dict[str, Replacement] = {}
         self.originals: dict[str, str] = {}  # normalized → value as first seen
+        self.forms: dict[str, set[str]] = {}  # normalized → every way it was written where it was detected
         self.counters: Counter[str] = Counter()
         self._faker = None
         self._seed = seed
@@ -198,6 +199,7 @@ class Pseudonyms:
     def get(self, value: str, kind: str, detector: str) -> Replacement:
         """Register a detected value; its pseudonym is chosen in `assign`, once every real value is known."""
         key = _normalized(value)
+        self.forms.setdefault(key, set()).add(value)
         existing = self.by_value.get(key)
         if existing is not None:
             return existing
@@ -279,10 +281,12 @@ class Pseudonyms:
     def pattern(self, extra: list[str] = ()) -> re.Pattern[str] | None:
         """One regex for every known value that is replaced everywhere (see `propagates`); word boundaries only
         where the value starts/ends with a word character. Values of several words or with digits match in any
-        case; a single word matches as it was written, so a name that is also a word ("Will", "Rose", "Reed")
-        takes the ordinary word with it only where it is capitalised the same way."""
+        case; a single word matches as it was written (in each way it was written where it was detected), so a
+        name that is also a word ("Will", "Rose", "Reed") takes the ordinary word with it only where it is
+        capitalised the same way."""
         alternatives = []
-        for value in sorted({*self.originals.values(), *extra}, key=len, reverse=True):
+        written = {*self.originals.values(), *(form for forms in self.forms.values() for form in forms), *extra}
+        for value in sorted(written, key=len, reverse=True):
             if not propagates(value):
                 continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
@@ -353,19 +357,19 @@ def anonymize_rows(
     detected: set[str] = set()  # normalized values found in these rows (the counts depend on the input alone)
 
     progress.phase("anonymize: detecting", len(rows))
-    scanned: set[str] = set()  # augmented rows repeat their answers: each distinct string is scanned once
-    local: dict[str, list[Span]] = {}  # per string, detected values too short to replace everywhere
+    # Per distinct string (augmented rows repeat their answers: each is scanned once), the spans detected in it.
+    # They are replaced where they were found whatever the propagation pattern matches there: a value that
+    # `propagates` is also replaced everywhere else, one too short to (a state code, a building letter) only here.
+    found_in: dict[str, list[Span]] = {}
     for _, row in rows:
         for _, text in _walk_strings(row, "", skip):
-            if text in scanned:
+            if text in found_in:
                 continue
-            scanned.add(text)
-            for span in detector.find(text):
+            found_in[text] = detector.find(text)
+            for span in found_in[text]:
                 value = text[span.start : span.end]
                 pseudonyms.get(value, span.type, span.detector)
                 detected.add(_normalized(value))
-                if not propagates(value):
-                    local.setdefault(text, []).append(span)
         progress.advance()
     pseudonyms.assign()
     found = Counter(pseudonyms.by_value[key].type for key in detected)
@@ -376,7 +380,7 @@ def anonymize_rows(
     out_rows: list[dict[str, Any]] = []
     progress.phase("anonymize: replacing", len(rows))
     for where, row in rows:
-        if pattern is None and not local:
+        if pattern is None and not detected:
             out_rows.append(row)
             continue
 
@@ -396,12 +400,8 @@ def anonymize_rows(
             return replacement.pseudonym
 
         def replace(text: str) -> str:
-            edits = [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern is not None else []
-            for span in local.get(text, ()):
-                if all(span.end <= a or span.start >= b for a, b in edits):
-                    edits.append((span.start, span.end))
             pieces, last = [], 0
-            for a, b in sorted(edits):
+            for a, b in edit_spans(text, pattern, found_in.get(text, ())):
                 pieces += [text[last:a], substitute(text[a:b])]
                 last = b
             return "".join(pieces) + text[last:]
@@ -411,6 +411,19 @@ def anonymize_rows(
 
     leaks = find_leaks(out_rows, pseudonyms, skip)
     return AnonymizeResult(out_rows, audit, pseudonyms, found, replaced, leaks)
+
+
+def edit_spans(text: str, pattern: re.Pattern[str] | None, detected: Iterable[Span] = ()) -> list[tuple[int, int]]:
+    """Where `text` is rewritten, in order, without overlaps: every match of the known-values pattern and every span
+    detected in this very text. Where they overlap the longer one wins (a known "Marie Hamanová" over the
+    "Hamanová" detected here), so each edit is one known value."""
+    candidates = [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern is not None else []
+    candidates += [(span.start, span.end) for span in detected]
+    chosen: list[tuple[int, int]] = []
+    for a, b in sorted(set(candidates), key=lambda ab: (ab[0] - ab[1], ab[0])):
+        if all(b <= x or a >= y for x, y in chosen):
+            chosen.append((a, b))
+    return sorted(chosen)
 
 
 def find_leaks(rows: list[dict[str, Any]], pseudonyms: Pseudonyms, skip: set[str]) -> list[str]:
