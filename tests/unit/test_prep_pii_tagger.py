@@ -213,6 +213,22 @@ def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
     assert [text[s.start : s.end] for s in detector.find(text)] == ["KATALIN TÓTH", "ANNA", "Salem, OR 97301"]
 
 
+def test_shapes_that_are_never_identifiers_are_dropped_and_real_ones_kept():
+    detector = PiiDetector(AnonymizeConfig(ner=False))
+
+    class Fixed:
+        def find_spans(self, text):
+            found = [("[10:43]", "PHONE"), ("10", "DATE"), ("thx", "PERSON"), ("me", "PERSON"), ("555-0199 x12", "PHONE"),
+                     ("ngozi", "PERSON"), ("March 3", "DATE"), ("Ng", "PERSON")]
+            return [Span(text.index(v), text.index(v) + len(v), k, "tagger") for v, k in found if v in text]
+
+    detector.models = [Fixed()]
+    noise = "[10:43] tmrw works for me, thx"
+    assert detector.find(noise) == []  # a time is no phone, an hour no date, chat shorthand and pronouns no names
+    real = "Call 555-0199 x12 on March 3; ngozi and Ng agreed."
+    assert [real[s.start : s.end] for s in detector.find(real)] == ["555-0199 x12", "March 3", "ngozi", "Ng"]
+
+
 def test_config_rejects_unknown_models():
     with pytest.raises(Exception, match="rampart"):
         AnonymizeConfig(ner_models=["spacy"])

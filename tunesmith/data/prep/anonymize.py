@@ -152,9 +152,23 @@ def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
         return True  # a lone letter: the C of "C'mon", the Y of "Y'all", a list bullet
     if kind == "ADDRESS" and " " not in word and word.isupper() and len(alnum) <= 3:
         return True  # a short all-caps word: OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    if kind == "DATE" and not any(c.isalpha() for c in word) and sum(c.isdigit() for c in word) <= 2:
+        return True  # a bare small number: the hour of "[10:42]" (a lone house number can be an address part)
+    if kind == "PHONE" and sum(c.isdigit() for c in word) < 7:
+        return True  # no phone number has fewer than 7 digits: "[10:43]" is a time
     if kind == "PERSON" and detector == "ner" and " " not in word and word.isupper() and len(alnum) <= 5:
         return True  # Rampart tags acronyms (JSON, HTTPS) as names; tunesmith's tagger was trained on both
+    if kind == "PERSON" and " " not in word and word.islower() and not _VOWEL.search(word):
+        return True  # chat shorthand: "thx", "tmrw", "pls" (a name written in lower case still has a vowel)
+    if kind == "PERSON" and word in _FUNCTION_WORDS:
+        return True  # "me" of "Remember me, Ilse?"
     return kind == "PERSON" and not any(c.isalpha() for c in word)
+
+
+_VOWEL = re.compile(r"[aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿāăąēĕėęěīįıōőœūůűųŷ]")
+# Lower-case English pronouns and determiners, never a name on their own ("Will", "Rose" are capitalised).
+_FUNCTION_WORDS = frozenset("i me my mine you your yours he him his she her hers it its we us our ours they them their "
+                            "theirs a an the this that these those".split())
 
 
 class Pseudonyms:
@@ -207,6 +221,10 @@ class Pseudonyms:
         replacement = Replacement(kind, "", detector)
         self.by_value[key] = replacement
         return replacement
+
+    def of(self, value: str) -> Replacement:
+        """The replacement of a registered value, however it is spaced or capitalised."""
+        return self.by_value[_normalized(value)]
 
     def assign(self) -> None:
         """Give every new value its pseudonym (after detection, so no fake value can contain a real one)."""
@@ -385,7 +403,7 @@ def anonymize_rows(
             continue
 
         def substitute(value: str) -> str:
-            replacement = pseudonyms.by_value[_normalized(value)]
+            replacement = pseudonyms.of(value)
             replacement.count += 1
             replaced[replacement.type] += 1
             audit.append(
