@@ -100,6 +100,22 @@ def test_an_index_is_never_reused_across_embedding_precisions(tmp_path, monkeypa
     assert fp32.key != bf16.key and not bf16.from_cache
 
 
+def test_embedding_runs_under_the_precision_it_is_keyed_by(monkeypatch):
+    seen = []
+
+    class Encoder:  # records the autocast state the sentence model is called under
+        def encode(self, texts, **kwargs):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(retrieval, "_sentence_model", lambda: Encoder())
+    for precision in ("bf16", "fp32"):
+        monkeypatch.setattr(retrieval, "embed_precision", lambda precision=precision: precision)
+        vectors = retrieval.embed(["a", "b"])
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1)
+    assert seen[0] == (True, torch.bfloat16) and seen[1][0] is False
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 embedding runs only where the CPU computes bf16 natively")
 def test_bf16_embeddings_are_unit_vectors_close_to_fp32(monkeypatch):
     texts = [ex.messages[0]["content"] for ex in POOL]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector, anonymize_rows, propagates
+from tunesmith.data.prep.anonymize import AnonymizeConfig, PiiDetector, Pseudonyms, anonymize_rows, propagates
 from tunesmith.data.prep.pii_eval import LabelledText, score
 from tunesmith.data.prep.pii_ner import group_token_spans
 from tunesmith.data.prep.pii_rules import Span
@@ -200,15 +200,39 @@ def test_every_detected_value_is_replaced_however_it_was_written_first():
     # Found by the issue-14 measurement: the pattern knew one spelling per value (the first seen), so a name detected
     # as "carlsson" after "Carlsson" survived in its own row, and the leak check, built on the same pattern, agreed.
     texts = ("Carlsson & Berg signed.", "alfonsi & carlsson signed.", "Ms. PADOVESI called.", "Dear Ms. Padovesi,",
-             "carlsson again; CARLSSON never seen.")
+             "Padovesi again; CARLSSON and carlsson never detected here.", "Login: JohnSmith (Smith)")
     found = {texts[0]: [("Carlsson", "PERSON")], texts[1]: [("carlsson", "PERSON")], texts[2]: [("PADOVESI", "PERSON")],
-             texts[3]: [("Padovesi", "PERSON")]}
+             texts[3]: [("Padovesi", "PERSON")], texts[5]: [("Smith", "PERSON")]}
     result = anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=StubDetector(found))
     out = [r["text"] for r in result.rows]
     assert out[:4] == ["<PERSON_1> & Berg signed.", "alfonsi & <PERSON_1> signed.", "Ms. <PERSON_2> called.",
                        "Dear Ms. <PERSON_2>,"]
-    assert out[4] == "<PERSON_1> again; CARLSSON never seen."  # each detected spelling travels; others do not
+    # a capitalised spelling travels; a lower-case one, an ordinary word as often as a name, only where detected
+    assert out[4] == "<PERSON_2> again; CARLSSON and carlsson never detected here."
+    assert out[5] == "Login: John<PERSON_3> (<PERSON_3>)"  # inside a word, where no pattern matches: the span itself
     assert result.leaks == []
+
+
+def test_overlapping_values_are_replaced_as_one_and_leave_nothing():
+    texts = ("Anna Berg called.", "Send it to Anna Berg Street 4, Oslo.", "Ali Yilmaz paid; ALİ YILMAZ and Ali Yılmaz too.")
+    found = {texts[0]: [("Anna Berg", "PERSON")], texts[1]: [("Berg Street 4, Oslo", "ADDRESS")],
+             texts[2]: [("Ali Yilmaz", "PERSON")]}
+    result = anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=StubDetector(found))
+    out = [r["text"] for r in result.rows]
+    assert out[1] == "Send it to <ADDRESS_1>."  # the union of the known name and the address, not "Anna <ADDRESS_1>"
+    assert out[2] == "<PERSON_2> paid; <PERSON_2> and <PERSON_2> too."  # Turkish i's: the regex's case folding
+    assert result.leaks == []
+
+
+def test_spellings_seen_travel_with_a_reused_mapping(tmp_path):
+    first = Pseudonyms("placeholder")
+    for value in ("Carlsson", "CARLSSON"):
+        first.get(value, "PERSON", "ner")
+    first.assign()
+    first.save(tmp_path / "mapping.json")
+    again = Pseudonyms("placeholder")
+    again.load(tmp_path / "mapping.json")
+    assert again.pattern().search("signed by CARLSSON") is not None
 
 
 def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():

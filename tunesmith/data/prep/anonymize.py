@@ -60,7 +60,9 @@ class Replacement:
 
 
 def _normalized(value: str) -> str:
-    return " ".join(value.casefold().split())
+    """The key of a value: case and spacing folded. Python's case-insensitive regex also treats the Turkish ı and İ
+    as i (casefold does not), so they are folded here too: every match of the pattern finds its own key."""
+    return " ".join(value.casefold().replace("i\u0307", "i").replace("ı", "i").split())
 
 
 def merge_spans(spans: list[Span], text: str | None = None) -> list[Span]:
@@ -158,14 +160,14 @@ def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
         return True  # no phone number has fewer than 7 digits: "[10:43]" is a time
     if kind == "PERSON" and detector == "ner" and " " not in word and word.isupper() and len(alnum) <= 5:
         return True  # Rampart tags acronyms (JSON, HTTPS) as names; tunesmith's tagger was trained on both
-    if kind == "PERSON" and " " not in word and word.islower() and not _VOWEL.search(word):
+    if kind == "PERSON" and " " not in word and word.isascii() and word.islower() and not _VOWEL.search(word):
         return True  # chat shorthand: "thx", "tmrw", "pls" (a name written in lower case still has a vowel)
     if kind == "PERSON" and word in _FUNCTION_WORDS:
         return True  # "me" of "Remember me, Ilse?"
     return kind == "PERSON" and not any(c.isalpha() for c in word)
 
 
-_VOWEL = re.compile(r"[aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿāăąēĕėęěīįıōőœūůűųŷ]")
+_VOWEL = re.compile(r"[aeiouy]")  # ASCII words only: other scripts and accented vowels are not judged
 # Lower-case English pronouns and determiners, never a name on their own ("Will", "Rose" are capitalised).
 _FUNCTION_WORDS = frozenset("i me my mine you your yours he him his she her hers it its we us our ours they them their "
                             "theirs a an the this that these those".split())
@@ -262,8 +264,8 @@ class Pseudonyms:
             data = read_json(path)
             if not isinstance(data, dict) or not isinstance(data.get("entities"), list):
                 raise ValueError("no list of entities")
-            entries = [(str(e["value"]), str(e["type"]), str(e["pseudonym"]), str(e.get("detector", "mapping")))
-                       for e in data["entities"]]
+            entries = [(str(e["value"]), str(e["type"]), str(e["pseudonym"]), str(e.get("detector", "mapping")),
+                        [str(f) for f in e.get("forms", [])]) for e in data["entities"]]
         except (DataError, ValueError, KeyError, TypeError) as e:
             detail = e.issues[0] if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
             raise TunesmithError(
@@ -273,10 +275,12 @@ class Pseudonyms:
                 "one will not match the new pseudonyms.") from None
         if data.get("replace_with") != self.replace_with:
             raise TunesmithError(f"{path}: was made with replace_with={data.get('replace_with')}; use the same setting or a new mapping file")
-        for value, kind, pseudonym, detector in entries:
+        for value, kind, pseudonym, detector, forms in entries:
             key = _normalized(value)
             self.originals[key] = value
             self.by_value[key] = Replacement(kind, pseudonym, detector)
+            if forms:
+                self.forms.setdefault(key, set()).update(forms)
             if pseudonym.startswith("<") and pseudonym.endswith(">"):
                 number = pseudonym.rsplit("_", 1)[-1].rstrip(">")
                 if number.isdigit():
@@ -287,6 +291,7 @@ class Pseudonyms:
         re-running a step that reuses the mapping leaves it byte for byte as it was."""
         entries = [
             {"type": r.type, "value": self.originals[key], "pseudonym": r.pseudonym, "detector": r.detector}
+            | ({"forms": forms} if (forms := sorted(self.forms.get(key, set()) - {self.originals[key]})) else {})
             for key, r in sorted(self.by_value.items(), key=lambda kv: (kv[1].type, kv[1].pseudonym, kv[0]))
         ]
         payload = {
@@ -301,18 +306,27 @@ class Pseudonyms:
         where the value starts/ends with a word character. Values of several words or with digits match in any
         case; a single word matches as it was written (in each way it was written where it was detected), so a
         name that is also a word ("Will", "Rose", "Reed") takes the ordinary word with it only where it is
-        capitalised the same way."""
-        alternatives = []
+        capitalised the same way. A single word detected in lower case ("will", "mark", "june") is replaced only
+        where it was detected: everywhere, it would take the ordinary word with it in every row."""
+        alternatives: dict[str, None] = {}  # ordered, without repeats
+        seen: set[str] = set()
         written = {*self.originals.values(), *(form for forms in self.forms.values() for form in forms), *extra}
         for value in sorted(written, key=len, reverse=True):
-            if not propagates(value):
+            if not propagates(value) or (value.islower() and _WORD.fullmatch(value)):
                 continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
             before = r"(?<!\w)" if value[:1].isalnum() or value[:1] == "_" else ""
             after = r"(?!\w)" if value[-1:].isalnum() or value[-1:] == "_" else ""
             single_word = " " not in value.strip() and not any(c.isdigit() for c in value) and "@" not in value
-            alternatives.append(before + (escaped if single_word else f"(?i:{escaped})") + after)
+            if not single_word:  # matched in any case and spacing: one spelling of each value is enough
+                if _normalized(value) in seen:
+                    continue
+                seen.add(_normalized(value))
+            alternatives[before + (escaped if single_word else f"(?i:{escaped})") + after] = None
         return re.compile("|".join(alternatives)) if alternatives else None
+
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # one word of letters ("will", "o'neil", "anne-marie")
 
 
 def _name_parts(value: str) -> list[str]:
@@ -419,41 +433,48 @@ def anonymize_rows(
 
         def replace(text: str) -> str:
             pieces, last = [], 0
-            for a, b in edit_spans(text, pattern, found_in.get(text, ())):
-                pieces += [text[last:a], substitute(text[a:b])]
+            for a, b, value in edit_spans(text, pattern, found_in.get(text, ())):
+                pieces += [text[last:a], substitute(value)]
                 last = b
             return "".join(pieces) + text[last:]
 
         out_rows.append(_rewrite(row, replace, skip))
         progress.advance()
 
-    leaks = find_leaks(out_rows, pseudonyms, skip)
+    leaks = find_leaks(out_rows, pseudonyms, skip, pattern)
     return AnonymizeResult(out_rows, audit, pseudonyms, found, replaced, leaks)
 
 
-def edit_spans(text: str, pattern: re.Pattern[str] | None, detected: Iterable[Span] = ()) -> list[tuple[int, int]]:
-    """Where `text` is rewritten, in order, without overlaps: every match of the known-values pattern and every span
-    detected in this very text. Where they overlap the longer one wins (a known "Marie Hamanová" over the
-    "Hamanová" detected here), so each edit is one known value."""
+def edit_spans(text: str, pattern: re.Pattern[str] | None, detected: Iterable[Span] = ()) -> list[tuple[int, int, str]]:
+    """Where `text` is rewritten, in order, without overlaps, as (start, end, known value): every match of the
+    known-values pattern and every span detected in this very text. Overlapping ones become one edit over their
+    union, named by its longest member: a known "Anna Berg" and an address "Berg Street 4" detected here replace
+    "Anna Berg Street 4" as a whole, so no part of either is left."""
     candidates = [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern is not None else []
     candidates += [(span.start, span.end) for span in detected]
-    chosen: list[tuple[int, int]] = []
-    for a, b in sorted(set(candidates), key=lambda ab: (ab[0] - ab[1], ab[0])):
-        if all(b <= x or a >= y for x, y in chosen):
-            chosen.append((a, b))
-    return sorted(chosen)
+    edits: list[list[int]] = []  # [start, end, start of the longest member, its end]
+    for a, b in sorted(set(candidates)):
+        if edits and a < edits[-1][1]:
+            last = edits[-1]
+            if b - a > last[3] - last[2]:
+                last[2], last[3] = a, b
+            last[1] = max(last[1], b)
+        else:
+            edits.append([a, b, a, b])
+    return [(a, b, text[x:y]) for a, b, x, y in edits]
 
 
-def find_leaks(rows: list[dict[str, Any]], pseudonyms: Pseudonyms, skip: set[str]) -> list[str]:
+def find_leaks(rows: list[dict[str, Any]], pseudonyms: Pseudonyms, skip: set[str],
+               pattern: re.Pattern[str] | None = None) -> list[str]:
     """Detected values still present in the output (should always be none; checked, not assumed)."""
-    pattern = pseudonyms.pattern()
+    pattern = pattern or pseudonyms.pattern()
     if pattern is None:
         return []
     leaks = []
     for number, row in enumerate(rows):
         for path, text in _walk_strings(row, "", skip):
             for match in pattern.finditer(text):
-                leaks.append(f"row {number} {path}: a detected {pseudonyms.by_value[_normalized(match.group())].type} value survived")
+                leaks.append(f"row {number} {path}: a detected {pseudonyms.of(match.group()).type} value survived")
     return leaks
 
 

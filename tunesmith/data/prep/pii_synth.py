@@ -241,10 +241,16 @@ def _city(faker) -> str:
     city a seeded draw returns depended on the process's hash seed (PYTHONHASHSEED): the evaluation set differed
     in a few sentences from one run of the same command to the next. A provider that keeps its cities in a list is
     drawn from the sorted list instead: the same distribution, the same one random number."""
-    cities = getattr(getattr(faker.city, "__self__", None), "cities", None)
+    provider = getattr(faker.city, "__self__", None)
+    cities = getattr(provider, "cities", None)
     if isinstance(cities, list) and cities:
-        return faker.random_element(sorted(cities))
+        if id(cities) not in _SORTED_CITIES:
+            _SORTED_CITIES[id(cities)] = (cities, sorted(cities))  # the list kept alive, so its id is not reused
+        return faker.random_element(_SORTED_CITIES[id(cities)][1])
     return faker.city()
+
+
+_SORTED_CITIES: dict[int, tuple[list[str], list[str]]] = {}
 
 
 def _faker_identity(faker, rng: random.Random) -> dict[str, str]:
