@@ -390,6 +390,21 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
     return [r.text.strip() for r in results]
 
 
+def cut_off_warning(tokenizer, references: list[str], max_new_tokens: int, setting: str) -> str | None:
+    """Why some answers cannot be right, when references are longer than the generation limit; else None.
+
+    A reference the limit cuts short can never be matched: the score would silently undercount (it did on
+    DBLP-QuAD, whose NEGATION queries run to 322 tokens, against a limit of 176 chosen on six of its ten types).
+    """
+    lengths = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]] if references else []
+    over = [n for n in lengths if n >= max_new_tokens]  # the end-of-turn token needs one more
+    if not over:
+        return None
+    return (f"{setting}={max_new_tokens} is shorter than {len(over)} of {len(lengths)} references (the longest has "
+            f"{max(over)} tokens): their answers will be cut off and scored wrong; set {setting} to at least "
+            f"{max(over) + 1}")
+
+
 def read_prompts(path: str | Path) -> list[list[Message]]:
     """Prompts from a file: JSONL rows with `messages` (a final assistant turn, the reference, is dropped) or
     `prompt`; any other file holds one prompt per non-blank line. Every bad row is reported at once."""

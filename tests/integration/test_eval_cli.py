@@ -76,6 +76,18 @@ def test_eval_writes_the_full_report(tmp_path, tiny_model_dir):
     assert (out / "plots" / "loss.png").stat().st_size > 1000
     assert "Report" in result.output
 
+    # --rescore: the saved predictions scored again under another headline; nothing generated, nothing else changed
+    result = CliRunner().invoke(app, ["eval", str(config), "--rescore", "--set", "metrics.headline=exact_match"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    again = json.loads((out / "report.json").read_text())
+    assert again["headline"] == "exact_match" and "exact match" in (out / "report.md").read_text()
+    for old, new in zip(report["variants"], again["variants"]):
+        assert new["predictions"] == old["predictions"] and new["scores"] == old["scores"]
+        assert new["generation_seconds"] == old["generation_seconds"]  # not generated again
+        low, high = new["headline_ci"]
+        assert low <= new["scores"]["exact_match"] + 1e-9 and new["scores"]["exact_match"] <= high + 1e-9
+    assert CliRunner().invoke(app, ["eval", str(config), "--rescore", "-o", str(tmp_path / "none")]).exit_code == 2
+
 
 def test_eval_config_errors_point_at_the_line(tmp_path):
     config = tmp_path / "eval.yaml"

@@ -122,6 +122,30 @@ def test_sparql_structural_match_different(a, b):
     assert not structurally_equal(a, b)
 
 
+# DBLP-QuAD's references in the dialect of its endpoint: aggregates projected without parentheses, xsd: undeclared
+DIALECT_MAX = (f"SELECT DISTINCT MAX(xsd:integer(?answer)) AS ?answer WHERE {{ ?x <{DBLP}authoredBy> "
+               f"<https://dblp.org/pid/16/782> . ?x <{DBLP}yearOfPublication> ?answer }}")
+DIALECT_MIN = (f"SELECT DISTINCT ?answer MIN(xsd:integer(?y)) AS ?y WHERE {{ <https://dblp.org/rec/conf/x/Y15> "
+               f"<{DBLP}authoredBy> ?answer . ?x <{DBLP}authoredBy> ?answer . ?x <{DBLP}yearOfPublication> ?y }}")
+
+
+def test_endpoint_dialect_references_parse_and_match_themselves_and_their_standard_form():
+    from tunesmith.eval.sparql import _translate, endpoint_dialect
+
+    for query in (DIALECT_MAX, DIALECT_MIN):
+        assert _translate(query) is None  # rdflib alone cannot read them: without the repair they never match
+        assert parses(query) and structurally_equal(query, query)
+    standard = ("PREFIX xsd: <http://www.w3.org/2001/XMLSchema#>\n" + DIALECT_MIN
+                .replace("MIN(xsd:integer(?y)) AS ?y", "(MIN(xsd:integer(?year)) AS ?year)")
+                .replace("yearOfPublication> ?y", "yearOfPublication> ?year"))
+    assert structurally_equal(DIALECT_MIN, standard) and structurally_equal(standard, DIALECT_MIN)
+    assert not structurally_equal(DIALECT_MAX, DIALECT_MAX.replace("MAX(", "MIN("))  # the aggregate still counts
+    assert not structurally_equal(DIALECT_MIN, DIALECT_MIN.replace("?answer MIN", "MIN"))
+    # a query that is already standard is left as it is; a declared prefix is not declared twice
+    already = "PREFIX xsd: <http://www.w3.org/2001/XMLSchema#>\nSELECT (MAX(xsd:integer(?a)) AS ?m) ?b WHERE { ?a ?b ?c }"
+    assert endpoint_dialect(already) == already
+
+
 def test_unparsable_sparql_is_counted_and_never_matches():
     good = f"ASK {{ ?a <{DBLP}authoredBy> ?b }}"
     bad = "SELECT ?a WHERE { ?a <unclosed"

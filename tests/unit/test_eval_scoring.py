@@ -80,3 +80,19 @@ def test_generation_probe_scores_restores_mode_and_tracks_best(tiny_model, tiny_
     assert probe.update(30, {"probe/exact_match": 30.0}) == (False, False)
     assert probe.update(40, {"probe/exact_match": 10.0}) == (False, True)
     assert probe.state.best_step == 20
+
+
+def test_a_generation_limit_shorter_than_the_references_is_reported_before_generating(tiny_tokenizer, capsys):
+    from tunesmith.generate import cut_off_warning
+
+    refs = ["ASK { ?a ?b ?c }", "SELECT ?a WHERE { " + "?a <p> ?b . " * 40 + "}"]
+    longest = len(tiny_tokenizer(refs[1], add_special_tokens=False)["input_ids"])
+    warning = cut_off_warning(tiny_tokenizer, refs, 32, "probe.max_new_tokens")
+    assert f"shorter than 1 of 2 references (the longest has {longest} tokens)" in warning
+    assert f"probe.max_new_tokens to at least {longest + 1}" in warning
+    assert cut_off_warning(tiny_tokenizer, refs, longest, "x") is not None  # no room left for the end of turn
+    assert cut_off_warning(tiny_tokenizer, refs, longest + 1, "x") is None
+    examples = [Example([{"role": "user", "content": "q"}, {"role": "assistant", "content": r}], SourceRef("v", line=i))
+                for i, r in enumerate(refs)]
+    GenerationProbe(ProbeConfig(n=2, max_new_tokens=32), examples, tiny_tokenizer)  # warns at construction
+    assert "probe.max_new_tokens=32 is shorter" in capsys.readouterr().err.replace("\n", " ")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.console import Console
+
 from tunesmith.config import ProbeConfig
 from tunesmith.eval.metrics import Normalizer, build_metrics
 from tunesmith.eval.prompts import prompt_of, reference_of
-from tunesmith.generate import generate_chat
+from tunesmith.generate import cut_off_warning, generate_chat
 from tunesmith.records import Example, TunesmithError
+
+console = Console(stderr=True)
 
 
 @dataclass
@@ -28,7 +32,7 @@ class ProbeState:
 class GenerationProbe:
     """probe(model, tokenizer) -> {"probe/exact_match": 41.0, ...}; probe.update(step, scores) -> (is_best, stop)."""
 
-    def __init__(self, cfg: ProbeConfig, examples: list[Example]):
+    def __init__(self, cfg: ProbeConfig, examples: list[Example], tokenizer=None):
         if not examples:
             raise TunesmithError("the generation probe needs validation examples (data.valid)")
         self.cfg = cfg
@@ -38,6 +42,9 @@ class GenerationProbe:
         names = list(dict.fromkeys(cfg.metrics + [cfg.metric]))
         self.metrics = build_metrics(names, Normalizer())
         self.state = ProbeState()
+        if tokenizer is not None and (warning := cut_off_warning(tokenizer, self.references, cfg.max_new_tokens,
+                                                                 "probe.max_new_tokens")):
+            console.print(f"[bold yellow]warning:[/] {warning}")  # now, not after hours of training
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
         was_training = model.training

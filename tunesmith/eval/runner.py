@@ -35,7 +35,7 @@ from tunesmith.eval.results import (
 )
 from tunesmith.eval.retrieval import load_corpus
 from tunesmith.eval.scoring import reference_loss
-from tunesmith.generate import generate_chat, load_for_inference
+from tunesmith.generate import cut_off_warning, generate_chat, load_for_inference
 from tunesmith.files import read_json
 from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
 from tunesmith.threads import use_threads
@@ -62,6 +62,33 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True) -> EvalReport:
         wall_seconds=round(time.perf_counter() - wall_start, 1))
     from tunesmith.eval.report import write_report
 
+    write_report(report, cfg.report.dir, worst=cfg.report.worst)
+    return report
+
+
+def rescore(cfg: EvalConfig) -> EvalReport:
+    """The report already in `report.dir`, its saved predictions scored again with the metrics of `cfg` and of
+    this version of tunesmith (a metric added or fixed since): nothing is generated, no model is loaded."""
+    from tunesmith.eval.report import write_report
+
+    path = Path(cfg.report.dir) / "report.json"
+    if not path.is_file():
+        raise TunesmithError(f"{path}: no report to re-score; run `tunesmith eval` without --rescore first")
+    report = EvalReport.model_validate_json(path.read_text(encoding="utf-8"))
+    references = [item.reference for item in report.items]
+    metrics = build_metrics(cfg.metrics.use, Normalizer.from_config(cfg.metrics.normalize), cfg.metrics.custom)
+    variants = []
+    for old in report.variants:
+        if len(old.predictions) != len(references):
+            raise TunesmithError(f"{path}: variant {old.name!r} has {len(old.predictions)} predictions for "
+                                 f"{len(references)} test items; the report cannot be re-scored")
+        new = score_variant(old.name, old.kind, old.predictions, references, report.items, cfg, metrics)
+        variants.append(old.model_copy(update={k: getattr(new, k) for k in ("scores", "items", "headline_ci", "breakdown")}))
+    report = report.model_copy(update={
+        "variants": variants, "headline": cfg.metrics.headline, "confidence": cfg.metrics.bootstrap.confidence,
+        "metrics": [MetricInfo(name=m.name, description=m.description) for m in metrics],
+        "config": {**report.config, "metrics": cfg.metrics.model_dump(mode="json")},
+        "comparisons": compare(variants, cfg)})
     write_report(report, cfg.report.dir, worst=cfg.report.worst)
     return report
 
@@ -98,7 +125,10 @@ class EvalContext:
                       f"{len(cfg.variants)} variants: {', '.join(v.label for v in cfg.variants)}")
         base_model, tokenizer = load_for_inference(model=cfg.model.name, device=cfg.model.device,
                                                    precision=cfg.generation.precision)
-        return cls(cfg, tests, pool, [reference_of(ex) for ex in tests], Leakage(**found.to_dict()), metrics,
+        references = [reference_of(ex) for ex in tests]
+        if warning := cut_off_warning(tokenizer, references, cfg.generation.max_new_tokens, "generation.max_new_tokens"):
+            console.print(f"[bold yellow]warning:[/] {warning}")
+        return cls(cfg, tests, pool, references, Leakage(**found.to_dict()), metrics,
                    base_model, tokenizer)
 
     @cached_property
@@ -232,8 +262,8 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
 
 # ---- scoring ----
 
-def score_variant(name: str, kind: str, predictions: list[str], references: list[str], tests: list[Example],
-                  cfg: EvalConfig, metrics: list[Metric]) -> VariantResult:
+def score_variant(name: str, kind: str, predictions: list[str], references: list[str],
+                  tests: list[Example] | list[TestItem], cfg: EvalConfig, metrics: list[Metric]) -> VariantResult:
     boot, headline = cfg.metrics.bootstrap, cfg.metrics.headline
     scores: dict[str, float] = {}
     items: dict[str, list[float]] = {}
@@ -348,6 +378,8 @@ def eval_command(
     n: Annotated[Optional[int], typer.Option("-n", help="Evaluate only the first N test items (sets data.n)")] = None,
     no_forgetting: Annotated[bool, typer.Option("--no-forgetting", help="Skip the forgetting panel (sets forgetting.enabled=false)")] = False,
     threads: ThreadsOpt = None,
+    rescore_only: Annotated[bool, typer.Option("--rescore", help="Score the predictions already in report.dir again "
+                                               "with this config's metrics; generate nothing")] = False,
 ):
     """Compare base, few-shot, RAG and tuned variants on one held-out set; write report.md/.html/.json."""
     from tunesmith.eval.report import verdict
@@ -356,7 +388,7 @@ def eval_command(
         "report.dir": str(out) if out else None, "data.n": n, "forgetting.enabled": False if no_forgetting else None,
         "model.threads": threads})
     use_threads(cfg.model.threads, register="eval")
-    report = run_eval(cfg)
+    report = rescore(cfg) if rescore_only else run_eval(cfg)
     for line in verdict(report):
         console.print(line.replace("**", ""))
     console.print(f"[green]Report[/]: {Path(cfg.report.dir) / 'report.html'} (also report.md, report.json)")

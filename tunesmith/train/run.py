@@ -424,7 +424,7 @@ class RunProbe(Hook):
         if run.cfg.probe is not None:
             from tunesmith.eval.probe import GenerationProbe
 
-            self.probe = GenerationProbe(run.cfg.probe, run.valid_data.examples)
+            self.probe = GenerationProbe(run.cfg.probe, run.valid_data.examples, run.tokenizer)
 
     def after_step(self, stats: StepStats) -> bool:
         run, probe = self.run, self.probe
