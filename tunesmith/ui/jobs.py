@@ -62,11 +62,7 @@ class Job:
         if not self.running:
             return
         self.stop_requested = True
-        # A UI started with SIGINT ignored (from a background shell, nohup, a script) passes that on to its jobs, and
-        # Python installs no Ctrl-C handler in a process that starts so: SIGINT would do nothing. SIGTERM then
-        # (checkpoints are written atomically, so resume still continues from the last one).
-        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        self.process.send_signal(signal.SIGTERM if ignored else signal.SIGINT)
+        self.process.send_signal(signal.SIGINT)
 
         def escalate() -> None:
             try:
