@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -156,7 +158,21 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_show_vers
     """Adapt a pretrained LLM to your domain, and prove with numbers whether it was worth it."""
 
 
+UI_JOB_ENV = "TUNESMITH_UI_JOB"  # set by the UI (ui/jobs.py) on the commands it starts
+
+
+def restore_ctrl_c() -> None:
+    """In a job the UI started, make SIGINT raise KeyboardInterrupt again, as in a terminal.
+
+    A UI started with SIGINT ignored (from a background shell, nohup, a script) passes the ignore on to its jobs, and
+    Python installs no Ctrl-C handler in a process that starts so: the UI's Stop (SIGINT) would do nothing and the run
+    would go on to its end. Only for UI jobs: a command a user started with SIGINT ignored keeps it ignored."""
+    if os.environ.pop(UI_JOB_ENV, None) and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
+    restore_ctrl_c()
     app(prog_name="tunesmith")
 
 

@@ -18,8 +18,11 @@ from tunesmith.data.prep.pii_synth import (
     HARD_TEMPLATES,
     NEGATIVE_TEMPLATES,
     SyntheticPii,
+    entity_mentions,
+    persons_only,
     split_of,
     wikigold,
+    with_new_names,
 )
 from tunesmith.data.prep.pii_tagger import LABELS, SHIPPED, PiiTagger, decode
 from tunesmith.objectives.token_classification import word_shape
@@ -50,6 +53,26 @@ def test_evaluation_templates_never_occur_in_training():
     assert not {p["EmailAddress"] for p in train.identities} & {p["EmailAddress"] for p in held_out.identities}
     assert len(held_out.fakers) == len(train.fakers) + len(EVAL_ONLY_LOCALES)
     assert not {e.text for e in wikigold("train")} & {e.text for e in wikigold("eval")}
+
+
+def test_real_sentences_swap_other_entities_and_label_only_people():
+    tagged = wikigold("train", others=True)
+    assert [(e.text, [s for s in e.spans if s.type == "PERSON"]) for e in tagged] == [(e.text, e.spans) for e in wikigold("train")]
+    mentions = entity_mentions(tagged)
+    assert all(len(mentions[kind]) > 100 for kind in ("ORG", "LOC", "MISC"))
+    eval_mentions = {e.text[s.start : s.end] for e in wikigold("eval", others=True) for s in e.spans}
+    assert {m for ms in mentions.values() for m in ms} - eval_mentions  # drawn from training sentences only
+    example = LabelledText("Anna Berg played with Killing Joke in Leeds .", [
+        Span(0, 9, "PERSON", "PER"), Span(22, 34, "ORG", "ORG"), Span(38, 43, "LOC", "LOC")], 0)
+    no_person = LabelledText("The Leeds Rhinos won .", [Span(4, 16, "ORG", "ORG")], 1)
+    pool = {"ORG": ["Madina Lake"], "LOC": ["Aisby"]}
+    out = with_new_names([example, no_person], SyntheticPii("train", seed=0), pool)
+    assert len(out) == 2 and "Madina Lake" in out[0].text and "Aisby" in out[0].text and "Killing Joke" not in out[0].text
+    assert out[1].text == "The Madina Lake won ." and out[1].spans == []
+    (person,) = out[0].spans
+    assert person.type == "PERSON" and out[0].text[person.end :] == " played with Madina Lake in Aisby ."
+    assert with_new_names([no_person], SyntheticPii("train", seed=0)) == []  # without mentions: only sentences with people
+    assert all(s.type == "PERSON" for e in persons_only(tagged) for s in e.spans)
 
 
 def test_generated_sentences_cover_the_hard_cases():

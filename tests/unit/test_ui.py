@@ -239,3 +239,31 @@ def test_the_verb_reports_a_bad_setup_as_a_user_error(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(app, ["ui", "--project", str(tmp_path), "--port", "99999"])
     assert result.exit_code == 2 and "port" in result.output
+
+
+@pytest.mark.parametrize("ui_job", [True, False])
+def test_stop_reaches_a_job_of_a_ui_started_with_ctrl_c_ignored(ui_job):
+    """A UI started from a background shell or nohup ignores SIGINT and its jobs inherit that: a UI job gets Ctrl-C
+    back (Stop sends SIGINT), a command a user started with SIGINT ignored keeps it ignored."""
+    import signal
+    import subprocess
+    import sys
+
+    from tunesmith.ui.jobs import job_environment
+
+    env = job_environment() if ui_job else {k: v for k, v in os.environ.items() if k != "TUNESMITH_UI_JOB"}
+    script = ("import time; from tunesmith.cli import restore_ctrl_c; restore_ctrl_c(); print('ready', flush=True)\n"
+              "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True); raise SystemExit(130)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as a background shell does
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGINT)
+        if ui_job:
+            assert child.wait(20) == 130 and child.stdout.read().strip() == "interrupted"
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(1.5)
+    finally:
+        child.kill()
+        child.wait()

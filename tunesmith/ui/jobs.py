@@ -112,6 +112,14 @@ def tail(path: Path, lines: int = 200, max_bytes: int = 64_000) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
+def job_environment() -> dict[str, str]:
+    """The environment of a job: unbuffered plain output, and Ctrl-C restored in it (cli.restore_ctrl_c), so that Stop
+    works even when the UI itself was started with SIGINT ignored."""
+    from tunesmith.cli import UI_JOB_ENV
+
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "TERM": "dumb", UI_JOB_ENV: "1"}
+
+
 class Jobs:
     def __init__(self, max_jobs: int = 1):
         self.max_jobs = max_jobs
@@ -135,7 +143,7 @@ class Jobs:
                 raise Busy(f"{len(busy)} job(s) already running ({', '.join(j.target.name for j in busy)}); wait for "
                            "it to finish or stop it (the limit is the UI's max_jobs setting)")
             append_text(log, f"$ tunesmith {shlex.join(args)}\n")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "TERM": "dumb"}
+            env = job_environment()
             with open(log, "ab") as out:
                 # Its own session: a Ctrl-C meant for the UI's terminal does not reach the job; the UI stops it itself.
                 process = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", *args], cwd=cwd, stdout=out,

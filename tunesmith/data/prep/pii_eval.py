@@ -35,10 +35,12 @@ def read_identities(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def read_conll_persons(path: str | Path) -> list[LabelledText]:
+def read_conll_persons(path: str | Path, others: bool = False) -> list[LabelledText]:
     """Sentences of a CoNLL file (token TAG per line, blank line between sentences), PER entities as PERSON.
 
     Real running text, unlike the templates: it shows how the NER handles names it was not fed in a pattern.
+    With `others`, the other entities are kept too, typed by their tag (ORG, LOC, MISC): not PII, but material
+    for augmentation (pii_synth.with_new_names swaps them for other mentions of their kind).
     """
     examples = []
     for number, block in enumerate(Path(path).read_text(encoding="utf-8").split("\n\n")):
@@ -51,12 +53,14 @@ def read_conll_persons(path: str | Path) -> list[LabelledText]:
                 text += " "
             start = len(text)
             text += token
-            if tag.endswith("PER"):
-                if current is not None and not tag.startswith("B-"):
-                    current = Span(current.start, len(text), "PERSON", "PER")
+            kind = tag[2:] if tag[:2] in ("B-", "I-") else None
+            if kind is not None and (kind == "PER" or others):
+                kind = "PERSON" if kind == "PER" else kind
+                if current is not None and current.type == kind and not tag.startswith("B-"):
+                    current = Span(current.start, len(text), kind, tag[2:])
                     spans[-1] = current
                 else:
-                    current = Span(start, len(text), "PERSON", "PER")
+                    current = Span(start, len(text), kind, tag[2:])
                     spans.append(current)
             else:
                 current = None

@@ -397,12 +397,18 @@ class SyntheticPii:
         return examples
 
 
-def with_new_names(examples: list[LabelledText], source: SyntheticPii) -> list[LabelledText]:
+def with_new_names(examples: list[LabelledText], source: SyntheticPii,
+                   mentions: dict[str, list[str]] | None = None) -> list[LabelledText]:
     """Copies of real sentences with every PERSON span replaced by another identity's name (same number of
-    words, any locale, sometimes lower-case or in capitals): real contexts, names the tagger has never seen."""
+    words, any locale, sometimes lower-case or in capitals): real contexts, names the tagger has never seen.
+
+    With `mentions` (kind → surface forms, e.g. from `entity_mentions`), spans of those other kinds (ORG, LOC,
+    MISC) are swapped for a random mention of the same kind and then left unlabelled, and sentences without a
+    person are kept too: bands, villages and regiments in real contexts, which the tagger must learn are not
+    people. Only PERSON spans come out labelled."""
     out = []
     for example in examples:
-        if not any(s.type == "PERSON" for s in example.spans):
+        if not any(s.type == "PERSON" or (mentions and s.type in mentions) for s in example.spans):
             continue
         text, spans, last = "", [], 0
         for span in sorted(example.spans, key=lambda s: s.start):
@@ -413,11 +419,23 @@ def with_new_names(examples: list[LabelledText], source: SyntheticPii) -> list[L
                 value = _styled_name(who["given"], who["surname"] if " " in value else None, source.rng)
                 if " " not in value and source.rng.random() < 0.5:
                     value = _styled_name(who["surname"], None, source.rng)
-            spans.append(Span(len(text), len(text) + len(value), span.type, span.detector))
+                spans.append(Span(len(text), len(text) + len(value), span.type, span.detector))
+            elif mentions and span.type in mentions:
+                value = source.rng.choice(mentions[span.type])
             text += value
             last = span.end
         out.append(LabelledText(text + example.text[last:], spans, example.template))
     return out
+
+
+def entity_mentions(examples: list[LabelledText], kinds: tuple[str, ...] = ("ORG", "LOC", "MISC")) -> dict[str, list[str]]:
+    """The distinct surface forms of each kind of span in `examples`, sorted (deterministic draws)."""
+    return {kind: sorted({e.text[s.start : s.end] for e in examples for s in e.spans if s.type == kind}) for kind in kinds}
+
+
+def persons_only(examples: list[LabelledText]) -> list[LabelledText]:
+    """The same texts with only their PERSON spans labelled."""
+    return [LabelledText(e.text, [s for s in e.spans if s.type == "PERSON"], e.template) for e in examples]
 
 
 def joined(examples: list[LabelledText], rng: random.Random, rate: float = 0.15) -> list[LabelledText]:
@@ -482,7 +500,8 @@ def cased(examples: list[LabelledText], rng: random.Random, rate: float = 0.04) 
     return out
 
 
-def wikigold(split: Split, data: Path = DATA) -> list[LabelledText]:
-    """WikiGold sentences, PER as PERSON: the first 500 for evaluation, the rest for training."""
-    sentences = read_conll_persons(data / "wikigold.conll")
+def wikigold(split: Split, data: Path = DATA, others: bool = False) -> list[LabelledText]:
+    """WikiGold sentences, PER as PERSON: the first 500 for evaluation, the rest for training. With `others`,
+    the ORG, LOC and MISC spans are kept too (augmentation material; never PII labels)."""
+    sentences = read_conll_persons(data / "wikigold.conll", others=others)
     return sentences[:WIKIGOLD_EVAL_SENTENCES] if split == "eval" else sentences[WIKIGOLD_EVAL_SENTENCES:]

@@ -17,23 +17,28 @@ import sys
 from pathlib import Path
 
 from tunesmith.data.prep.pii_eval import LabelledText
-from tunesmith.data.prep.pii_synth import SyntheticPii, cased, context_noised, joined, vocabulary_of, wikigold, with_new_names
+from tunesmith.data.prep.pii_synth import (
+    SyntheticPii, cased, context_noised, entity_mentions, joined, persons_only, vocabulary_of, wikigold, with_new_names,
+)
 
 
-def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 3,
-                      context_noise: float = 0.0) -> list[LabelledText]:
+def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 4,
+                      context_noise: float = 0.0, swap_entities: bool = True) -> list[LabelledText]:
     """Synthetic sentences (training split; a share `context_noise` with random words swapped into their
-    context), WikiGold's training sentences as they are and with new names, some joined, some lower-cased;
+    context), WikiGold's training sentences as they are and with new names (and, with `swap_entities`, their
+    organisations, places and other names swapped among themselves, unlabelled), some joined, some lower-cased;
     shuffled. Deterministic from `seed`."""
     rng = random.Random(seed)
     source = SyntheticPii("train", seed=seed)
-    real = wikigold("train")
+    tagged = wikigold("train", others=True)
+    real = persons_only(tagged)
     examples = source.generate(n_synthetic)
     if context_noise:
         examples = context_noised(examples, vocabulary_of(real), rng, rate=context_noise)
     examples += real * wikigold_repeats
+    mentions = entity_mentions(tagged) if swap_entities else None
     for _ in range(renamed_repeats):
-        examples += with_new_names(real, source)
+        examples += with_new_names(tagged if swap_entities else real, source, mentions)
     rng.shuffle(examples)
     return cased(joined(examples, rng), rng)
 
