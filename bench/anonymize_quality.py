@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default="rules,rules+rampart,rules+tagger,rules+rampart+tagger", help="comma-separated combinations")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
+    parser.add_argument("--tagger", default=None, help="a tagger folder to measure instead of the shipped one (a run "
+                        "folder, or one written by pii_tagger.ship: measure what would ship)")
     args = parser.parse_args()
 
     synthetic = SyntheticPii("eval", seed=args.seed).generate(args.n)
@@ -89,14 +91,15 @@ def main() -> None:
     combos = args.detectors.split(",")
     results = {}
     for combo in combos:
-        synth_scores, synth_ms, synth_out = evaluate(synthetic, config_for(combo))
-        wiki_scores, wiki_ms, wiki_out = evaluate(wiki, config_for(combo, entity_types=["PERSON"]))
+        synth_scores, synth_ms, synth_out = evaluate(synthetic, config_for(combo, tagger_path=args.tagger))
+        wiki_scores, wiki_ms, wiki_out = evaluate(wiki, config_for(combo, tagger_path=args.tagger, entity_types=["PERSON"]))
         results[combo] = (synth_scores, synth_ms, wiki_scores, wiki_ms, synth_out, wiki_out)
         print(f"{combo}: synthetic {cell(synth_scores['ANY'])} ({synth_ms:.1f} ms), output {cell(synth_out['ANY'])} · "
               f"WikiGold {cell(wiki_scores['ANY'])}, output {cell(wiki_out['ANY'])}", file=sys.stderr)
 
     threads = os.environ.get("TUNESMITH_THREADS", "all")
-    command = f"`.venv/bin/python bench/anonymize_quality.py --n {args.n} --seed {args.seed} --detectors {args.detectors}`"
+    command = f"`.venv/bin/python bench/anonymize_quality.py --n {args.n} --seed {args.seed} --detectors {args.detectors}" + \
+        (f" --tagger {args.tagger}`" if args.tagger else "`")
     lines = [
         "## Anonymization: what PII detection lets through",
         "",
@@ -154,14 +157,15 @@ def main() -> None:
         from tunesmith.data.prep.pii_tagger import SHIPPED
         from tunesmith.files import read_json
 
-        summary, valid = read_json(SHIPPED / "train_summary.json"), read_json(SHIPPED / "valid_report.json")
+        folder = Path(args.tagger) if args.tagger else SHIPPED
+        summary, valid = read_json(folder / "train_summary.json"), read_json(folder / "valid_report.json")
         origin = (f"converted exactly from the {summary['converted_from']}" if summary.get("converted_from") else
                   f"on its validation rows (training templates, new fills) entity precision {valid['entity_precision']}, "
                   f"recall {valid['entity_recall']}")
         lines.append(
             "Tagger: tunesmith's own, a `tunesmith train configs/pii-tagger.yaml` run folder (all-MiniLM-L6-v2 + LoRA r=16 + "
-            "word shapes as token types + BIO head; `make pii-tagger`), shipped in tunesmith/data/prep/pii_tagger_model/: "
-            f"{summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min on 1 CPU thread; {origin}."
+            f"word shapes as token types + BIO head; `make pii-tagger`), {'measured from ' + args.tagger if args.tagger else 'shipped in tunesmith/data/prep/pii_tagger_model/'}: "
+            f"{summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min of training; {origin}."
         )
     markdown = "\n".join(lines)
     print(markdown)
