@@ -84,22 +84,26 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     parser.add_argument("--tagger", default=None, help="a tagger folder to measure instead of the shipped one (a run "
                         "folder, or one written by pii_tagger.ship: measure what would ship)")
+    parser.add_argument("--tagger-veto", type=float, default=None,
+                        help="anonymize.tagger_veto for combinations with rampart and the tagger (default: the config's)")
     args = parser.parse_args()
+    extra = {} if args.tagger_veto is None else {"tagger_veto": args.tagger_veto}
 
     synthetic = SyntheticPii("eval", seed=args.seed).generate(args.n)
     wiki = wikigold("eval")
     combos = args.detectors.split(",")
     results = {}
     for combo in combos:
-        synth_scores, synth_ms, synth_out = evaluate(synthetic, config_for(combo, tagger_path=args.tagger))
-        wiki_scores, wiki_ms, wiki_out = evaluate(wiki, config_for(combo, tagger_path=args.tagger, entity_types=["PERSON"]))
+        synth_scores, synth_ms, synth_out = evaluate(synthetic, config_for(combo, tagger_path=args.tagger, **extra))
+        wiki_scores, wiki_ms, wiki_out = evaluate(wiki, config_for(combo, tagger_path=args.tagger, entity_types=["PERSON"], **extra))
         results[combo] = (synth_scores, synth_ms, wiki_scores, wiki_ms, synth_out, wiki_out)
         print(f"{combo}: synthetic {cell(synth_scores['ANY'])} ({synth_ms:.1f} ms), output {cell(synth_out['ANY'])} · "
               f"WikiGold {cell(wiki_scores['ANY'])}, output {cell(wiki_out['ANY'])}", file=sys.stderr)
 
     threads = os.environ.get("TUNESMITH_THREADS", "all")
     command = f"`.venv/bin/python bench/anonymize_quality.py --n {args.n} --seed {args.seed} --detectors {args.detectors}" + \
-        (f" --tagger {args.tagger}`" if args.tagger else "`")
+        (f" --tagger {args.tagger}" if args.tagger else "") + \
+        (f" --tagger-veto {args.tagger_veto}`" if args.tagger_veto is not None else "`")
     lines = [
         "## Anonymization: what PII detection lets through",
         "",

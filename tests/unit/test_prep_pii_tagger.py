@@ -75,6 +75,17 @@ def test_real_sentences_swap_other_entities_and_label_only_people():
     assert all(s.type == "PERSON" for e in persons_only(tagged) for s in e.spans)
 
 
+def test_real_sentences_held_out_for_tuning_never_reach_training():
+    from tunesmith.data.prep.pii_tagger_data import real_validation, training_examples
+
+    held_out = real_validation(40)
+    assert len(held_out) == 40 and held_out == wikigold("train")[:40]
+    trained = " \n".join(e.text.casefold() for e in training_examples(0, seed=0, hold_out_real=40))
+    later = {e.text for e in wikigold("train")[40:]}
+    assert all(e.text.casefold() not in trained for e in held_out if e.text not in later and len(e.text) > 30)
+    assert all(e.text.casefold() in trained for e in wikigold("train")[40:60] if e.spans)  # the rest is still there
+
+
 def test_generated_sentences_cover_the_hard_cases():
     examples = SyntheticPii("train", seed=0).generate(400)
     persons = [e.text[s.start : s.end] for e in examples for s in e.spans if s.type == "PERSON"]
@@ -310,6 +321,38 @@ def test_shipped_tagger_finds_names_the_rules_cannot():
     found = {text[s.start : s.end]: s.type for s in tagger.find_spans(text)}
     assert found.get("Ravil G Yefimov") == "PERSON" and found.get("Satu Elomo") == "PERSON"
     assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
+
+
+def test_tagger_says_how_much_it_believes_a_span():
+    tagger = PiiTagger()
+    text = "Have you been to a Ravil G Yefimov concert before?"
+    name = Span(text.index("Ravil"), text.index(" concert"), "PERSON", "ner")
+    word = Span(text.index("concert"), text.index(" before"), "PERSON", "ner")
+    assert tagger.type_probability(text, name) > 0.5 > tagger.type_probability(text, word)
+    assert tagger.type_probability(text, Span(name.start, name.end, "ORG", "ner")) == 0.0  # not a type it knows
+    assert tagger.type_probability("x", Span(0, 0, "PERSON", "ner")) == 0.0  # no token
+
+
+def test_tagger_veto_drops_only_rampart_names_the_tagger_disbelieves():
+    class Rampart:
+        def find_spans(self, text):
+            return [Span(0, 11, "PERSON", "ner"), Span(16, 26, "PERSON", "ner"), Span(30, 41, "ADDRESS", "ner")]
+
+    class Tagger:
+        def find_spans(self, text):
+            return [Span(0, 11, "PERSON", "tagger")]
+
+        def type_probability(self, text, span):
+            return {0: 0.9, 16: 0.01, 30: 0.0}[span.start]
+
+    text = "Linkin Park and Ravil Yefi at 1 Main Road"
+    found = {}
+    for veto in (0.0, 0.03):
+        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_veto=veto))
+        detector.models = [Rampart(), Tagger()]
+        found[veto] = {text[s.start : s.end] for s in detector.find(text)}
+    assert found[0.0] == {"Linkin Park", "Ravil Yefi", "1 Main Road"}
+    assert found[0.03] == {"Linkin Park", "1 Main Road"}  # the tagger's own name and other types stay
 
 
 def test_shipped_tagger_says_where_its_weights_come_from():

@@ -45,6 +45,12 @@ class AnonymizeConfig(Strict):
     ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
     tagger_path: str | None = Field(None, description="A PII tagger run folder (`tunesmith train configs/pii-tagger.yaml`); default: the one shipped with tunesmith")
     tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default 0.5")
+    tagger_veto: float = Field(
+        0.0, ge=0, le=1,
+        description="When Rampart and the tagger both run: a name Rampart finds is dropped when the tagger gives each of "
+        "its tokens P(PERSON) below this (the tagger was trained on real sentences whose bands, places and products "
+        "are not people); 0: never",
+    )
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
     allow: list[str] = Field(default_factory=list, description="Terms never treated as PII (product names, acronyms the NER mistakes for names)")
@@ -131,6 +137,10 @@ class PiiDetector:
         spans = find_rule_spans(text, self.config.phone_region)
         for model in self.models:
             spans += model.find_spans(text)
+        judge = next((m for m in self.models if hasattr(m, "type_probability")), None)
+        if self.config.tagger_veto and judge is not None:
+            spans = [s for s in spans if not (s.detector == "ner" and s.type == "PERSON"
+                                              and judge.type_probability(text, s) < self.config.tagger_veto)]
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}
         kept = []

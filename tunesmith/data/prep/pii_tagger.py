@@ -123,6 +123,7 @@ class PiiTagger:
         self.max_tokens = loaded.cfg.data.max_seq_len
         self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         self._torch = torch
+        self._last: tuple[str, Encoded, list] | None = None  # the last text's probabilities, for type_probability
 
     def probabilities(self, encoded: Encoded):
         """Label probabilities per token (tokens × LABELS), windowed like Rampart for long texts."""
@@ -139,8 +140,24 @@ class PiiTagger:
                     result[i] = row
         return result
 
+    def _analysed(self, text: str) -> tuple[Encoded, list]:
+        if self._last is None or self._last[0] != text:
+            encoded = encode(self.tokenizer, text)
+            self._last = (text, encoded, self.probabilities(encoded))
+        return self._last[1], self._last[2]
+
     def find_spans(self, text: str) -> list[Span]:
         if not text.strip():
             return []
-        encoded = encode(self.tokenizer, text)
-        return decode(text, encoded.offsets, self.probabilities(encoded), self.threshold)
+        encoded, probs = self._analysed(text)
+        return decode(text, encoded.offsets, probs, self.threshold)
+
+    def type_probability(self, text: str, span: Span) -> float:
+        """The highest P(B-type) + P(I-type) this tagger gives a token of `span` (of `text`), for `span.type`: how
+        much it believes another detector's span. 0.0 for a type it does not know or a span over no token."""
+        if span.type not in TAGGER_TYPES:
+            return 0.0
+        encoded, probs = self._analysed(text)
+        columns = [LABELS.index(f"B-{span.type}"), LABELS.index(f"I-{span.type}")]
+        inside = [probs[i] for i, (a, b) in enumerate(encoded.offsets) if a < span.end and span.start < b]
+        return max((sum(float(row[k]) for k in columns) for row in inside), default=0.0)

@@ -23,14 +23,15 @@ from tunesmith.data.prep.pii_synth import (
 
 
 def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, renamed_repeats: int = 4,
-                      context_noise: float = 0.0, swap_entities: bool = True) -> list[LabelledText]:
+                      context_noise: float = 0.0, swap_entities: bool = True, hold_out_real: int = 0) -> list[LabelledText]:
     """Synthetic sentences (training split; a share `context_noise` with random words swapped into their
     context), WikiGold's training sentences as they are and with new names (and, with `swap_entities`, their
     organisations, places and other names swapped among themselves, unlabelled), some joined, some lower-cased;
-    shuffled. Deterministic from `seed`."""
+    shuffled. The first `hold_out_real` WikiGold training sentences are left out (see `real_validation`).
+    Deterministic from `seed`."""
     rng = random.Random(seed)
     source = SyntheticPii("train", seed=seed)
-    tagged = wikigold("train", others=True)
+    tagged = wikigold("train", others=True)[hold_out_real:]
     real = persons_only(tagged)
     examples = source.generate(n_synthetic)
     if context_noise:
@@ -41,6 +42,12 @@ def training_examples(n_synthetic: int, seed: int, wikigold_repeats: int = 2, re
         examples += with_new_names(tagged if swap_entities else real, source, mentions)
     rng.shuffle(examples)
     return cased(joined(examples, rng), rng)
+
+
+def real_validation(hold_out_real: int) -> list[LabelledText]:
+    """The WikiGold training sentences `training_examples(hold_out_real=...)` leaves out, people labelled: real
+    text for choosing a threshold or a detector combination (WikiGold's evaluation sentences stay untouched)."""
+    return wikigold("train")[:hold_out_real]
 
 
 def rows(examples: list[LabelledText]) -> list[dict]:
@@ -58,12 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation", type=int, default=400, help="validation sentences (training templates, new fills)")
     parser.add_argument("--context-noise", type=float, default=0.5,
                         help="share of synthetic sentences with random words swapped into their context")
+    parser.add_argument("--hold-out-real", type=int, default=0, metavar="N",
+                        help="leave the first N WikiGold training sentences out of training and write them to "
+                             "valid_real.jsonl (real text for tuning thresholds; 0: train on all of them)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    train = training_examples(args.sentences, args.seed, context_noise=args.context_noise)
+    train = training_examples(args.sentences, args.seed, context_noise=args.context_noise, hold_out_real=args.hold_out_real)
     valid = SyntheticPii("train", seed=args.seed + 1).generate(args.validation)
     atomic_write_jsonl(args.out_dir / "train.jsonl", rows(train))
     atomic_write_jsonl(args.out_dir / "valid.jsonl", rows(valid))
+    if args.hold_out_real:
+        atomic_write_jsonl(args.out_dir / "valid_real.jsonl", rows(real_validation(args.hold_out_real)))
     print(f"wrote {len(train)} training and {len(valid)} validation texts to {args.out_dir}", file=sys.stderr)
 
 
