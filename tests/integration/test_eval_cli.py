@@ -75,6 +75,17 @@ def test_eval_writes_the_full_report(tmp_path, tiny_model_dir):
     assert "Worst failures" in md and "Forgetting" in md
     assert (out / "plots" / "loss.png").stat().st_size > 1000
     assert "Report" in result.output
+    (cached,) = (tmp_path / "cache" / "forgetting").glob("base-*.json")  # the base model's panel, cached by its weights
+    assert json.loads(cached.read_text())["text_perplexity"] == report["forgetting_base"]["text_perplexity"]
+
+    # a second eval against the same base model reads its panel scores instead of measuring them: the same numbers
+    result = CliRunner().invoke(app, ["eval", str(config), "-o", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "base model's scores from" in " ".join(result.output.split())
+    second = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert second["forgetting_base"] == report["forgetting_base"]
+    verdicts = lambda r: [v["forgetting"] and v["forgetting"]["verdict"] for v in r["variants"]]  # noqa: E731
+    assert verdicts(second) == verdicts(report)  # the tuned model measured again against the cached base
 
     # --rescore: the saved predictions scored again under another headline; nothing generated, nothing else changed
     result = CliRunner().invoke(app, ["eval", str(config), "--rescore", "--set", "metrics.headline=exact_match"])

@@ -96,3 +96,29 @@ def test_a_generation_limit_shorter_than_the_references_is_reported_before_gener
                 for i, r in enumerate(refs)]
     GenerationProbe(ProbeConfig(n=2, max_new_tokens=32), examples, tiny_tokenizer)  # warns at construction
     assert "probe.max_new_tokens=32 is shorter" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_base_forgetting_scores_are_cached_by_weights_tasks_and_settings(tmp_path, tiny_model_dir):
+    import shutil
+
+    from tunesmith.eval.forgetting import (
+        GeneralScores, GeneralTask, base_scores_path, read_cached_scores, write_cached_scores,
+    )
+
+    tasks = [GeneralTask([{"role": "user", "content": "Name a colour."}], "Blue.")]
+    key = lambda model=str(tiny_model_dir), t=tasks, n=96, b=16, p="bf16": base_scores_path(tmp_path, model, t, n, b, p)  # noqa: E731
+    assert key() == key()
+    other_tasks = [GeneralTask([{"role": "user", "content": "Name a colour."}], "Red.")]
+    assert len({key(), key(t=other_tasks), key(n=32), key(b=8), key(p="fp32")}) == 5
+    copy = tmp_path / "model-copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert key(model=str(copy)) == key()  # the weights, not the path
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("{", '{"_touched": 1, ', 1))
+    assert key(model=str(copy)) != key()  # a changed model is never served stale scores
+
+    scores = GeneralScores(12.5, 3.25, 41.0, None, ["Blue."], 7.0)
+    assert read_cached_scores(key()) is None
+    write_cached_scores(key(), scores)
+    assert read_cached_scores(key()) == scores
+    key().write_text('{"text_perplexity": 1')  # torn or foreign: measured again, never an error
+    assert read_cached_scores(key()) is None

@@ -111,7 +111,7 @@ class RetrievalConfig(Strict):
                           "None: the training pairs (prompt + answer) are the corpus")
     k: int = Field(3, ge=1, le=32, description="Passages put in a RAG prompt")
     index: Literal["flat", "hnsw"] = Field("flat", description="faiss index: exact inner product, or HNSW for big corpora")
-    cache_dir: str = Field(".cache/tunesmith/eval", description="Embeddings and indexes, keyed by content hash")
+    cache_dir: str = Field(".cache/tunesmith/eval", description="Embeddings, indexes and the base model's forgetting-panel scores, keyed by content hash")
     max_prompt_tokens: int = Field(1536, ge=64, description="Few-shot / RAG prompts are cut to fit (fewest examples dropped)")
     passage_words: int = Field(120, ge=10, description="Documents are cut into passages of about this many words")
     rag_template: str = Field(
@@ -131,6 +131,8 @@ class ForgettingConfig(Strict):
     max_perplexity_increase: float = Field(0.10, ge=0, description="Flag if general perplexity rises by more than this fraction")
     max_kl: float = Field(0.25, ge=0, description="Flag if mean per-token KL(base || tuned) in nats exceeds this")
     max_chrf_drop: float = Field(5.0, ge=0, description="Flag if chrF of general answers drops by more points than this")
+    cache: bool = Field(True, description="Cache the base model's scores in retrieval.cache_dir, keyed by its weights, the "
+                                          "instructions and the settings: later evals against the same base model skip them")
 
 
 class ReportConfig(Strict):

@@ -9,12 +9,14 @@ distributions over the human answers. A tuned model is flagged when any of these
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunesmith.eval.metrics import corpus_chrf
-from tunesmith.files import read_jsonl
+from tunesmith.files import atomic_write_json, read_json, read_jsonl
 from tunesmith.eval.scoring import mean_kl, reference_loss
 from tunesmith.generate import generate_chat
 from tunesmith.records import Message, TunesmithError
@@ -73,6 +75,36 @@ def measure_general(model, tokenizer, tasks: list[GeneralTask], base_model=None,
     kl = mean_kl(base_model, model, tokenizer, chats=chats, precision=precision) if base_model is not None else None
     return GeneralScores(text.perplexity, answer.perplexity, corpus_chrf(answers, [t.answer for t in tasks]), kl,
                          answers, time.perf_counter() - start)
+
+
+def base_scores_path(cache_dir: str | Path, model: str, tasks: list[GeneralTask], max_new_tokens: int,
+                     batch_size: int, precision: str) -> Path:
+    """Where the base model's panel scores are cached: keyed by its weights (not its name), the instructions and
+    answers, and every setting that changes a number (batching and precision move greedy answers), and the
+    tunesmith version (the scoring code). They depend on nothing else, so every eval against the same base model
+    measures them once."""
+    import torch
+
+    from tunesmith import __version__
+    from tunesmith.models.loading import model_fingerprint
+
+    digest = hashlib.sha256(json.dumps([model_fingerprint(model), [[t.prompt, t.answer] for t in tasks], max_new_tokens,
+                                        batch_size, precision, __version__, torch.__version__]).encode())
+    return Path(cache_dir) / "forgetting" / f"base-{digest.hexdigest()[:24]}.json"
+
+
+def read_cached_scores(path: Path) -> GeneralScores | None:
+    """The cached scores, or None when there are none (or the file is not a complete record: then measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        return GeneralScores(**read_json(path))
+    except (OSError, ValueError, TypeError, TunesmithError):
+        return None
+
+
+def write_cached_scores(path: Path, scores: GeneralScores) -> None:
+    atomic_write_json(path, asdict(scores))
 
 
 @dataclass

@@ -147,12 +147,23 @@ class EvalContext:
         f, g = self.cfg.forgetting, self.cfg.generation
         if not (wanted and f.enabled):
             return
-        from tunesmith.eval.forgetting import load_general_tasks, measure_general
+        from tunesmith.eval.forgetting import (
+            base_scores_path, load_general_tasks, measure_general, read_cached_scores, write_cached_scores,
+        )
 
         self.general_tasks = load_general_tasks(f.data, f.n)
+        cached = base_scores_path(self.cfg.retrieval.cache_dir, self.cfg.model.name, self.general_tasks,
+                                  f.max_new_tokens, g.batch_size, g.precision) if f.cache else None
+        if cached is not None and (scores := read_cached_scores(cached)) is not None:
+            console.print(f"[bold]forgetting panel[/]: base model's scores from {cached} (same weights, instructions "
+                          "and settings)")
+            self.base_general = scores
+            return
         console.print(f"[bold]forgetting panel[/]: base model on {len(self.general_tasks)} general instructions")
         self.base_general = measure_general(self.base_model, self.tokenizer, self.general_tasks, None,
                                             f.max_new_tokens, g.batch_size, g.precision)
+        if cached is not None:
+            write_cached_scores(cached, self.base_general)
 
     def forgetting_of(self, run: str, model, tokenizer) -> Forgetting | None:
         """The forgetting verdict of a tuned model against the base model, measured once per run folder."""

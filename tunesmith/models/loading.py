@@ -114,6 +114,26 @@ def _from_hf_cache(repo_id: str) -> Path:
         ) from None
 
 
+def model_fingerprint(name_or_run: str) -> str:
+    """sha256 over a model's weights and configs (a run folder: its trained output and its base model): what a
+    distillation store or a cached score was computed with, even if the folder is later retrained in place."""
+    from tunesmith.config import load_config
+    from tunesmith.files import sha256_file
+    from tunesmith.generate import is_run_folder
+    from tunesmith.train.stages import last_stage_dir
+
+    if is_run_folder(name_or_run):
+        run = last_stage_dir(Path(name_or_run))
+        folders = [run / "final", resolve_model(load_config(run / "config.yaml").model.name)]
+    else:
+        folders = [resolve_model(name_or_run)]
+    digest = hashlib.sha256()
+    for folder in folders:
+        for f in sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".json", ".bin")):
+            digest.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def _file_fingerprint(path: Path) -> str:
     stat = path.stat()
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]

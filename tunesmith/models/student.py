@@ -48,7 +48,8 @@ def make_student(teacher: str, out: Path, layers: str | None = None) -> dict:
     from tunesmith.files import atomic_dir, atomic_write_json
     from tunesmith.generate import is_run_folder, load_run_or_model
     from tunesmith.methods.base import count_parameters
-    from tunesmith.objectives.distill import STUDENT_FILE, teacher_fingerprint
+    from tunesmith.models.loading import model_fingerprint
+    from tunesmith.objectives.distill import STUDENT_FILE
 
     model, tokenizer = load_run_or_model(teacher, device="cpu")
     if hasattr(model, "peft_config"):
@@ -81,7 +82,7 @@ def make_student(teacher: str, out: Path, layers: str | None = None) -> dict:
     student.generation_config = model.generation_config
     lineage = {
         "made_by": "tunesmith student", "teacher": teacher, "teacher_is_run": is_run_folder(teacher),
-        "teacher_fingerprint": teacher_fingerprint(teacher), "teacher_blocks": n, "kept_blocks": kept,
+        "teacher_fingerprint": model_fingerprint(teacher), "teacher_blocks": n, "kept_blocks": kept,
         "parameters": {"teacher": count_parameters(model)[1], "student": count_parameters(student)[1]},
     }
     with atomic_dir(out) as folder:

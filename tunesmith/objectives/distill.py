@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from tunesmith.methods.base import Task
+from tunesmith.models.loading import model_fingerprint
 from tunesmith.objectives.base import Objective, ObjectiveSettings, register
 from tunesmith.records import IGNORE_INDEX, TunesmithError
 
@@ -148,26 +149,6 @@ def vocabulary_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
-def teacher_fingerprint(teacher: str) -> str:
-    """sha256 over the teacher's weights and configs (a run: its trained output and its base model)."""
-    from tunesmith.config import load_config
-    from tunesmith.files import sha256_file
-    from tunesmith.generate import is_run_folder
-    from tunesmith.models.loading import resolve_model
-    from tunesmith.train.stages import last_stage_dir
-
-    if is_run_folder(teacher):
-        run = last_stage_dir(Path(teacher))
-        folders = [run / "final", resolve_model(load_config(run / "config.yaml").model.name)]
-    else:
-        folders = [resolve_model(teacher)]
-    digest = hashlib.sha256()
-    for folder in folders:
-        for f in sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".json", ".bin")):
-            digest.update(f"{f.name}:{sha256_file(f)}\n".encode())
-    return digest.hexdigest()
-
-
 def store_fingerprint(data_fingerprint: str, settings: DistillSettings, teacher_fp: str, vocab: str) -> str:
     return hashlib.sha256(json.dumps({"format": STORE_FORMAT, "data": data_fingerprint, "teacher": teacher_fp,
                                       "top_k": settings.top_k, "temperature": settings.temperature,
@@ -264,7 +245,7 @@ class Distill(Objective):
         tokenizer was checked against this one."""
         s, state = run_cfg.objective, run_cfg.objective._state
         if not state.get("teacher_fingerprint"):
-            state["teacher_fingerprint"] = teacher_fingerprint(s.teacher)
+            state["teacher_fingerprint"] = model_fingerprint(s.teacher)
         fingerprint = store_fingerprint(data.fingerprint(), s, state["teacher_fingerprint"], vocabulary_hash(tokenizer))
         file = store_path(path, fingerprint, s)
         if file.is_file():
@@ -366,7 +347,7 @@ def write_lineage(run_cfg) -> None:
 
     s, state = run_cfg.objective, run_cfg.objective._state
     if not state.get("teacher_fingerprint"):  # which teacher exactly, even if its folder is later retrained in place
-        state["teacher_fingerprint"] = teacher_fingerprint(s.teacher)
+        state["teacher_fingerprint"] = model_fingerprint(s.teacher)
     origin = None
     try:
         student_file = resolve_model(run_cfg.model.name) / STUDENT_FILE
