@@ -1,12 +1,14 @@
 """The PII tagger's training data, as rows `tunesmith train` reads (configs/pii-tagger.yaml):
 
-    python -m tunesmith.data.prep.pii_tagger_data OUT_DIR [--sentences 60000] [--context-noise 0.5]
+    python -m tunesmith.data.prep.pii_tagger_data OUT_DIR [--sentences 60000] [--context-noise 0.5] [--hold-out-real N]
 
 writes OUT_DIR/train.jsonl and OUT_DIR/valid.jsonl, one `{"text", "spans": [{start, end, label}]}` per line (the
 token_classification objective's `spans` form). Deterministic from its seed. Training: the synthetic training split
 (pii_synth: templates, identities and locales that never occur in the evaluation split), WikiGold's training
 sentences as they are and with new names, some joined, some lower-cased. Validation: training-split templates with
-new fills (the evaluation split stays untouched for bench/anonymize_quality.py).
+new fills (the evaluation split stays untouched for bench/anonymize_quality.py); with `--hold-out-real N` also
+OUT_DIR/valid_real.jsonl, N WikiGold training sentences kept out of training (tune on them with
+bench/pii_tagger_tune.py).
 """
 
 from __future__ import annotations
