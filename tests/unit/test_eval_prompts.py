@@ -76,10 +76,23 @@ def test_rag_puts_top_passages_above_the_question(tiny_tokenizer, tmp_path):
 
 
 def test_rag_over_training_pairs_skips_the_items_own_pair(tiny_tokenizer, tmp_path):
-    passages = training_pairs_as_passages(POOL)
+    passages, questions = training_pairs_as_passages(POOL)
     assert passages[1] == "Question: What is the capital city of France?\nAnswer: Paris"
-    [built] = RagBuilder(passages, tiny_tokenizer, k=2, cache_dir=str(tmp_path)).build([chat(POOL[1].messages[0]["content"], "Paris")])
+    assert questions[1] == "What is the capital city of France?"
+    [built] = RagBuilder(passages, tiny_tokenizer, k=2, cache_dir=str(tmp_path), keys=questions).build(
+        [chat(POOL[1].messages[0]["content"], "Paris")])
     assert 1 not in built.shown
+
+
+def test_rag_over_training_pairs_shares_the_few_shot_index(tiny_tokenizer, tmp_path):
+    """RAG over training pairs embeds their questions: the few-shot index of the same pool, built once, cached."""
+    few_shot = FewShotBuilder(POOL, tiny_tokenizer, k=2, cache_dir=str(tmp_path))
+    passages, questions = training_pairs_as_passages(POOL)
+    rag = RagBuilder(passages, tiny_tokenizer, k=2, cache_dir=str(tmp_path), keys=questions)
+    assert not few_shot.index.from_cache and rag.index.from_cache and rag.index.key == few_shot.index.key
+    test = chat("Which city is the capital of France?", "Paris")
+    [built] = rag.build([test])
+    assert [passages[i] for i in built.shown] == [passages[i] for i in few_shot.candidates([test])[0]]
 
 
 def test_vector_index_is_cached_by_content(tmp_path):

@@ -19,7 +19,11 @@ CHATS = [
 ]
 
 
-def test_reference_loss_is_cross_entropy_of_the_answer_tokens_only(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("budget", [1, 10**6])  # one row per forward (long rows), all rows in one
+def test_reference_loss_is_cross_entropy_of_the_answer_tokens_only(budget, tiny_model, tiny_tokenizer, monkeypatch):
+    from tunesmith.eval import scoring
+
+    monkeypatch.setattr(scoring, "SCORE_TOKENS", budget)
     result = reference_loss(tiny_model, tiny_tokenizer, chats=CHATS, precision="fp32")
     total, count = 0.0, 0
     with torch.no_grad():

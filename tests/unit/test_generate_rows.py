@@ -192,3 +192,66 @@ def test_rows_leaving_the_batch_change_no_answer(tiny_model, tiny_tokenizer):
     alone = [generate_rows(tiny_model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
     assert together == alone
     assert [r.completion_tokens for r in together] == limits  # the tiny model never says end-of-turn here
+
+
+LONG = ["Name three papers by Alan Turing and the venues they appeared in, " * 4, "fox", "the quick brown fox " * 6,
+        "Did Alan Turing publish in ICML? " * 3, "What are the papers?"]
+
+
+def _long_rows(tokenizer, n=14):
+    return [RowRequest(encode_chat(tokenizer, [{"role": "user", "content": q}]), max_new_tokens=n) for q in LONG]
+
+
+@pytest.mark.parametrize("budget", [1, 60, 150])  # one row per forward; groups of several rows; groups of mixed widths
+def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget, tiny_model, tiny_tokenizer,
+                                                                           monkeypatch):
+    """The prompt cache computed a few rows at a time and stitched into the left-padded batch holds, at every real
+    position, the keys and values of one forward over the whole batch; zeros where the mask is 0; and greedy answers
+    are those of transformers' own prefill."""
+    import tunesmith.generate as generate
+
+    ids = [r.prompt_ids for r in sorted(_long_rows(tiny_tokenizer), key=lambda r: -len(r.prompt_ids))]
+    width = len(ids[0])
+    input_ids = torch.full((len(ids), width), tiny_tokenizer.pad_token_id)
+    attention = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(ids):
+        input_ids[row, width - len(prompt):], attention[row, width - len(prompt):] = torch.tensor(prompt), 1
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
+    with torch.inference_mode():
+        cache = generate._prefill(tiny_model, input_ids, attention, {})
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+        whole = tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
+                           position_ids=positions[:, :-1], use_cache=True).past_key_values
+    real = attention[:, None, :-1, None].bool()
+    for ours, theirs in zip(cache.layers, whole.layers):
+        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a.masked_fill(~real, 0), b.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)
+            assert not a.masked_fill(real, 0).any()
+    grouped = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32")
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", 10**9)
+    one_forward = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32")
+    assert grouped == one_forward
+
+
+def test_prefill_in_row_groups_keeps_each_row_s_adapter(tiny_model_dir, tiny_tokenizer, two_adapters, monkeypatch):
+    from peft import PeftModel
+
+    import tunesmith.generate as generate
+    from tunesmith.models.loading import load_model
+
+    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
+                                      adapter_name="alpha")
+    model.load_adapter(two_adapters["beta"], adapter_name="beta")
+    model.eval()
+
+    def rows():
+        out = _long_rows(tiny_tokenizer, n=10)
+        for r, name in zip(out, ["alpha", BASE_ADAPTER, "beta", "alpha", "beta"]):
+            r.adapter = name
+        return out
+
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", 60)
+    grouped = generate_rows(model, tiny_tokenizer, rows(), batch_size=5, precision="fp32")
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", 10**9)
+    assert grouped == generate_rows(model, tiny_tokenizer, rows(), batch_size=5, precision="fp32")

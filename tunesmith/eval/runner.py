@@ -139,9 +139,12 @@ class EvalContext:
     def rag_prompts(self) -> list[BuiltPrompt]:
         """Built once: the rag variant and every tuned + rag variant see the same passages."""
         r = self.cfg.retrieval
-        passages = load_corpus(r.corpus, r.passage_words) if r.corpus else training_pairs_as_passages(self.pool)
-        return RagBuilder(passages, self.tokenizer, r.k, r.rag_template, r.max_prompt_tokens, r.cache_dir,
-                          r.index).build(self.tests)
+        if r.corpus:
+            passages, keys = load_corpus(r.corpus, r.passage_words), None
+        else:  # the training pairs, found by their questions
+            passages, keys = training_pairs_as_passages(self.pool)
+        return RagBuilder(passages, self.tokenizer, r.k, r.rag_template, r.max_prompt_tokens, r.cache_dir, r.index,
+                          keys).build(self.tests)
 
     def measure_base_forgetting(self, wanted: bool) -> None:
         f, g = self.cfg.forgetting, self.cfg.generation
