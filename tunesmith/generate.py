@@ -319,9 +319,9 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         kwargs = {"adapter_names": extra["adapter_names"][start:end]} if "adapter_names" in extra else {}
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
                     use_cache=True, logits_to_keep=1, **kwargs)
-        if any(type(lay) is not DynamicLayer for lay in out.past_key_values.layers):
+        if any(type(lay) is not DynamicLayer for lay in out.cache.layers):
             return None  # sliding-window or other special layers: transformers' own prefill knows them
-        for layer, (keys, values) in enumerate((lay.keys, lay.values) for lay in out.past_key_values.layers):
+        for layer, (keys, values) in enumerate((lay.keys, lay.values) for lay in out.cache.layers):
             if layer == len(layers):
                 layers.append([])
             pad = (0, 0, cut, 0)  # (head dim, sequence): zeros before the group's columns

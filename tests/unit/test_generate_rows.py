@@ -221,7 +221,7 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
         cache = generate._prefill(tiny_model, input_ids, attention, {})
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
         whole = tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
-                           position_ids=positions[:, :-1], use_cache=True).past_key_values
+                           position_ids=positions[:, :-1], use_cache=True).cache
     real = attention[:, None, :-1, None].bool()
     for ours, theirs in zip(cache.layers, whole.layers):
         for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
