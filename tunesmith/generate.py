@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Optional, Protocol
 
@@ -282,6 +283,67 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
 
 
 DROP_FINISHED_EVERY = 16  # new tokens per `generate` call; finished rows leave the batch between calls
+CACHE_ROOM = 256  # positions a KV cache layer reserves beyond what it holds; see ReservedLayer
+
+
+@lru_cache(maxsize=None)
+def _reserved_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """transformers' DynamicLayer, whose keys and values are views into a buffer with room for CACHE_ROOM more
+        positions, written in place: DynamicLayer concatenates the whole cache with each new token, and at 700
+        cached positions × 25 rows × 30 layers those copies took more time than the step's matmuls (SmolLM2-135M,
+        2 threads). Cropping, row selection (rows leaving the batch) and reordering keep DynamicLayer's code; the
+        next update sees that the views no longer point into the buffer and reserves a new one."""
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            held, new = self.get_seq_length(), key_states.shape[-2]
+            buffers = getattr(self, "_buffers", None)
+            if buffers is None or held + new > buffers[0].shape[-2] or buffers[0].shape[0] != key_states.shape[0] \
+                    or held and self.keys.data_ptr() != buffers[0].data_ptr():
+                size = held + new + CACHE_ROOM
+                buffers = tuple(states.new_empty((*states.shape[:-2], size, states.shape[-1]))
+                                for states in (key_states, value_states))
+                if held:
+                    buffers[0][..., :held, :], buffers[1][..., :held, :] = self.keys, self.values
+                self._buffers = buffers
+            buffers[0][..., held : held + new, :], buffers[1][..., held : held + new, :] = key_states, value_states
+            self.keys, self.values = buffers[0][..., : held + new, :], buffers[1][..., : held + new, :]
+            return self.keys, self.values
+
+    return ReservedLayer
+
+
+@lru_cache(maxsize=None)
+def _reserved_cache_class():
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
+
+    class ReservedCache(DynamicCache):
+        """A DynamicCache of ReservedLayers (built with Cache's own `layer_class_to_replicate`)."""
+
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=_reserved_layer_class())
+
+    return ReservedCache
+
+
+def _new_cache(model):
+    """An empty cache of ReservedLayers for a model whose own cache would be plain DynamicLayers; else None
+    (sliding-window and other special layers: `generate` builds the model's own cache)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    config = getattr(model, "config", None)
+    own = DynamicCache(config=config) if config is not None else None
+    if own is None or any(type(layer) is not DynamicLayer for layer in own.layers):
+        return None
+    return _reserved_cache_class()()
+
+
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`
 
 
@@ -298,7 +360,6 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     answer is the one a single `generate` call gives (tests/unit/test_generate_rows.py). Virtual-token methods
     (a prompt or a prefix of their own) and small batches keep transformers' own prefill.
     """
-    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     rows, width = input_ids.shape
@@ -326,7 +387,9 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
                 layers.append([])
             pad = (0, 0, cut, 0)  # (head dim, sequence): zeros before the group's columns
             layers[layer].append((torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)))
-    cache = DynamicCache()
+    cache = _new_cache(model)
+    if cache is None:
+        return None
     for layer, parts in enumerate(layers):
         cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), layer)
     return cache
@@ -386,8 +449,11 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                                                                    pad_id, extra)
             hooks = dict(logits_processor=LogitsProcessorList([Processor(rows)]),
                          stopping_criteria=StoppingCriteriaList([Stopper(rows)]))
-            if (cache := _prefill(generator, input_ids, attention, extra)) is not None:
-                extra["cache"] = cache
+            if "cache" not in extra:  # prefilled a few rows at a time, or empty for `generate` to prefill
+                cache = _prefill(generator, input_ids, attention, extra)
+                cache = _new_cache(generator) if cache is None else cache
+                if cache is not None:
+                    extra["cache"] = cache
             while True:
                 # A row that has ended leaves the batch at the next chunk boundary (its KV cache rows dropped): the
                 # rest no longer pay for it at every step, as they would in one `generate` call to the longest row.

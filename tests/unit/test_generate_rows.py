@@ -255,3 +255,53 @@ def test_prefill_in_row_groups_keeps_each_row_s_adapter(tiny_model_dir, tiny_tok
     grouped = generate_rows(model, tiny_tokenizer, rows(), batch_size=5, precision="fp32")
     monkeypatch.setattr(generate, "PREFILL_TOKENS", 10**9)
     assert grouped == generate_rows(model, tiny_tokenizer, rows(), batch_size=5, precision="fp32")
+
+
+def test_reserved_cache_layer_holds_what_a_dynamic_layer_holds(monkeypatch):
+    """Updates written in place into a reserved buffer (reserving again when it is full), cropping, rows leaving
+    the batch and reordering: at every step the layer returns and holds exactly DynamicLayer's keys and values."""
+    from transformers.cache_utils import DynamicLayer
+
+    import tunesmith.generate as generate
+
+    monkeypatch.setattr(generate, "CACHE_ROOM", 3)
+    ours, theirs = generate._reserved_layer_class()(), DynamicLayer()
+    torch.manual_seed(0)
+
+    def same():
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert ours.get_seq_length() == theirs.get_seq_length()
+
+    for n in [5, 1, 1, 1, 1, 4, 1]:
+        k, v = torch.randn(4, 2, n, 8), torch.randn(4, 2, n, 8).bfloat16()
+        got, expected = ours.update(k, v), theirs.update(k, v)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        same()
+    for change in (lambda lay: lay.batch_select_indices(torch.tensor([0, 2, 3])), lambda lay: lay.crop(-2),
+                   lambda lay: lay.reorder_cache(torch.tensor([2, 0, 1]))):
+        change(ours), change(theirs)
+        same()
+        k, v = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 1, 8).bfloat16()
+        ours.update(k, v), theirs.update(k, v)
+        same()
+
+
+def test_generation_with_reserved_cache_equals_transformers_cache(tiny_model, tiny_tokenizer, monkeypatch):
+    """Every row's answer with the reserved cache (re-reserved every 3 positions, rows leaving the batch) is the one
+    transformers' own DynamicCache gives."""
+    import tunesmith.generate as generate
+    from tunesmith.generate import DROP_FINISHED_EVERY
+
+    limits = [3, 2 * DROP_FINISHED_EVERY + 5, DROP_FINISHED_EVERY, DROP_FINISHED_EVERY + 1, 7]
+
+    def rows():
+        return [RowRequest(r.prompt_ids, max_new_tokens=n) for r, n in zip(_long_rows(tiny_tokenizer), limits)]
+
+    with monkeypatch.context() as plain:  # no reserved cache: transformers' prefill and DynamicCache
+        plain.setattr(generate, "_new_cache", lambda model: None)
+        expected = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=5, precision="fp32")
+    assert [r.completion_tokens for r in expected] == limits
+    monkeypatch.setattr(generate, "CACHE_ROOM", 3)
+    for budget in (60, 10**9):  # prefilled in row groups, or by `generate` into the empty reserved cache
+        monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
+        assert generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=5, precision="fp32") == expected
