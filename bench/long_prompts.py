@@ -7,7 +7,7 @@ SmolLM2-135M-Instruct with its Linear weights in bf16 (what `tunesmith eval` run
 the same prompts, greedy, batch 25, back to back; then every speed-up is switched off in turn. Prints a table and
 writes it into docs/benchmarks.md.
 
-    .venv/bin/python bench/long_prompts.py [--n 50] [--max-new-tokens 336]
+    .venv/bin/python bench/long_prompts.py [--n 50] [--max-new-tokens 336] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=336)
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all configurations (median reported)")
     args = parser.parse_args()
 
     import torch
@@ -71,21 +73,28 @@ def main() -> None:
     ]
     fast_attention = model.config._attn_implementation
     generate_chat(model, tokenizer, conversations[:2], max_new_tokens=8, batch_size=2, show_progress=False)  # warm-up
-    rows, reference = [], None
-    for label, set_up in configurations:
-        generate.PREFILL_TOKENS, generate._new_cache = prefill_tokens, new_cache
-        attention(fast_attention)
-        set_up()
-        start = time.perf_counter()
-        answers = generate_chat(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
-                                batch_size=args.batch_size, show_progress=False)
-        seconds = time.perf_counter() - start
-        reference = reference or answers
-        tokens = sum(len(tokenizer(x, add_special_tokens=False).input_ids) + 1 for x in answers)
-        rows.append((label, seconds, tokens, sum(x == y for x, y in zip(answers, reference))))
-        print(f"{label}: {seconds:.1f} s", flush=True)
+    times: dict[str, list[float]] = {label: [] for label, _ in configurations}
+    outputs: dict[str, list[str]] = {}
+    for round_ in range(args.repeats):  # interleaved rounds: a slow spell of the host hits every configuration
+        order = configurations if round_ % 2 == 0 else configurations[::-1]
+        for label, set_up in order:
+            generate.PREFILL_TOKENS, generate._new_cache = prefill_tokens, new_cache
+            attention(fast_attention)
+            set_up()
+            start = time.perf_counter()
+            outputs[label] = generate_chat(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
+                                           batch_size=args.batch_size, show_progress=False)
+            times[label].append(time.perf_counter() - start)
+            print(f"{label}: {times[label][-1]:.1f} s", flush=True)
     generate.PREFILL_TOKENS, generate._new_cache = prefill_tokens, new_cache
     attention(fast_attention)
+    reference = outputs[configurations[0][0]]
+    rows = []
+    for label, _ in configurations:
+        answers = outputs[label]
+        tokens = sum(len(tokenizer(x, add_special_tokens=False).input_ids) + 1 for x in answers)
+        rows.append((label, statistics.median(times[label]), min(times[label]), max(times[label]), tokens,
+                     sum(x == y for x, y in zip(answers, reference))))
 
     base_s = rows[0][1]
     table = (
@@ -95,11 +104,12 @@ def main() -> None:
         f"bf16 matmul measured at {gflops:.0f} GFLOP/s just before · model: base SmolLM2-135M-Instruct, Linear "
         f"weights in bf16 · prompts: the eval's few-shot prompts (3 similar solved examples) for the first {args.n} "
         f"DBLP-QuAD validation questions, {prompt_tokens:.0f} tokens on average · greedy, batch {args.batch_size}, "
-        f"up to {args.max_new_tokens} new tokens.\n\n"
-        "| how | seconds | generated tokens/s | slower than tunesmith | same answers as tunesmith |\n"
+        f"up to {args.max_new_tokens} new tokens · {args.repeats} interleaved rounds (the second in reverse order), "
+        "median seconds with the range.\n\n"
+        "| how | seconds (range) | generated tokens/s | slower than tunesmith | same answers as tunesmith |\n"
         "| --- | ---: | ---: | ---: | ---: |\n"
-        + "".join(f"| {label} | {s:.1f} | {tokens / s:.1f} | {s / base_s:.2f}x | {same} of {args.n} |\n"
-                  for label, s, tokens, same in rows)
+        + "".join(f"| {label} | {s:.1f} ({lo:.1f}-{hi:.1f}) | {tokens / s:.1f} | {s / base_s:.2f}x | {same} of {args.n} |\n"
+                  for label, s, lo, hi, tokens, same in rows)
         + "\nAnswers can differ where fp32 and bf16 attention, or grouped and whole-batch matmuls, round a near-tie "
           "between two tokens differently.\n"
     )

@@ -356,14 +356,18 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     at most 1,024 tokens, whose activations stay in cache (25 × 600 random tokens: 26 s). So rows (sorted longest
     first) go through in groups of at most PREFILL_TOKENS tokens, each group padded only to its own longest row,
     and the groups' caches are stitched into the batch's left-padded cache (zeros where the mask is 0, never
-    attended to). Positions are those `generate` gives a left-padded row (the mask's cumulative sum), so the
-    answer is the one a single `generate` call gives (tests/unit/test_generate_rows.py). Virtual-token methods
-    (a prompt or a prefix of their own) and small batches keep transformers' own prefill.
+    attended to), a cache of ReservedLayers. Positions are those `generate` gives a left-padded row (the mask's
+    cumulative sum), so the answer is the one a single `generate` call gives (tests/unit/test_generate_rows.py).
+    Virtual-token methods (a prompt or a prefix of their own), models with sliding-window or other special cache
+    layers, and small batches keep transformers' own prefill.
     """
     from transformers.cache_utils import DynamicLayer
 
     rows, width = input_ids.shape
     if "cache" in extra or "inputs_embeds" in extra or width < 2 or rows * width <= PREFILL_TOKENS:
+        return None
+    cache = _new_cache(model)
+    if cache is None:  # sliding-window or other special layers: transformers' own prefill knows them
         return None
     lengths = attention.sum(-1).tolist()
     groups, start = [], 0
@@ -381,15 +385,12 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
                     use_cache=True, logits_to_keep=1, **kwargs)
         if any(type(lay) is not DynamicLayer for lay in out.cache.layers):
-            return None  # sliding-window or other special layers: transformers' own prefill knows them
+            return None  # the forward's own cache has special layers after all
         for layer, (keys, values) in enumerate((lay.keys, lay.values) for lay in out.cache.layers):
             if layer == len(layers):
                 layers.append([])
             pad = (0, 0, cut, 0)  # (head dim, sequence): zeros before the group's columns
             layers[layer].append((torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)))
-    cache = _new_cache(model)
-    if cache is None:
-        return None
     for layer, parts in enumerate(layers):
         cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), layer)
     return cache
