@@ -301,7 +301,7 @@ def _reserved_layer_class():
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             held, new = self.get_seq_length(), key_states.shape[-2]
-            buffers = getattr(self, "_buffers", None)
+            buffers = getattr(self, "_reserved", None)
             if buffers is None or held + new > buffers[0].shape[-2] or buffers[0].shape[0] != key_states.shape[0] \
                     or held and self.keys.data_ptr() != buffers[0].data_ptr():
                 size = held + new + CACHE_ROOM
@@ -309,7 +309,7 @@ def _reserved_layer_class():
                                 for states in (key_states, value_states))
                 if held:
                     buffers[0][..., :held, :], buffers[1][..., :held, :] = self.keys, self.values
-                self._buffers = buffers
+                self._reserved = buffers
             buffers[0][..., held : held + new, :], buffers[1][..., held : held + new, :] = key_states, value_states
             self.keys, self.values = buffers[0][..., : held + new, :], buffers[1][..., : held + new, :]
             return self.keys, self.values
@@ -334,14 +334,9 @@ def _reserved_cache_class():
 def _new_cache(model):
     """An empty cache of ReservedLayers for a model whose own cache would be plain DynamicLayers; else None
     (sliding-window and other special layers: `generate` builds the model's own cache)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from tunesmith.models.attention import has_plain_cache_layers
 
-    config = getattr(model, "config", None)
-    own = DynamicCache(config=config) if config is not None else None
-    if own is None or any(type(layer) is not DynamicLayer for layer in own.layers):
-        return None
-    return _reserved_cache_class()()
+    return _reserved_cache_class()() if has_plain_cache_layers(getattr(model, "config", None)) else None
 
 
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`

@@ -7,6 +7,11 @@ attention was half of a SmolLM2-135M decoding step (30 layers: 0.69 s a step, ag
 So a step's attention runs in fp32 (more exact, and the cached keys are fp32 already, RoPE having promoted them),
 the prompt's prefill and training keep transformers' SDPA. Registered through transformers' AttentionInterface,
 its documented way to plug in an attention function; nothing of transformers is replaced.
+
+Only for models whose KV cache is made of plain layers, which `generate_rows` keeps in place (ReservedLayer): over
+transformers' DynamicCache, re-concatenated at every token, the fp32 step was slower end to end than bf16 SDPA
+(106 against 84 s on 25 few-shot prompts), and with the reserved cache it was neutral end to end there (the runaway
+answers' tail, a few rows long, dominates; docs/benchmarks.md "Generation with long prompts").
 """
 
 from __future__ import annotations
@@ -38,12 +43,22 @@ def _register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as SDPA
 
 
+def has_plain_cache_layers(config) -> bool:
+    """True when the model's own KV cache would be transformers' plain DynamicLayers (no sliding window, no
+    linear-attention or other special layers)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return config is not None and all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
 def use_cpu_decode_attention(model: torch.nn.Module) -> bool:
-    """Switch a model that attends with SDPA on the CPU to `cpu_decode_attention`; True if it was switched."""
+    """Switch a model that attends with SDPA on the CPU, with plain cache layers, to `cpu_decode_attention`; True
+    if it was switched."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or \
-            next(base.parameters()).device.type != "cpu":
+            next(base.parameters()).device.type != "cpu" or not has_plain_cache_layers(config):
         return False
     _register()
     base.set_attn_implementation(NAME)
