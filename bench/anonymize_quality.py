@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1500, help="held-out synthetic sentences to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detectors", default="rules,rules+rampart,rules+tagger,rules+rampart+tagger", help="comma-separated combinations")
+    parser.add_argument("--detectors", default="rules,rules+rampart,rules+tagger,rules+rampart+tagger,rules+rampart+tagger+spacy", help="comma-separated combinations")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     parser.add_argument("--tagger", default=None, help="a tagger folder to measure instead of the shipped one (a run "
                         "folder, or one written by pii_tagger.ship: measure what would ship)")

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--tagger", required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--thresholds", default="0.5,0.4,0.3,0.2")
-    parser.add_argument("--vetoes", default="0", help="anonymize.tagger_veto values (only with rampart+tagger)")
+    parser.add_argument("--vetoes", default="0", help="anonymize.tagger_veto values (only with the tagger and rampart or spacy)")
     parser.add_argument("--detectors", default="rules+tagger,rules+rampart+tagger")
     args = parser.parse_args()
     synthetic = read_labelled(args.data / "valid.jsonl")
@@ -49,7 +49,7 @@ def main() -> None:
           f"real validation ({len(real)} WikiGold sentences): PERSON |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for combo in args.detectors.split(","):
-        vetoes = [float(v) for v in args.vetoes.split(",")] if "rampart" in combo and "tagger" in combo else [0.0]
+        vetoes = [float(v) for v in args.vetoes.split(",")] if "tagger" in combo and ("rampart" in combo or "spacy" in combo) else [0.0]
         for threshold in (float(t) for t in args.thresholds.split(",")):
             for veto in vetoes:
                 detector = PiiDetector(config_for(combo, tagger_path=args.tagger, tagger_threshold=threshold, tagger_veto=veto))

@@ -50,6 +50,18 @@ def test_ner_finds_names_and_addresses(detector):
     assert any(t == "ADDRESS" and "Vila Real" in v for v, t in found.items())
 
 
+def test_spacy_detector_finds_names_in_prose_and_only_names():
+    from tunesmith.data.prep.pii_ner import SpacyNer
+
+    text = "After the war, Carder joined Henry Ford's staff in Detroit, and the band Mogwai toured Japan in 1999."
+    found = {text[s.start : s.end]: (s.type, s.detector) for s in SpacyNer().find_spans(text)}
+    assert found.get("Henry Ford") == ("PERSON", "spacy")
+    assert not {"Detroit", "Japan", "1999"} & set(found)  # places and dates are not its business here
+    detector = PiiDetector(AnonymizeConfig(ner_models=["spacy"]))
+    assert "Henry Ford" in [text[s.start : s.end] for s in detector.find(text)]
+    assert SpacyNer().find_spans("   ") == []
+
+
 def test_acronyms_and_allow_list_are_not_names():
     detector = PiiDetector(AnonymizeConfig(allow=["Orbit"]))
     text = "All requests use JSON over HTTPS. Orbit Billing keeps invoices."

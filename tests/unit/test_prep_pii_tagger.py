@@ -303,7 +303,7 @@ def test_shapes_that_are_never_identifiers_are_dropped_and_real_ones_kept():
 
 def test_config_rejects_unknown_models():
     with pytest.raises(Exception, match="rampart"):
-        AnonymizeConfig(ner_models=["spacy"])
+        AnonymizeConfig(ner_models=["presidio"])
 
 
 # ---- the shipped tagger

