@@ -206,6 +206,7 @@ def test_short_values_are_replaced_only_where_detected():
     assert out[2].startswith("Ask <PERSON_") and " or Mr Reed." in out[2]
     assert result.leaks == []
     assert not propagates("OR") and not propagates("C") and propagates("Ann")
+    assert not propagates("will") and propagates("Will") and propagates("ann lee")
 
 
 def test_single_word_names_take_only_the_same_spelling_elsewhere():

@@ -327,7 +327,7 @@ class Pseudonyms:
         seen: set[str] = set()
         written = {*self.originals.values(), *(form for forms in self.forms.values() for form in forms), *extra}
         for value in sorted(written, key=len, reverse=True):
-            if not propagates(value) or (value.islower() and _WORD.fullmatch(value)):
+            if not propagates(value):
                 continue
             escaped = r"\s+".join(re.escape(part) for part in value.split())
             before = r"(?<!\w)" if value[:1].isalnum() or value[:1] == "_" else ""
@@ -353,8 +353,9 @@ def _name_parts(value: str) -> list[str]:
 def propagates(value: str) -> bool:
     """Whether a detected value is replaced everywhere, also where the detector missed it. Values with fewer
     than 3 letters or digits ("C", "OR", "IN", "LI": a building letter, a state code) are replaced only where
-    they were detected: everywhere, they would take every "or" and "in" and the C of "C'mon" with them."""
-    return sum(c.isalnum() for c in value) >= 3
+    they were detected: everywhere, they would take every "or" and "in" and the C of "C'mon" with them. So is a
+    single word detected in lower case ("will", "mark", "str"): everywhere, it would take the ordinary word with it."""
+    return sum(c.isalnum() for c in value) >= 3 and not (value.islower() and _WORD.fullmatch(value))
 
 
 def _walk_strings(node: Any, path: str, skip: set[str]):

@@ -129,8 +129,8 @@ class SpacyNer:
             doc = self.nlp(text, disable=self.disabled)
         spans = []
         for entity in doc.ents:
-            if entity.label_ != "PERSON":
-                continue
+            if entity.label_ != "PERSON" or not any(c.isupper() for c in entity.text):
+                continue  # a name it finds in lower case is nearly always a word ("bush", "str"); the tagger reads those
             end = entity.end_char
             if len(entity) > 1 and entity[-1].text in POSSESSIVES:  # "Henry Ford's": the name without the 's
                 end = entity[-1].idx
