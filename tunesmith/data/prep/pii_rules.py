@@ -60,6 +60,12 @@ def _trim_url(text: str, start: int, end: int) -> int:
     return end
 
 
+def is_card_number(digits: str) -> bool:
+    """12-19 digits, Luhn-valid, not starting with 0 (ISO/IEC 7812 keeps industry identifier 0 off payment cards;
+    "00420 772 505 236" is an international call prefix)."""
+    return digits.isdigit() and 12 <= len(digits) <= 19 and digits[0] != "0" and luhn.is_valid(digits)
+
+
 def find_rule_spans(text: str, phone_region: str = "US") -> list[Span]:
     spans: list[Span] = []
     for m in EMAIL.finditer(text):
@@ -80,7 +86,7 @@ def find_rule_spans(text: str, phone_region: str = "US") -> list[Span]:
         digits = re.sub(r"\D", "", m.group())
         # 12-digit (Maestro) numbers pass Luhn by chance one time in ten, so they need a card word nearby.
         short_ok = len(digits) >= 13 or CARD_CONTEXT.search(text[max(0, m.start() - 40) : m.start()])
-        if 12 <= len(digits) <= 19 and short_ok and luhn.is_valid(digits):
+        if is_card_number(digits) and short_ok:
             spans.append(Span(m.start(), m.end(), "CREDIT_CARD", "rule:credit_card_luhn"))
     for m in SSN.finditer(text):
         if us_ssn.is_valid(m.group()):
