@@ -35,6 +35,7 @@ IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:]
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 CARD = re.compile(r"(?<![\d+-])\d(?:[ -]?\d){11,18}(?![\d-])")
 CARD_CONTEXT = re.compile(r"\b(?:card|cc|credit|debit|visa|mastercard|maestro|amex)\b", re.I)
+CALL_ABROAD = re.compile(r"(?<![\d+-])00[1-9]\d*(?:[ ()-]{1,2}\d+){1,5}(?![\d-])")  # grouped, as written to be dialled
 SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 # "passport no. X1234567", "driver's license: D123-456", "ID number 12345678"
 ID_AFTER_KEYWORD = re.compile(
@@ -61,9 +62,8 @@ def _trim_url(text: str, start: int, end: int) -> int:
 
 
 def is_card_number(digits: str) -> bool:
-    """12-19 digits, Luhn-valid, not starting with 0 (ISO/IEC 7812 keeps industry identifier 0 off payment cards;
-    "00420 772 505 236" is an international call prefix)."""
-    return digits.isdigit() and 12 <= len(digits) <= 19 and digits[0] != "0" and luhn.is_valid(digits)
+    """12-19 digits, Luhn-valid."""
+    return digits.isdigit() and 12 <= len(digits) <= 19 and luhn.is_valid(digits)
 
 
 def find_rule_spans(text: str, phone_region: str = "US") -> list[Span]:
@@ -84,9 +84,10 @@ def find_rule_spans(text: str, phone_region: str = "US") -> list[Span]:
             spans.append(Span(m.start(), m.end(), "IBAN", "rule:iban"))
     for m in CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
-        # 12-digit (Maestro) numbers pass Luhn by chance one time in ten, so they need a card word nearby.
-        short_ok = len(digits) >= 13 or CARD_CONTEXT.search(text[max(0, m.start() - 40) : m.start()])
-        if is_card_number(digits) and short_ok:
+        # Any number passes Luhn one time in ten: a 12-digit (Maestro) number, or one starting with 0 (ISO/IEC 7812
+        # keeps industry identifier 0 off payment cards; "00420 772 505 236" is a call abroad), needs a card word nearby.
+        plain = len(digits) >= 13 and not digits.startswith("0")
+        if is_card_number(digits) and (plain or CARD_CONTEXT.search(text[max(0, m.start() - 40) : m.start()])):
             spans.append(Span(m.start(), m.end(), "CREDIT_CARD", "rule:credit_card_luhn"))
     for m in SSN.finditer(text):
         if us_ssn.is_valid(m.group()):
@@ -97,4 +98,11 @@ def find_rule_spans(text: str, phone_region: str = "US") -> list[Span]:
         spans.append(Span(m.start(), m.end(), "DATE", "rule:date"))
     for match in phonenumbers.PhoneNumberMatcher(text, phone_region, leniency=phonenumbers.Leniency.VALID):
         spans.append(Span(match.start, match.end, "PHONE", "rule:phonenumbers"))
+    for m in CALL_ABROAD.finditer(text):  # "00421 52 741 2553": 00 is the ITU's international prefix, + written out
+        try:
+            number = phonenumbers.parse("+" + re.sub(r"\D", "", m.group())[2:])
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            spans.append(Span(m.start(), m.end(), "PHONE", "rule:phonenumbers"))
     return spans
