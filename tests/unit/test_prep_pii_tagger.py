@@ -315,13 +315,13 @@ def test_times_labels_stop_words_and_lone_numbers_are_no_identifiers():
     noise = "[10:42] pushed the fix. Email: see below; error 429 is back. The address of Acme is unknown."
     detector.models = [Fixed([("[10:42]", "DATE"), ("Email", "PERSON"), ("429", "ADDRESS"), ("is", "ADDRESS")])]
     assert detector.find(noise) == []
-    real = "Ship to 12 Elm St by 3 May: licence O5222338, card 4111 1111 1111 1111, or 1233 Main."
+    real = "Ship to 12 Elm St by 3 May: licence O5222338, card 4111 1111 1111 1111, or 1233 Main, or 62 street."
     detector.models = [Fixed([("12", "ADDRESS"), ("Elm St", "ADDRESS"), ("3 May", "DATE"), ("O5222338", "CREDIT_CARD"),
-                              ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS")])]
+                              ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")])]
     found = [(real[s.start : s.end], s.type) for s in detector.find(real)]
     # a house number next to its street stays; a "card" with a letter is some other ID, still replaced
     assert found == [("12", "ADDRESS"), ("Elm St", "ADDRESS"), ("3 May", "DATE"), ("O5222338", "ID_NUMBER"),
-                     ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS")]  # before a capitalised word too
+                     ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")]  # before a capital or a street word
 
 
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():

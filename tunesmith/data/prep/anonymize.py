@@ -180,10 +180,11 @@ LONE_NUMBER_REACH = 40  # characters: a house number this close to another part 
 def _lone_number_address(text: str, span: Span, spans: list[Span]) -> bool:
     """A model's ADDRESS that is only a number ("error 429", "leaves at 6", "I just turned 58") with no other
     address part within reach: a house number alone identifies no one; next to a street, city or postcode, or
-    before a capitalised word ("1233 St.", a street the models did not tag), it stays."""
+    before a capitalised word or a street word the models did not tag ("1233 St.", "62 street"), it stays."""
     if span.type != "ADDRESS" or span.detector.startswith("rule") or not text[span.start : span.end].strip().isdigit():
         return False
-    if _NEXT_WORD.match(text, span.end):
+    following = _FOLLOWING_WORD.match(text, span.end)
+    if following and (following.group(1)[0].isupper() or following.group(1).casefold() in _STREET_WORDS):
         return False
     return not any(o is not span and o.type == "ADDRESS" and o.start - LONE_NUMBER_REACH < span.end
                    and span.start < o.end + LONE_NUMBER_REACH for o in spans)
@@ -203,6 +204,9 @@ def _unsupported_guess(text: str, span: Span, spans: list[Span]) -> bool:
 
 
 _NEXT_WORD = re.compile(r"[ \t]+([A-Z]\w+)")
+_FOLLOWING_WORD = re.compile(r"[ \t]+(\w+)")
+_STREET_WORDS = frozenset("street st avenue ave road rd lane ln boulevard blvd drive dr way place pl court ct square sq "
+                          "terrace highway hwy".split())
 # Words that end the name of a place or an organisation (English): a span ending in one, or followed by one, names no person.
 _PLACE_OR_ORG = frozenset("""park railway railroad brook pond creek river lake dock school college university gym mall
 market formation playfield orchestra band records recordings works trophy cathedral church station field hall hotel
