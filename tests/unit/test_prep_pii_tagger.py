@@ -270,32 +270,32 @@ def test_spellings_seen_travel_with_a_reused_mapping(tmp_path):
     assert again.pattern().search("signed by CARLSSON") is not None
 
 
-def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
+class FixedModel:
+    """A stand-in NER model: finds the given (value, type[, detector]) spans wherever the value occurs first."""
+
+    def __init__(self, *values, detector: str = "tagger"):
+        self.values = [v if len(v) == 3 else (*v, detector) for v in values]
+
+    def find_spans(self, text):
+        return [Span(text.index(v), text.index(v) + len(v), k, d) for v, k, d in self.values if v in text]
+
+
+def detector_with(*models) -> PiiDetector:
     detector = PiiDetector(AnonymizeConfig(ner=False))
+    detector.models = list(models)
+    return detector
 
-    class Fixed:
-        def __init__(self, values):
-            self.values = values
 
-        def find_spans(self, text):
-            return [Span(text.index(v), text.index(v) + len(v), k, d) for v, k, d in self.values]
-
+def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
     text = "C'mon, the API said OK to KATALIN TÓTH, ANNA and IT in Salem, OR 97301"
-    detector.models = [Fixed([("C", "ADDRESS", "tagger"), ("API", "PERSON", "ner"), ("OK", "ADDRESS", "tagger"), ("KATALIN TÓTH", "PERSON", "ner"),
-                              ("ANNA", "PERSON", "tagger"), ("IT", "ADDRESS", "tagger"), ("Salem, OR 97301", "ADDRESS", "tagger")])]
+    detector = detector_with(FixedModel(("C", "ADDRESS"), ("API", "PERSON", "ner"), ("OK", "ADDRESS"), ("KATALIN TÓTH", "PERSON", "ner"),
+                                        ("ANNA", "PERSON"), ("IT", "ADDRESS"), ("Salem, OR 97301", "ADDRESS")))
     assert [text[s.start : s.end] for s in detector.find(text)] == ["KATALIN TÓTH", "ANNA", "Salem, OR 97301"]
 
 
 def test_shapes_that_are_never_identifiers_are_dropped_and_real_ones_kept():
-    detector = PiiDetector(AnonymizeConfig(ner=False))
-
-    class Fixed:
-        def find_spans(self, text):
-            found = [("[10:43]", "PHONE"), ("10", "DATE"), ("thx", "PERSON"), ("me", "PERSON"), ("555-0199 x12", "PHONE"),
-                     ("ngozi", "PERSON"), ("March 3", "DATE"), ("Ng", "PERSON")]
-            return [Span(text.index(v), text.index(v) + len(v), k, "tagger") for v, k in found if v in text]
-
-    detector.models = [Fixed()]
+    detector = detector_with(FixedModel(("[10:43]", "PHONE"), ("10", "DATE"), ("thx", "PERSON"), ("me", "PERSON"), ("555-0199 x12", "PHONE"),
+                                        ("ngozi", "PERSON"), ("March 3", "DATE"), ("Ng", "PERSON")))
     noise = "[10:43] tmrw works for me, thx"
     assert detector.find(noise) == []  # a time is no phone, an hour no date, chat shorthand and pronouns no names
     real = "Call 555-0199 x12 on March 3; ngozi and Ng agreed."
@@ -303,43 +303,26 @@ def test_shapes_that_are_never_identifiers_are_dropped_and_real_ones_kept():
 
 
 def test_times_labels_stop_words_and_lone_numbers_are_no_identifiers():
-    detector = PiiDetector(AnonymizeConfig(ner=False))
-
-    class Fixed:
-        def __init__(self, values):
-            self.values = values
-
-        def find_spans(self, text):
-            return [Span(text.index(v), text.index(v) + len(v), k, "tagger") for v, k in self.values]
-
     noise = "[10:42] pushed the fix. Email: see below; error 429 is back. The address of Acme is unknown."
-    detector.models = [Fixed([("[10:42]", "DATE"), ("Email", "PERSON"), ("429", "ADDRESS"), ("is", "ADDRESS")])]
+    detector = detector_with(FixedModel(("[10:42]", "DATE"), ("Email", "PERSON"), ("429", "ADDRESS"), ("is", "ADDRESS")))
     assert detector.find(noise) == []
     real = "Ship to 12 Elm St by 3 May: licence O5222338, card 4111 1111 1111 1111, or 1233 Main, or 62 street."
-    detector.models = [Fixed([("12", "ADDRESS"), ("Elm St", "ADDRESS"), ("3 May", "DATE"), ("O5222338", "CREDIT_CARD"),
-                              ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")])]
+    detector = detector_with(FixedModel(("12", "ADDRESS"), ("Elm St", "ADDRESS"), ("3 May", "DATE"), ("O5222338", "CREDIT_CARD"),
+                                        ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")))
     found = [(real[s.start : s.end], s.type) for s in detector.find(real)]
-    # a house number next to its street stays; a "card" with a letter is some other ID, still replaced
+    # a house number next to its street, or before a capital or a street word, stays; a "card" with a letter is
+    # some other ID, still replaced
     assert found == [("12", "ADDRESS"), ("Elm St", "ADDRESS"), ("3 May", "DATE"), ("O5222338", "ID_NUMBER"),
-                     ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")]  # before a capital or a street word
+                     ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")]
 
 
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():
-    detector = PiiDetector(AnonymizeConfig(ner=False))
-
-    class Fixed:
-        def __init__(self, values):
-            self.values = values
-
-        def find_spans(self, text):
-            return [Span(text.index(v), text.index(v) + len(v), "PERSON", d) for v, d in self.values]
-
     text = "Ada Byrne walked from Cal Anderson Park to the Gentle Giant Orchestra with Hancock Brook."
-    guesses = [("Ada Byrne", "spacy"), ("Cal Anderson", "ner"), ("Gentle Giant Orchestra", "spacy"), ("Hancock Brook", "ner")]
-    detector.models = [Fixed(guesses)]
-    assert [text[s.start : s.end] for s in detector.find(text)] == ["Ada Byrne"]
-    detector.models = [Fixed(guesses), Fixed([("Hancock Brook", "tagger")])]  # the tagger agrees: it stays
-    assert [text[s.start : s.end] for s in detector.find(text)] == ["Ada Byrne", "Hancock Brook"]
+    guesses = FixedModel(("Ada Byrne", "PERSON", "spacy"), ("Cal Anderson", "PERSON", "ner"),
+                         ("Gentle Giant Orchestra", "PERSON", "spacy"), ("Hancock Brook", "PERSON", "ner"))
+    assert [text[s.start : s.end] for s in detector_with(guesses).find(text)] == ["Ada Byrne"]
+    agreed = detector_with(guesses, FixedModel(("Hancock Brook", "PERSON")))  # the tagger agrees: it stays
+    assert [text[s.start : s.end] for s in agreed.find(text)] == ["Ada Byrne", "Hancock Brook"]
 
 
 def test_a_call_abroad_is_a_phone_number_not_a_card():
