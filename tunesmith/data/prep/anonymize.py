@@ -193,7 +193,7 @@ def _lone_number_address(text: str, span: Span, spans: list[Span]) -> bool:
 def _unsupported_guess(text: str, span: Span, spans: list[Span]) -> bool:
     """A name from Rampart or spaCy that tunesmith's tagger does not share, and that is or precedes the word for a
     place or an organisation ("Cal Anderson Park", "Hancock Brook", "Gentle Giant Orchestra"): on held-out real and
-    synthetic validation text never a person (0 of 18 such guesses)."""
+    synthetic validation text 1 of 19 such guesses touched a labelled identifier, and none was left whole for it."""
     if span.detector not in ("ner", "spacy") or span.type != "PERSON":
         return False
     if any(o.detector == "tagger" and o.type == span.type and o.start < span.end and span.start < o.end for o in spans):
