@@ -106,3 +106,13 @@ def test_the_question_check_rejects_questions_about_the_page():
     assert pair_filter.question_problem("Fill in the blank: Velmora Labs was founded in ___.", chunk, "instruction") is None
     assert pair_filter.reject_reason("Was Velmora Labs founded in 1987?", "1987", chunk) == "question gives its answer away"
     assert names_subject("How long are payloads kept?", "Payloads above 256 kilobytes are rejected.")
+
+
+def test_a_fronted_time_phrase_with_a_determiner_moves_and_is_asked_for():
+    # "Every May," is a noun phrase whose head modifies the verb: the statement starts with its subject, and the
+    # month is asked for with a capitalised wh-phrase
+    text = "## Orvel Fair\n\nEvery May, Orvel Fair fills the streets of Dunmere."
+    pairs, items = _pairs(text, "Fairs > Orvel Fair", per_fact=10)
+    assert "Orvel Fair fills the streets of Dunmere every May." in {i.fact for i in items}
+    assert ("When does Orvel Fair fill the streets of Dunmere?", "May") in pairs
+    assert all(q[:1].isupper() for q, _ in pairs), sorted(q for q, _ in pairs if not q[:1].isupper())

@@ -282,11 +282,13 @@ def rewrite_sentence(sent, para: Paragraph) -> list[str]:
     tail = ""
     if subj is not None and sent[0].i not in skip:
         lead = [t for t in sent if t.i < subj.left_edge.i and t.i not in skip]
-        head_of_lead = lead[0].head if lead else None
+        # the phrase the lead is: "Every May," starts with a determiner whose head, "May", modifies the verb
+        phrase = lead[0].head if lead and lead[0].dep_ in ("det", "predet", "amod", "nummod") and lead[0].head.i < subj.left_edge.i else (lead[0] if lead else None)
+        head_of_lead = phrase.head if phrase is not None else None
         if lead and lead[0].dep_ == "mark" and head_of_lead is not None and head_of_lead.dep_ == "advcl":
             head_of_lead = head_of_lead.head  # "When a client goes over the limit, the API answers ..."
         if lead and lead[-1].text == "," and head_of_lead == root and (
-                lead[0].dep_ in ("prep", "advmod", "npadvmod") or lead[0].dep_ == "mark"):
+                phrase.dep_ in ("prep", "advmod", "npadvmod") or lead[0].dep_ == "mark"):
             words = _join(lead[:-1], replace)
             tail = " " + (words if lead[0].pos_ == "PROPN" else words[:1].lower() + words[1:])
             skip.update(t.i for t in lead)
@@ -426,7 +428,7 @@ def wh_words(kind: str, span, prep: str | None, fronted: bool) -> list[str]:
         what = f"what {span[0].text.lower()}"
         return [_cap(f"{p}{what}")] if fronted else [f"{p}{what}"]
     if kind == "month":
-        return [f"{_cap(p)}which month", "When"] if fronted else [f"{p}which month"]
+        return [_cap(f"{p}which month"), "When"] if fronted else [f"{p}which month"]
     if kind == "date":
         return ["When"] if fronted else [f"{p}when" if not prep else f"{p}what date"]
     if kind == "number":
@@ -469,6 +471,10 @@ def _answer_spans(doc, subject_tokens: set[int], max_words: int):
         span = doc[start:end]
         spans.append(span)
         taken.update(range(start, end))
+    for t in doc:  # "... every May": the small parser often sees no DATE there, but the month is the fact
+        if t.lower_ in MONTHS and t.text[:1].isupper() and t.pos_ == "PROPN" and t.i not in taken and t.i not in subject_tokens:
+            spans.append(doc[t.i : t.i + 1])
+            taken.add(t.i)
     for chunk in doc.noun_chunks:
         owner = {t.i for c in chunk.root.children if c.dep_ == "poss" for t in c.subtree}
         if chunk.root.dep_ not in ("dobj", "attr", "pobj", "oprd") or chunk.root.pos_ == "PRON" or any(
