@@ -36,10 +36,14 @@ LR = {"lora": 1e-3, "full": 1e-4}
 ROW_LEN, ROWS_PER_STEP = 512, 2  # tunesmith: 2 packed rows of up to 512 tokens per optimizer step
 
 
-def overrides(method: str, data: Path, out: Path | None = None) -> list[str]:
-    """The shared settings, on top of the method's shipped config: the draw's file, all of it, one epoch."""
+def overrides(method: str, data: Path, out: Path | None = None, padded_batch: int | None = None) -> list[str]:
+    """The shared settings, on top of the method's shipped config: the draw's file, all of it, one epoch. Packed:
+    ROWS_PER_STEP rows of up to ROW_LEN tokens per step; `padded_batch`: that many examples per step, unpacked,
+    grouped by length and right-padded (the Trainer's examples per step)."""
+    layout = ["train.pack=true", f"train.batch_size={ROWS_PER_STEP}"] if padded_batch is None else \
+        ["train.pack=false", f"train.batch_size={padded_batch}"]
     sets = [f"data.train={data}", "data.valid=null", "data.limit=null", "train.epochs=1", f"train.lr={LR[method]}",
-            f"train.batch_size={ROWS_PER_STEP}", "train.grad_accum=1", "train.pack=true", f"data.max_seq_len={ROW_LEN}"]
+            *layout, "train.grad_accum=1", f"data.max_seq_len={ROW_LEN}"]
     return sets + ([f"output.dir={out}"] if out else [])
 
 
@@ -79,11 +83,11 @@ def run_trainer(method: str, data: Path, out: Path, batch: int) -> dict:
             "final_loss": losses[-1] if losses else None}
 
 
-def run_tunesmith(method: str, data: Path, out: Path) -> dict:
+def run_tunesmith(method: str, data: Path, out: Path, padded_batch: int | None = None) -> dict:
     from tunesmith.config import load_config
     from tunesmith.train.run import train
 
-    result = train(load_config(CONFIGS[method], overrides(method, data, out)))
+    result = train(load_config(CONFIGS[method], overrides(method, data, out, padded_batch)))
     return {"seconds": result.train_seconds, "trained_tokens": result.trained_tokens, "tokens": result.tokens,
             "steps": result.steps, "final_loss": result.final_loss}
 
@@ -92,7 +96,10 @@ def child(which: str, method: str, data: Path, out: Path, batch: int) -> None:
     import torch
 
     torch.manual_seed(0)
-    result = run_trainer(method, data, out, batch) if which == "trainer" else run_tunesmith(method, data, out)
+    if which == "trainer":
+        result = run_trainer(method, data, out, batch)
+    else:
+        result = run_tunesmith(method, data, out, batch if which == "tunesmith-padded" else None)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result))
@@ -160,7 +167,10 @@ def main() -> None:
     parser.add_argument("--note", default="", help="A sentence about the conditions, added to the docs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-train")
     parser.add_argument("--no-docs", action="store_true", help="Print the table only")
-    parser.add_argument("--child", choices=["trainer", "tunesmith"])
+    parser.add_argument("--layouts", default="packed",
+                        help="tunesmith's row layouts to measure: packed (rows of several examples), padded (one example "
+                        "per row, grouped by length, the Trainer's examples per step), or both: packed,padded")
+    parser.add_argument("--child", choices=["trainer", "tunesmith", "tunesmith-padded"])
     parser.add_argument("--method", choices=list(CONFIGS))
     parser.add_argument("--data", type=Path)
     parser.add_argument("--batch", type=int, default=8)
@@ -175,13 +185,14 @@ def main() -> None:
     args.out.mkdir(parents=True)
     methods = args.methods.split(",")
     shape = model_shape()
-    results: dict[str, list[dict]] = {f"{m}/{w}": [] for m in methods for w in ("trainer", "tunesmith")}
+    stacks = ["trainer"] + [{"packed": "tunesmith", "padded": "tunesmith-padded"}[x] for x in args.layouts.split(",")]
+    results: dict[str, list[dict]] = {f"{m}/{w}": [] for m in methods for w in stacks}
     for repeat in range(args.repeats):
         data = draw(args.pool, args.examples, repeat, args.out)
         for method in methods:
             p = plan(method, data)
             batch = max(1, round(p["examples"] / p["steps"]))
-            for which in ("trainer", "tunesmith"):
+            for which in stacks:
                 print(f"repeat {repeat + 1}/{args.repeats}: {method} {which} ({p['examples']} examples, "
                       f"{p['examples'] / p['steps']:.1f} per step) ...", flush=True)
                 cmd = [sys.executable, __file__, "--child", which, "--method", method, "--data", str(data),
@@ -191,19 +202,19 @@ def main() -> None:
                 if proc.returncode != 0 or line is None:
                     sys.exit(f"{method} {which} failed:\n{proc.stderr[-3000:]}")
                 r = json.loads(line[7:])
-                r.update(batch=batch if which == "trainer" else None, examples=p["examples"],
+                r.update(batch=None if which == "tunesmith" else batch, examples=p["examples"],
                          gflops=useful_flops(method, shape, p["lengths"]) / 1e9)
                 results[f"{method}/{which}"].append(r)
                 print(f"  {r['trained_tokens'] / r['seconds']:.0f} trained tokens/s, {r['seconds']:.0f} s, "
                       f"{r['peak_rss_mb']:.0f} MB, {r['steps']} steps", flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
-    threads = results[f"{methods[0]}/tunesmith"][0]["threads"]
+    threads = results[f"{methods[0]}/{stacks[1]}"][0]["threads"]
     lines = [
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}" + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {threads} thread(s), torch "
+        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {threads} thread(s), torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
@@ -211,7 +222,9 @@ def main() -> None:
         f"{args.examples} rows (seed = repeat) from the first {args.pool} rows of examples/dblp_quad/data/train.jsonl; "
         f"both stacks train one epoch on that draw, each in its own process, bf16 autocast. tunesmith: {ROWS_PER_STEP} "
         f"packed rows of up to {ROW_LEN} tokens per step. Trainer: the same examples per step (batch size = examples / "
-        "tunesmith's steps, rounded), padded by DataCollatorForSeq2Seq. LoRA: r=16, alpha=32, dropout 0, all linear "
+        "tunesmith's steps, rounded), padded by DataCollatorForSeq2Seq. tunesmith-padded (`train.pack=false`): the "
+        "Trainer's batch size, one example per row, rows grouped by length and right-padded (no attention mask: "
+        "causal attention never reaches the padding after a row's last token). LoRA: r=16, alpha=32, dropout 0, all linear "
         "layers (Trainer + peft). Full: every weight (Trainer alone). Cells: median (min–max) over repeats; ratios are "
         f"of medians. MFU: useful training FLOPs per second over {args.peak_gflops * threads:.0f} GFLOP/s, the "
         f"measured bf16 matmul peak on {threads} thread(s). {args.note}".strip(),
@@ -223,7 +236,7 @@ def main() -> None:
         base = results[f"{method}/trainer"]
         base_tps = statistics.median(r["trained_tokens"] / r["seconds"] for r in base)
         base_rss = statistics.median(r["peak_rss_mb"] for r in base)
-        for which in ("trainer", "tunesmith"):
+        for which in stacks:
             rs = results[f"{method}/{which}"]
             tps = [r["trained_tokens"] / r["seconds"] for r in rs]
             rss = [r["peak_rss_mb"] for r in rs]

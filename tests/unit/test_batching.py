@@ -69,3 +69,26 @@ def test_packing_without_position_restart_would_leak(tiny_model, make_examples):
     leaked, _ = loss(batch)
     assert abs(float(right) - float(leaked)) / n > 1e-4
 
+
+
+def test_padded_rows_of_a_causal_model_run_without_a_mask_and_lose_nothing(tiny_model, make_examples, monkeypatch):
+    """Right-padded rows of a decoder skip the padding mask (SDPA's causal kernel is faster on CPU): every example's
+    loss in a padded batch equals its loss alone, and the mask really was dropped."""
+    import tunesmith.train.loss as loss_mod
+
+    tiny_model.config.use_cache = False
+    loss = TrainedTokenLoss(tiny_model).eval()
+    examples = make_examples(6, tiny_model.config.vocab_size, lo=5, hi=30)
+    rows = [[i] for i in range(6)]
+    batched, batch = per_example_losses(loss, examples, rows, pack=False)
+    assert (batch.attention_mask == 0).any()  # the rows really are padded
+    alone = {i: per_example_losses(loss, examples, [[i]], pack=False)[0][i] for i in range(6)}
+    for i in range(6):
+        assert abs(batched[i] - alone[i]) < 1e-5, (i, batched[i], alone[i])
+    seen = []
+    backbone = tiny_model.model
+    monkeypatch.setattr(backbone, "forward", lambda **kw: seen.append(kw["attention_mask"]) or type(backbone).forward(backbone, **kw))
+    loss(batch)
+    assert seen == [None]
+    assert loss_mod.is_causal(backbone) and loss_mod.right_padded(batch.attention_mask)
+    assert not loss_mod.right_padded(batch.attention_mask.flip(1))  # left padding keeps its mask

@@ -57,13 +57,32 @@ def final_hidden_states(model: nn.Module, batch: MicroBatch) -> torch.Tensor:
     lm = causal_lm_of(model)
     backbone = getattr(lm, lm.base_model_prefix)
     typed = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
+    mask, positions = batch.attention_mask, batch.position_ids
+    if mask is not None and is_causal(backbone) and right_padded(mask):
+        # Padded rows of a causal model need no mask: every padding token comes after the row's last real token, and
+        # a causal model's real token never attends to a later position. Without a mask (and with positions that do
+        # not restart, which transformers would read as packing) SDPA runs its causal kernel, which skips the blocks
+        # above the diagonal, instead of the masked one, whose CPU backward computes all of them. Real tokens see
+        # exactly what they saw with the mask (tests/unit/test_batching.py); padding outputs are never trained.
+        rows, width = batch.input_ids.shape
+        mask, positions = None, torch.arange(width, device=batch.input_ids.device).expand(rows, width)
     return backbone(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, **typed,
+        input_ids=batch.input_ids, position_ids=positions, **typed,
         # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
         # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
-        attention_mask=batch.attention_mask,
+        attention_mask=mask,
         use_cache=False,  # a cache would disable packed-sequence masking
     ).last_hidden_state
+
+
+def is_causal(backbone: nn.Module) -> bool:
+    """True when the backbone's attention layers are causal (decoders: Llama, Qwen...; not BERT-like encoders)."""
+    return any(getattr(m, "is_causal", False) is True for m in backbone.modules() if "Attention" in type(m).__name__)
+
+
+def right_padded(mask: torch.Tensor) -> bool:
+    """Every row's ones come first, then only zeros."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 class TrainedTokenLoss(nn.Module):
