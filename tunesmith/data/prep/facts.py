@@ -428,7 +428,7 @@ def wh_words(kind: str, span, prep: str | None, fronted: bool) -> list[str]:
         what = f"what {span[0].text.lower()}"
         return [_cap(f"{p}{what}")] if fronted else [f"{p}{what}"]
     if kind == "month":
-        return [_cap(f"{p}which month"), "When"] if fronted else [f"{p}which month"]
+        return [_cap(f"{p}what month"), "When"] if fronted else [f"{p}what month"]
     if kind == "date":
         return ["When"] if fronted else [f"{p}when" if not prep else f"{p}what date"]
     if kind == "number":
