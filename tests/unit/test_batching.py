@@ -70,10 +70,10 @@ def test_packing_without_position_restart_would_leak(tiny_model, make_examples):
     assert abs(float(right) - float(leaked)) / n > 1e-4
 
 
-
 def test_padded_rows_of_a_causal_model_run_without_a_mask_and_lose_nothing(tiny_model, make_examples, monkeypatch):
     """Right-padded rows of a decoder skip the padding mask (SDPA's causal kernel is faster on CPU): every example's
-    loss in a padded batch equals its loss alone, and the mask really was dropped."""
+    loss in a padded batch equals its loss under a mask (packed path: the block-diagonal mask from position
+    restarts), and the mask really was dropped."""
     import tunesmith.train.loss as loss_mod
 
     tiny_model.config.use_cache = False
@@ -82,9 +82,9 @@ def test_padded_rows_of_a_causal_model_run_without_a_mask_and_lose_nothing(tiny_
     rows = [[i] for i in range(6)]
     batched, batch = per_example_losses(loss, examples, rows, pack=False)
     assert (batch.attention_mask == 0).any()  # the rows really are padded
-    alone = {i: per_example_losses(loss, examples, [[i]], pack=False)[0][i] for i in range(6)}
+    masked, _ = per_example_losses(loss, examples, [[0, 1, 2], [3, 4, 5]], pack=True)
     for i in range(6):
-        assert abs(batched[i] - alone[i]) < 1e-5, (i, batched[i], alone[i])
+        assert abs(batched[i] - masked[i]) < 1e-5, (i, batched[i], masked[i])
     seen = []
     backbone = tiny_model.model
     monkeypatch.setattr(backbone, "forward", lambda **kw: seen.append(kw["attention_mask"]) or type(backbone).forward(backbone, **kw))
