@@ -158,11 +158,12 @@ class _Rows:
     transformers calls the logits processor before each token is chosen and the stopping criteria after it is
     appended (with the whole sequence), and both hooks accept per-row answers, so everything per-request rides on
     ordinary `generate` calls instead of a decoding loop of our own. `active` maps the rows of the current
-    `generate` call to the batch's requests: finished rows leave the batch between calls (generate_rows).
+    `generate` call to the requests: finished rows leave the batch between calls and waiting requests take their
+    places (generate_rows).
     """
 
-    def __init__(self, requests: list[RowRequest], tokenizer, stops: list[int], prompt_width: int, device):
-        self.requests, self.tokenizer, self.stops, self.width = requests, tokenizer, set(stops), prompt_width
+    def __init__(self, requests: list[RowRequest], tokenizer, stops: list[int], device):
+        self.requests, self.tokenizer, self.stops = requests, tokenizer, set(stops)
         self.tokens: list[list[int]] = [[] for _ in requests]
         self.text = ["" for _ in requests]  # decoded text, cut at a stop string once one appears
         self.sent = [0 for _ in requests]  # characters already handed to on_text
@@ -170,7 +171,7 @@ class _Rows:
         self.generators = [torch.Generator(device=device).manual_seed(r.seed if r.seed is not None else 0)
                            if r.temperature > 0 else None for r in requests]
         self.eos = min(stops)
-        self.active = list(range(len(requests)))
+        self.active: list[int] = []  # the requests in the rows of the current `generate` call, in row order
 
     def unfinished(self) -> list[int]:
         """Positions (in the current call) of the rows still generating."""
@@ -342,7 +343,7 @@ def _new_cache(model):
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`
 
 
-def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dict):
+def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dict, force: bool = False):
     """The KV cache of every prompt token but the last, computed a few rows at a time, or None to leave the prefill
     to `generate`.
 
@@ -354,27 +355,28 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     attended to), a cache of ReservedLayers. Positions are those `generate` gives a left-padded row (the mask's
     cumulative sum), so the answer is the one a single `generate` call gives (tests/unit/test_generate_rows.py).
     Virtual-token methods (a prompt or a prefix of their own), models with sliding-window or other special cache
-    layers, and small batches keep transformers' own prefill.
+    layers, and small batches keep transformers' own prefill, unless `force` (rows joining a running batch, whose
+    cache must be computed here to be merged into the batch's).
     """
     from transformers.cache_utils import DynamicLayer
 
     rows, width = input_ids.shape
-    if "cache" in extra or "inputs_embeds" in extra or width < 2 or rows * width <= PREFILL_TOKENS:
+    if "cache" in extra or "inputs_embeds" in extra or width < 2 or (rows * width <= PREFILL_TOKENS and not force):
         return None
     cache = _new_cache(model)
     if cache is None:  # sliding-window or other special layers: transformers' own prefill knows them
         return None
     lengths = attention.sum(-1).tolist()
     groups, start = [], 0
-    while start < rows:  # rows are sorted longest first: a group is as wide as its first row
+    while start < rows:  # a group is as wide as its longest row (rows come sorted longest first: its first)
         end = start + 1
-        while end < rows and (end - start + 1) * lengths[start] <= PREFILL_TOKENS:
+        while end < rows and (end - start + 1) * max(lengths[start : end + 1]) <= PREFILL_TOKENS:
             end += 1
         groups.append((start, end))
         start = end
     layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start, end in groups:
-        cut = width - max(lengths[start], 2)  # the group's own width; the last prompt token is left to `generate`
+        cut = width - max(*lengths[start:end], 2)  # the group's own width; the last prompt token is left to `generate`
         ids, mask = input_ids[start:end, cut:-1], attention[start:end, cut:-1]
         kwargs = {"adapter_names": extra["adapter_names"][start:end]} if "adapter_names" in extra else {}
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
@@ -391,13 +393,53 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     return cache
 
 
+def _left_padded(requests: list[RowRequest], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the prompts, left-padded to `width`: every prompt ends where generation starts."""
+    input_ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(requests), width), dtype=torch.long)
+    for row, req in enumerate(requests):
+        input_ids[row, width - len(req.prompt_ids):] = torch.tensor(req.prompt_ids, dtype=torch.long)
+        attention[row, width - len(req.prompt_ids):] = 1
+    return input_ids, attention
+
+
+def _join(model, input_ids, attention, cache, joining: list[RowRequest], pad_id: int, extra: dict):
+    """The running batch with `joining`'s prompts added as new rows (continuous batching), or None where their cache
+    cannot be merged.
+
+    The new prompts are prefilled on their own (`_prefill`, forced) at the batch's width, or the batch is padded on
+    the left to theirs; both caches are then stacked row-wise into a new cache, left padding as every row had it from
+    the start: zeros in the cache, 0 in the mask, positions from the mask's cumulative sum (transformers' convention
+    for left-padded generation), so a row's keys, values and answer are those it gets in a batch of its own
+    (tests/unit/test_generate_rows.py). Columns that are padding in every row (left by rows that have ended) are cut
+    off, so the batch is never wider than its longest row. Costs one copy of the cache per join.
+    """
+    width = max(input_ids.shape[1], max(len(r.prompt_ids) for r in joining))
+    new_ids, new_attention = (t.to(input_ids.device) for t in _left_padded(joining, width, pad_id))
+    new_cache = _prefill(model, new_ids, new_attention, extra, force=True)
+    if new_cache is None or len(new_cache.layers) != len(cache.layers):
+        return None
+    grow = width - input_ids.shape[1]
+    input_ids = torch.cat([torch.nn.functional.pad(input_ids, (grow, 0), value=pad_id), new_ids])
+    attention = torch.cat([torch.nn.functional.pad(attention, (grow, 0)), new_attention])
+    lead = min(int(attention.any(0).int().argmax()), width - 2)  # columns of padding in every row
+    merged = _new_cache(model)
+    for layer, (old, new) in enumerate(zip(cache.layers, new_cache.layers)):
+        keys = torch.cat([torch.nn.functional.pad(old.keys, (0, 0, grow, 0)), new.keys])[..., lead:, :]
+        values = torch.cat([torch.nn.functional.pad(old.values, (0, 0, grow, 0)), new.values])[..., lead:, :]
+        merged.update(keys, values, layer)
+    return input_ids[:, lead:], attention[:, lead:], merged
+
+
 def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int = 16, precision: str = "auto",
                   show_progress: bool = False) -> list[RowResult]:
     """The one generation path (generate, chat, eval, probe, serve): batched, left-padded, KV-cached.
 
-    Rows are sorted by prompt length and generated `batch_size` at a time; each row keeps its own stop strings,
-    token limit, sampling settings, seed, adapter, constraint and streaming callback. A batch runs as a few
-    `generate` calls of DROP_FINISHED_EVERY tokens, continuing from the KV cache, without the rows that have ended.
+    Requests are taken longest prompt first, `batch_size` rows at a time; each row keeps its own stop strings, token
+    limit, sampling settings, seed, adapter, constraint and streaming callback. The batch runs as `generate` calls
+    of DROP_FINISHED_EVERY tokens, each continuing from the KV cache: between calls the rows that have ended leave
+    it and waiting requests join it in their places (continuous batching), so a batch never decodes for one long
+    answer with most of its rows idle. Virtual-token methods and models with special cache layers keep fixed batches.
     """
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -415,7 +457,9 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
         def __call__(self, input_ids, scores, **kwargs):
             return self.rows.step(input_ids, scores)
 
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))  # similar lengths: little padding
+    # Longest prompts first: rows that start together have similar widths, and the short ones join late.
+    waiting = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
+    waiting.reverse()  # popped from the end
     device = next(model.parameters()).device
     mode = resolve_precision(precision, device)
     pad_id = tokenizer.pad_token_id
@@ -423,60 +467,73 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
     adapters = {r.adapter for r in requests if r.adapter is not None}
     if adapters and not hasattr(model, "peft_config"):
         raise TunesmithError(f"adapters {sorted(adapters)} asked for, but the model has none loaded")
+    peft_config = getattr(model, "active_peft_config", None)
+    continuous = not (peft_config is not None and peft_config.is_prompt_learning) and _new_cache(model) is not None
+    rows = _Rows(requests, tokenizer, stops, device)
+    hooks = dict(logits_processor=LogitsProcessorList([Processor(rows)]),
+                 stopping_criteria=StoppingCriteriaList([Stopper(rows)]))
     results: list[RowResult | None] = [None] * len(requests)
     progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_progress)
+
+    def row_adapters(active: list[int]) -> dict:  # per-row adapters (peft); a row without one keeps the active one
+        return {"adapter_names": [requests[r].adapter or model.active_adapter for r in active]} if adapters else {}
+
     with progress, torch.inference_mode(), autocast(mode, device):
         task = progress.add_task("generate", total=len(requests))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = [requests[i] for i in idx]
-            width = max(len(r.prompt_ids) for r in batch)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, req in enumerate(batch):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(req.prompt_ids):] = torch.tensor(req.prompt_ids, dtype=torch.long)
-                attention[row, width - len(req.prompt_ids):] = 1
-            rows = _Rows(batch, tokenizer, stops, width, device)
-            extra = {}
-            if adapters:  # per-row adapters (peft); a row without one keeps the model's active adapter
-                extra["adapter_names"] = [r.adapter or model.active_adapter for r in batch]
-            generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device), attention.to(device),
-                                                                   pad_id, extra)
-            hooks = dict(logits_processor=LogitsProcessorList([Processor(rows)]),
-                         stopping_criteria=StoppingCriteriaList([Stopper(rows)]))
-            if "cache" not in extra:  # prefilled a few rows at a time, or empty for `generate` to prefill
-                cache = _prefill(generator, input_ids, attention, extra)
-                cache = _new_cache(generator) if cache is None else cache
-                if cache is not None:
-                    extra["cache"] = cache
-            while True:
-                # A row that has ended leaves the batch at the next chunk boundary (its KV cache rows dropped): the
-                # rest no longer pay for it at every step, as they would in one `generate` call to the longest row.
-                left = max(batch[r].max_new_tokens - len(rows.tokens[r]) for r in rows.active if rows.finish[r] is None)
-                out = generator.generate(
-                    input_ids=input_ids, attention_mask=attention, max_new_tokens=min(left, DROP_FINISHED_EVERY),
-                    do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad_id,
-                    return_dict_in_generate=True, **hooks, **extra)
-                keep = rows.unfinished()
-                if not keep:
-                    break
-                new = out.sequences.shape[1] - input_ids.shape[1]
-                input_ids = out.sequences
-                attention = torch.cat([attention, attention.new_ones((attention.shape[0], new))], dim=1)
-                extra.pop("inputs_embeds", None)  # the virtual prompt is in the cache now
-                extra["cache"] = out.cache
-                if len(keep) < len(rows.active):
+        generator, input_ids, attention, extra = model, None, None, {}
+        while waiting or rows.active:
+            free = batch_size - len(rows.active)
+            if waiting and not rows.active:  # a new batch: prefilled a few rows at a time, or by `generate`
+                rows.active = [waiting.pop() for _ in range(min(free, len(waiting)))]
+                input_ids, attention = _left_padded([requests[r] for r in rows.active],
+                                                    max(len(requests[r].prompt_ids) for r in rows.active), pad_id)
+                extra = row_adapters(rows.active)
+                generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device),
+                                                                       attention.to(device), pad_id, extra)
+                if "cache" not in extra:
+                    cache = _prefill(generator, input_ids, attention, extra)
+                    cache = _new_cache(generator) if cache is None else cache
+                    if cache is not None:
+                        extra["cache"] = cache
+            elif waiting and free > 0 and continuous:  # waiting requests take the places of rows that have ended
+                joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
+                joined = _join(generator, input_ids, attention, extra["cache"], [requests[r] for r in joining],
+                               pad_id, row_adapters(joining))
+                if joined is None:  # their cache cannot be merged: they wait for the next batch
+                    waiting.extend(reversed(joining))
+                    continuous = False
+                else:
+                    input_ids, attention, extra["cache"] = joined
+                    rows.active += joining
+                    extra.update(row_adapters(rows.active))
+            left = max(requests[r].max_new_tokens - len(rows.tokens[r]) for r in rows.active)
+            out = generator.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=min(left, DROP_FINISHED_EVERY),
+                do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad_id,
+                return_dict_in_generate=True, **hooks, **extra)
+            new = out.sequences.shape[1] - input_ids.shape[1]
+            input_ids = out.sequences
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], new))], dim=1)
+            extra.pop("inputs_embeds", None)  # the virtual prompt is in the cache now
+            extra["cache"] = out.cache
+            keep = rows.unfinished()
+            for i, r in enumerate(rows.active):
+                if i not in keep:
+                    results[r] = RowResult(rows.text[r], rows.finish[r] or "length", len(requests[r].prompt_ids),
+                                           len(rows.tokens[r]))
+            progress.advance(task, len(rows.active) - len(keep))
+            if len(keep) < len(rows.active):
+                # A row that has ended leaves the batch (its KV cache rows dropped): the rest no longer pay for it at
+                # every step, as they would in one `generate` call to the longest row.
+                if keep:
                     index = torch.tensor(keep, device=input_ids.device)
                     input_ids, attention = input_ids[index], attention[index]
                     extra["cache"].batch_select_indices(index)
-                    if "adapter_names" in extra:
-                        extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
-                    rows.active = [rows.active[i] for i in keep]
-            for row, i in enumerate(idx):
-                results[i] = RowResult(rows.text[row], rows.finish[row] or "length", len(batch[row].prompt_ids),
-                                       len(rows.tokens[row]))
-            progress.advance(task, len(idx))
+                rows.active = [rows.active[i] for i in keep]
+                extra.update(row_adapters(rows.active))
+            if not rows.active:
+                extra = {}
     return results  # type: ignore[return-value]
 
 

@@ -305,3 +305,90 @@ def test_generation_with_reserved_cache_equals_transformers_cache(tiny_model, ti
     for budget in (60, 10**9):  # prefilled in row groups, or by `generate` into the empty reserved cache
         monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
         assert generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=5, precision="fp32") == expected
+
+
+def _joins(monkeypatch):
+    """Records each continuous-batching join: (batch width before, width after, rows after)."""
+    import tunesmith.generate as generate
+
+    seen, join = [], generate._join
+
+    def counting(model, input_ids, attention, cache, joining, pad_id, extra):
+        out = join(model, input_ids, attention, cache, joining, pad_id, extra)
+        seen.append((input_ids.shape[1], out[0].shape[1], out[0].shape[0]))
+        return out
+
+    monkeypatch.setattr(generate, "_join", counting)
+    return seen
+
+
+def test_requests_joining_a_running_batch_change_no_answer(tiny_model, tiny_tokenizer, monkeypatch):
+    """Continuous batching: waiting requests take the places of rows that have ended, between `generate` calls. Every
+    row's answer, finish reason and token count (greedy and sampled, each with its seed) are those it gets alone,
+    including rows that join after the batch's padding columns were cut off."""
+    from tunesmith.generate import DROP_FINISHED_EVERY
+
+    prompts = [r.prompt_ids for r in _long_rows(tiny_tokenizer)] + [r.prompt_ids for r in _rows(tiny_tokenizer)]
+    limits = [3, 2 * DROP_FINISHED_EVERY + 5, 5, DROP_FINISHED_EVERY + 1, 9, 2, 3 * DROP_FINISHED_EVERY, 7, 20]
+
+    def rows():
+        out = [RowRequest(p, max_new_tokens=n) for p, n in zip(prompts, limits)]
+        for i in (1, 4):
+            out[i].temperature, out[i].seed = 1.0, 50 + i
+        out[7].stop = ["e"]
+        return out
+
+    joins = _joins(monkeypatch)
+    together = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=3, precision="fp32")
+    alone = [generate_rows(tiny_model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
+    assert together == alone
+    assert len(joins) >= 3 and all(rows_after <= 3 for _, _, rows_after in joins)
+    assert any(after < before for before, after, _ in joins)  # padding columns of ended rows were cut off
+
+
+def test_join_cache_equals_one_forward_over_the_whole_batch(tiny_model, tiny_tokenizer):
+    """`_join` of a longer prompt into a running batch of shorter ones (the batch padded on the left to the new
+    width): at every real position the stacked cache holds the keys and values of one forward over the joined,
+    left-padded batch, and zeros where the mask is 0."""
+    import tunesmith.generate as generate
+
+    short, long = _rows(tiny_tokenizer)[:2], _long_rows(tiny_tokenizer)[:1]
+    width = max(len(r.prompt_ids) for r in short)
+    input_ids, attention = generate._left_padded(short, width, tiny_tokenizer.pad_token_id)
+    with torch.inference_mode():
+        cache = generate._prefill(tiny_model, input_ids, attention, {}, force=True)
+        ids, mask, joined = generate._join(tiny_model, input_ids, attention, cache, long, tiny_tokenizer.pad_token_id,
+                                           {})
+        assert ids.shape[1] == len(long[0].prompt_ids) > width
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        whole = tiny_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                           use_cache=True).cache
+    real = mask[:, None, :-1, None].bool()
+    for ours, theirs in zip(joined.layers, whole.layers):
+        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a.masked_fill(~real, 0), b.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)
+            assert not a.masked_fill(real, 0).any()
+
+
+def test_joining_rows_keep_their_adapters(tiny_model_dir, tiny_tokenizer, two_adapters, monkeypatch):
+    from peft import PeftModel
+
+    from tunesmith.models.loading import load_model
+
+    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
+                                      adapter_name="alpha")
+    model.load_adapter(two_adapters["beta"], adapter_name="beta")
+    model.eval()
+
+    def rows():
+        out = _long_rows(tiny_tokenizer, n=10) + _rows(tiny_tokenizer, max_new_tokens=6)
+        for r, name, n in zip(out, ["alpha", BASE_ADAPTER, "beta", "alpha", "beta", BASE_ADAPTER, "alpha", "beta",
+                                    "beta"], [3, 20, 4, 12, 6, 18, 5, 9, 2]):
+            r.adapter, r.max_new_tokens = name, n
+        return out
+
+    joins = _joins(monkeypatch)
+    joined = generate_rows(model, tiny_tokenizer, rows(), batch_size=2, precision="fp32")
+    assert joins
+    assert joined == [generate_rows(model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
