@@ -273,3 +273,54 @@ def test_keys_required_unless_loopback_no_auth(monkeypatch):
         resolve_keys(ServeConfig(api_keys=["short"]), None)
     monkeypatch.setenv("TUNESMITH_API_KEYS", "k" * 20)
     assert resolve_keys(ServeConfig(), None) == ["k" * 20]
+
+
+def test_a_request_arriving_mid_batch_joins_it_and_is_answered_first(served):
+    """Continuous batching in the server: a short request that arrives while a long one generates joins its batch
+    (at the next DROP_FINISHED_EVERY boundary) instead of waiting for it, and is answered as soon as its own row
+    ends, with the answer it gets alone. It is submitted from the long row's first streamed text, so it is surely
+    waiting before the long row ends."""
+    import asyncio
+
+    from tunesmith.generate import BASE_ADAPTER, RowRequest, encode_chat
+    from tunesmith.serve.engine import Engine, Job
+
+    server, _ = served
+    group = server.pool.get("base").group
+    engine = Engine(max_batch_size=4, wait_ms=0, max_queue=8, precision="fp32")
+    loop = asyncio.new_event_loop()
+
+    def job(text: str, max_new_tokens: int, on_text=None) -> Job:
+        row = RowRequest(encode_chat(group.tokenizer, [{"role": "user", "content": text}]),
+                         max_new_tokens=max_new_tokens, adapter=BASE_ADAPTER, on_text=on_text)
+        return Job(group=group, row=row, loop=loop, events=asyncio.Queue())
+
+    short, submitted = job("fox", 3), []
+
+    def submit_short(piece: str) -> None:
+        if not submitted:
+            submitted.append(piece)
+            engine.submit(short)
+
+    long = job("What are the papers?", 64, on_text=submit_short)
+    answered = []
+
+    async def answer(j: Job):
+        kind, value = await j.events.get()
+        answered.append(j)
+        return kind, value
+
+    async def both():
+        return await asyncio.wait_for(asyncio.gather(answer(long), answer(short)), 60)
+
+    try:
+        engine.submit(long)
+        (long_kind, long_result), (short_kind, short_result) = loop.run_until_complete(both())
+    finally:
+        engine.stop(30)
+        loop.close()
+    assert long_kind == short_kind == "done"
+    assert [id(j) for j in answered] == [id(short), id(long)]
+    assert 2 in engine.batch_sizes  # the short request joined the running batch
+    assert short_result.text == _reference(server, "base", "fox", 3)
+    assert long_result.completion_tokens == 64

@@ -269,13 +269,16 @@ def test_reserved_cache_layer_holds_what_a_dynamic_layer_holds(monkeypatch):
     torch.manual_seed(0)
 
     def same():
-        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        # bf16 values (a Linear's output under autocast) are held at the keys' fp32 (RoPE promoted them), exactly:
+        # a decoding step's fp32 attention then reads them as they are instead of converting the whole cache.
+        assert ours.keys.dtype == ours.values.dtype == torch.float32
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values.float())
         assert ours.get_seq_length() == theirs.get_seq_length()
 
     for n in [5, 1, 1, 1, 1, 4, 1]:
         k, v = torch.randn(4, 2, n, 8), torch.randn(4, 2, n, 8).bfloat16()
         got, expected = ours.update(k, v), theirs.update(k, v)
-        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1].float())
         same()
     for change in (lambda lay: lay.batch_select_indices(torch.tensor([0, 2, 3])), lambda lay: lay.crop(-2),
                    lambda lay: lay.reorder_cache(torch.tensor([2, 0, 1]))):
@@ -392,3 +395,29 @@ def test_joining_rows_keep_their_adapters(tiny_model_dir, tiny_tokenizer, two_ad
     joined = generate_rows(model, tiny_tokenizer, rows(), batch_size=2, precision="fp32")
     assert joins
     assert joined == [generate_rows(model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
+
+
+def test_requests_arriving_mid_generation_join_and_are_answered_when_they_end(tiny_model, tiny_tokenizer,
+                                                                              monkeypatch):
+    """Serving: `more` is asked between `generate` calls for requests that arrived; they join the running batch,
+    take the next indices, and `on_result` reports every row as it ends: a short late request is answered before
+    the long one it joined, with the answer it gets alone."""
+    from tunesmith.generate import DROP_FINISHED_EVERY
+
+    first = [RowRequest(r.prompt_ids, max_new_tokens=n)
+             for r, n in zip(_rows(tiny_tokenizer), [6 * DROP_FINISHED_EVERY, DROP_FINISHED_EVERY - 3])]
+    late = [RowRequest(r.prompt_ids, max_new_tokens=n) for r, n in zip(_long_rows(tiny_tokenizer), [5, 11, 2])]
+    arrivals = [[late[0]], [], [late[1], late[2]]]
+    asked, ended = [], []
+
+    def more(free):
+        asked.append(free)
+        return arrivals.pop(0) if arrivals else []
+
+    joins = _joins(monkeypatch)
+    results = generate_rows(tiny_model, tiny_tokenizer, first, batch_size=2, precision="fp32", more=more,
+                            on_result=lambda i, r: ended.append(i))
+    everyone = first + late
+    assert results == [generate_rows(tiny_model, tiny_tokenizer, [r], precision="fp32")[0] for r in everyone]
+    assert sorted(ended) == list(range(5)) and ended[-1] == 0  # the long first request ends last
+    assert joins and max(asked) <= 2

@@ -2,9 +2,10 @@
 
 The first waiting request opens a batch; requests for the same model (any of its adapters) that arrive within
 `wait_ms` join it, up to `max_batch_size`. The batch runs through tunesmith's one generation path
-(`generate_rows`), each row with its own limits, stop strings, sampling, adapter, constraint and stream. A
-static batch per call: transformers' `generate` cannot take new rows mid-flight (continuous batching is vLLM's
-job; docs/serving.md shows how to serve the same artifacts there).
+(`generate_rows`), each row with its own limits, stop strings, sampling, adapter, constraint and stream, and is
+continuous: while it runs, requests for the same model that arrive later join it in the places of rows that have
+ended (every DROP_FINISHED_EVERY tokens), and each request is answered as soon as its own row ends. Requests for
+another model wait for the batch to end, and once one waits, no more join it (first come, first served).
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ class Engine:
                 self._cond.wait(left)
             return batch
 
+    def _more(self, group: Group, free: int, batch: list[Job]) -> list[RowRequest]:
+        """Up to `free` waiting requests for `group`'s model, taken from the head of the queue (none while a request
+        for another model is first in line): they join the running batch."""
+        taken = []
+        with self._cond:
+            while self._waiting and len(taken) < free and self._waiting[0].group is group:
+                job = self._waiting.popleft()
+                if not job.cancel.is_set():
+                    taken.append(job)
+        if taken:
+            self._started(taken)
+            batch += taken
+            self.busy += len(taken)
+            self.batch_sizes = (self.batch_sizes + [self.busy])[-100:]
+        return [j.row for j in taken]
+
+    def _started(self, jobs: list[Job]) -> None:
+        if self.metrics is not None:
+            for j in jobs:
+                self.metrics.queue_seconds.observe(time.perf_counter() - j.enqueued)
+
     def _work(self) -> None:
         while (batch := self._take_batch()) is not None:
             batch = [j for j in batch if not j.cancel.is_set()]
@@ -92,18 +114,22 @@ class Engine:
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-100:]
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(batch))
-                for j in batch:
-                    self.metrics.queue_seconds.observe(time.perf_counter() - j.enqueued)
-            group = batch[0].group
+            self._started(batch)
+            group, answered = batch[0].group, set()
+
+            def done(index: int, result: RowResult) -> None:
+                answered.add(index)
+                self.busy -= 1
+                batch[index].post("done", result)
+
             try:
-                results = generate_rows(group.model, group.tokenizer, [j.row for j in batch],
-                                        batch_size=len(batch), precision=self.precision)
+                generate_rows(group.model, group.tokenizer, [j.row for j in batch], batch_size=self.max_batch_size,
+                              precision=self.precision, more=lambda free: self._more(group, free, batch),
+                              on_result=done)
             except Exception as e:  # a failed batch fails its requests, never the server
-                for j in batch:
-                    j.post("error", e)
-            else:
-                for j, r in zip(batch, results):
-                    j.post("done", r)
+                for i, j in enumerate(batch):
+                    if i not in answered:
+                        j.post("error", e)
             finally:
                 self.busy = 0
 
