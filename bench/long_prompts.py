@@ -7,10 +7,7 @@ SmolLM2-135M-Instruct with its Linear weights in bf16 (what `tunesmith eval` run
 the same prompts, greedy, batch 25, back to back; then every speed-up is switched off in turn. Prints a table and
 writes it into docs/benchmarks.md.
 
-    .venv/bin/python bench/long_prompts.py [--n 50] [--max-new-tokens 336] [--repeats 2] [--only tunesmith,fixed]
-
-With more prompts than the batch size (the eval's 100 at batch 25), `fixed` measures continuous batching: rows that
-end leave the batch either way, but no waiting prompt joins it until the whole batch has ended.
+    .venv/bin/python bench/long_prompts.py [--n 50] [--max-new-tokens 336] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -33,8 +30,6 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=336)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all configurations (median reported)")
-    parser.add_argument("--only", default="", help="comma-separated configuration keys (default: all): "
-                        "tunesmith, prefill, cache, sdpa, before, fixed")
     args = parser.parse_args()
 
     import torch
@@ -64,25 +59,18 @@ def main() -> None:
     def attention(name: str) -> None:
         model.set_attn_implementation(name)
 
-    prefill_tokens, new_cache, join = generate.PREFILL_TOKENS, generate._new_cache, generate._join
-    configurations = [  # (key, label, set up)
-        ("tunesmith", "tunesmith: row-group prefill, reserved cache, fp32 decoding attention, continuous batching",
-         lambda: None),
-        ("prefill", "transformers' prefill (one forward over the padded batch)",
+    prefill_tokens, new_cache = generate.PREFILL_TOKENS, generate._new_cache
+    configurations = [  # (label, set up)
+        ("tunesmith: row-group prefill, reserved cache, fp32 decoding attention", lambda: None),
+        ("transformers' prefill (one forward over the padded batch)",
          lambda: setattr(generate, "PREFILL_TOKENS", 10**9)),
-        ("cache", "transformers' prefill and DynamicCache (concatenated at every token)",
+        ("transformers' prefill and DynamicCache (concatenated at every token)",
          lambda: setattr(generate, "_new_cache", lambda model: None)),
-        ("sdpa", "transformers' SDPA at every step (bf16 under autocast)", lambda: attention("sdpa")),
-        ("before", "all three of transformers' (before these changes)", lambda: (
+        ("transformers' SDPA at every step (bf16 under autocast)", lambda: attention("sdpa")),
+        ("all three of transformers' (before this change)", lambda: (
             setattr(generate, "PREFILL_TOKENS", 10**9), setattr(generate, "_new_cache", lambda model: None),
             attention("sdpa"))),
-        ("fixed", "fixed batches: no prompt joins until the whole batch has ended",
-         lambda: setattr(generate, "_join", lambda *args: None)),
     ]
-    if args.only:
-        keys = args.only.split(",")
-        configurations = [c for c in configurations if c[0] in keys]
-    configurations = [(label, set_up) for _, label, set_up in configurations]
     fast_attention = model.config._attn_implementation
     generate_chat(model, tokenizer, conversations[:2], max_new_tokens=8, batch_size=2, show_progress=False)  # warm-up
     times: dict[str, list[float]] = {label: [] for label, _ in configurations}
@@ -90,7 +78,7 @@ def main() -> None:
     for round_ in range(args.repeats):  # interleaved rounds: a slow spell of the host hits every configuration
         order = configurations if round_ % 2 == 0 else configurations[::-1]
         for label, set_up in order:
-            generate.PREFILL_TOKENS, generate._new_cache, generate._join = prefill_tokens, new_cache, join
+            generate.PREFILL_TOKENS, generate._new_cache = prefill_tokens, new_cache
             attention(fast_attention)
             set_up()
             start = time.perf_counter()
@@ -98,7 +86,7 @@ def main() -> None:
                                            batch_size=args.batch_size, show_progress=False)
             times[label].append(time.perf_counter() - start)
             print(f"{label}: {times[label][-1]:.1f} s", flush=True)
-    generate.PREFILL_TOKENS, generate._new_cache, generate._join = prefill_tokens, new_cache, join
+    generate.PREFILL_TOKENS, generate._new_cache = prefill_tokens, new_cache
     attention(fast_attention)
     reference = outputs[configurations[0][0]]
     rows = []
@@ -111,17 +99,14 @@ def main() -> None:
     base_s = rows[0][1]
     table = (
         "## Generation with long prompts: prefill, KV cache and decoding attention\n\n"
-        f"Command: `.venv/bin/python bench/long_prompts.py --n {args.n} --max-new-tokens {args.max_new_tokens}"
-        f"{f' --batch-size {args.batch_size}' if args.batch_size != 25 else ''}"
-        f"{f' --repeats {args.repeats}' if args.repeats != 2 else ''}{f' --only {args.only}' if args.only else ''}` · "
+        f"Command: `.venv/bin/python bench/long_prompts.py --n {args.n} --max-new-tokens {args.max_new_tokens}` · "
         f"machine: {os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}, {threads} threads, "
         f"bf16 matmul measured at {gflops:.0f} GFLOP/s just before · model: base SmolLM2-135M-Instruct, Linear "
         f"weights in bf16 · prompts: the eval's few-shot prompts (3 similar solved examples) for the first {args.n} "
         f"DBLP-QuAD validation questions, {prompt_tokens:.0f} tokens on average · greedy, batch {args.batch_size}, "
-        f"up to {args.max_new_tokens} new tokens · "
-        + (f"{args.repeats} interleaved rounds (every second one in reverse order), median seconds with the range.\n\n"
-           if args.repeats > 1 else "one round, in the order of the table.\n\n")
-        + "| how | seconds (range) | generated tokens/s | slower than tunesmith | same answers as tunesmith |\n"
+        f"up to {args.max_new_tokens} new tokens · {args.repeats} interleaved rounds (the second in reverse order), "
+        "median seconds with the range.\n\n"
+        "| how | seconds (range) | generated tokens/s | slower than tunesmith | same answers as tunesmith |\n"
         "| --- | ---: | ---: | ---: | ---: |\n"
         + "".join(f"| {label} | {s:.1f} ({lo:.1f}-{hi:.1f}) | {tokens / s:.1f} | {s / base_s:.2f}x | {same} of {args.n} |\n"
                   for label, s, lo, hi, tokens, same in rows)
@@ -131,10 +116,7 @@ def main() -> None:
     print(table)
     from bench.report import update_section
 
-    # A subset of the configurations is a table of its own, beside the full comparison.
-    update_section("long-prompts" + (f"-{args.only.replace(',', '-')}" if args.only else ""),
-                   table.replace("## Generation with long prompts: prefill, KV cache and decoding attention",
-                                 "## Generation with long prompts: continuous batching") if args.only else table)
+    update_section("long-prompts", table)
 
 
 if __name__ == "__main__":

@@ -342,9 +342,12 @@ def test_requests_joining_a_running_batch_change_no_answer(tiny_model, tiny_toke
         return out
 
     joins = _joins(monkeypatch)
-    together = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=3, precision="fp32")
+    fixed = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=3, precision="fp32")
+    assert not joins  # a list alone: fixed batches (measured faster on a CPU; generate_rows' docstring)
+    # With `more` (serving), rows join a running batch: here the list's own waiting rows.
+    together = generate_rows(tiny_model, tiny_tokenizer, rows(), batch_size=3, precision="fp32", more=lambda free: [])
     alone = [generate_rows(tiny_model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
-    assert together == alone
+    assert together == alone == fixed
     assert len(joins) >= 3 and all(rows_after <= 3 for _, _, rows_after in joins)
     assert any(after < before for before, after, _ in joins)  # padding columns of ended rows were cut off
 
@@ -392,7 +395,7 @@ def test_joining_rows_keep_their_adapters(tiny_model_dir, tiny_tokenizer, two_ad
         return out
 
     joins = _joins(monkeypatch)
-    joined = generate_rows(model, tiny_tokenizer, rows(), batch_size=2, precision="fp32")
+    joined = generate_rows(model, tiny_tokenizer, rows(), batch_size=2, precision="fp32", more=lambda free: [])
     assert joins
     assert joined == [generate_rows(model, tiny_tokenizer, [r], batch_size=1, precision="fp32")[0] for r in rows()]
 

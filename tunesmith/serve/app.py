@@ -51,7 +51,8 @@ class Metrics:
         self.latency = Histogram("tunesmith_request_seconds", "Request latency", ["endpoint"], registry=r,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
         self.queue_seconds = Histogram("tunesmith_queue_seconds", "Time a request waited for its batch", registry=r)
-        self.batch_size = Histogram("tunesmith_batch_size", "Rows per generation batch", registry=r,
+        self.batch_size = Histogram("tunesmith_batch_size",
+                                    "Rows generating together: when a batch starts and after requests join it", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
         self.rails = Counter("tunesmith_rail_decisions", "Guardrail decisions", ["model", "rail", "action"], registry=r)
         self.queued = Gauge("tunesmith_queue_depth", "Requests waiting for a batch", registry=r)

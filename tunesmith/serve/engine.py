@@ -97,7 +97,9 @@ class Engine:
             self._started(taken)
             batch += taken
             self.busy += len(taken)
-            self.batch_sizes = (self.batch_sizes + [self.busy])[-100:]
+            self.batch_sizes = (self.batch_sizes + [self.busy])[-100:]  # rows generating together after the join
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(self.busy)
         return [j.row for j in taken]
 
     def _started(self, jobs: list[Job]) -> None:
