@@ -12,6 +12,29 @@ def _rows(tokenizer, **kw):
     return [RowRequest(encode_chat(tokenizer, [{"role": "user", "content": q}]), **kw) for q in QUESTIONS]
 
 
+def _two_adapter_model(tiny_model_dir, two_adapters):
+    """The tiny model with the LoRA adapters "alpha" and "beta" loaded side by side (peft), for per-row adapters."""
+    from peft import PeftModel
+
+    from tunesmith.models.loading import load_model
+
+    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
+                                      adapter_name="alpha")
+    model.load_adapter(two_adapters["beta"], adapter_name="beta")
+    return model.eval()
+
+
+def _assert_cache_of_one_forward(cache, whole, mask):
+    """`cache` holds `whole`'s keys and values at every real position of `mask` (the prompt but its last token), and
+    zeros where the mask is 0."""
+    real = mask[:, None, :-1, None].bool()
+    for ours, theirs in zip(cache.layers, whole.layers):
+        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a.masked_fill(~real, 0), b.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)
+            assert not a.masked_fill(real, 0).any()
+
+
 def test_streamed_pieces_add_up_to_the_text_and_counts_are_reported(tiny_model, tiny_tokenizer):
     pieces: dict[int, list[str]] = {i: [] for i in range(len(QUESTIONS))}
     rows = _rows(tiny_tokenizer, max_new_tokens=10)
@@ -124,10 +147,7 @@ def test_mixed_adapters_in_one_batch_equal_each_adapter_alone(tiny_model_dir, ti
 
     from tunesmith.models.loading import load_model
 
-    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
-                                      adapter_name="alpha")
-    model.load_adapter(two_adapters["beta"], adapter_name="beta")
-    model.eval()
+    model = _two_adapter_model(tiny_model_dir, two_adapters)
     names = ["alpha", BASE_ADAPTER, "beta", "alpha"]
     rows = _rows(tiny_tokenizer, max_new_tokens=10)
     for r, name in zip(rows, names):
@@ -222,12 +242,7 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
         whole = tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
                            position_ids=positions[:, :-1], use_cache=True).cache
-    real = attention[:, None, :-1, None].bool()
-    for ours, theirs in zip(cache.layers, whole.layers):
-        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
-            assert a.shape == b.shape
-            torch.testing.assert_close(a.masked_fill(~real, 0), b.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)
-            assert not a.masked_fill(real, 0).any()
+    _assert_cache_of_one_forward(cache, whole, attention)
     grouped = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32")
     monkeypatch.setattr(generate, "PREFILL_TOKENS", 10**9)
     one_forward = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32")
@@ -235,15 +250,9 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
 
 
 def test_prefill_in_row_groups_keeps_each_row_s_adapter(tiny_model_dir, tiny_tokenizer, two_adapters, monkeypatch):
-    from peft import PeftModel
-
     import tunesmith.generate as generate
-    from tunesmith.models.loading import load_model
 
-    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
-                                      adapter_name="alpha")
-    model.load_adapter(two_adapters["beta"], adapter_name="beta")
-    model.eval()
+    model = _two_adapter_model(tiny_model_dir, two_adapters)
 
     def rows():
         out = _long_rows(tiny_tokenizer, n=10)
@@ -369,23 +378,11 @@ def test_join_cache_equals_one_forward_over_the_whole_batch(tiny_model, tiny_tok
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         whole = tiny_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                            use_cache=True).cache
-    real = mask[:, None, :-1, None].bool()
-    for ours, theirs in zip(joined.layers, whole.layers):
-        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
-            assert a.shape == b.shape
-            torch.testing.assert_close(a.masked_fill(~real, 0), b.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)
-            assert not a.masked_fill(real, 0).any()
+    _assert_cache_of_one_forward(joined, whole, mask)
 
 
 def test_joining_rows_keep_their_adapters(tiny_model_dir, tiny_tokenizer, two_adapters, monkeypatch):
-    from peft import PeftModel
-
-    from tunesmith.models.loading import load_model
-
-    model = PeftModel.from_pretrained(load_model(tiny_model_dir, device="cpu"), two_adapters["alpha"],
-                                      adapter_name="alpha")
-    model.load_adapter(two_adapters["beta"], adapter_name="beta")
-    model.eval()
+    model = _two_adapter_model(tiny_model_dir, two_adapters)
 
     def rows():
         out = _long_rows(tiny_tokenizer, n=10) + _rows(tiny_tokenizer, max_new_tokens=6)
