@@ -487,7 +487,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
         def __call__(self, input_ids, scores, **kwargs):
             return self.rows.step(input_ids, scores)
 
-    # Longest prompts first: rows that start together have similar widths, and the short ones join late.
+    # Longest prompts first: rows that start together have similar widths (little padding).
     requests = list(requests)
     waiting = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
     waiting.reverse()  # popped from the end
