@@ -24,7 +24,7 @@ from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 from tunesmith.models.precision import autocast, prepare_for_inference, resolve_precision
-from tunesmith.records import DataError, DataIssue, Message, TunesmithError
+from tunesmith.records import IGNORE_INDEX, DataError, DataIssue, Message, TunesmithError
 from tunesmith.threads import use_threads
 
 console = Console(stderr=True)
@@ -142,6 +142,10 @@ class RowRequest:
     constraint: TokenConstraint | None = None
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     cancelled: Callable[[], bool] | None = None  # polled every token; True ends the row (finish_reason "cancelled")
+    # Scoring a given continuation of the prompt (eval's reference answer) while its prompt is prefilled anyway: the
+    # tokens that follow the prompt, and which of them count (default: all). See `_prefill`.
+    continuation: list[int] = field(default_factory=list)
+    scored: list[bool] | None = None
 
 
 @dataclass
@@ -150,6 +154,10 @@ class RowResult:
     finish_reason: str  # "stop" (end of turn or a stop string), "length", "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    # The continuation's summed cross-entropy (nats) over its scored tokens, and how many; None when the row had no
+    # continuation or it could not be scored here (virtual-token methods, special cache layers, per-row adapters)
+    continuation_loss: float | None = None
+    continuation_scored: int = 0
 
 
 class _Rows:
@@ -170,6 +178,7 @@ class _Rows:
         self.sent: list[int] = []  # characters already handed to on_text
         self.finish: list[str | None] = []
         self.generators: list[torch.Generator | None] = []
+        self.scores: list[tuple[float, int] | None] = []  # (summed loss, scored tokens) of each row's continuation
         self.eos = min(stops)
         self.active: list[int] = []  # the requests in the rows of the current `generate` call, in row order
         self.add(requests)
@@ -182,6 +191,7 @@ class _Rows:
             self.text.append("")
             self.sent.append(0)
             self.finish.append(None)
+            self.scores.append(None)
             self.generators.append(torch.Generator(device=self.device).manual_seed(r.seed if r.seed is not None else 0)
                                    if r.temperature > 0 else None)
 
@@ -361,9 +371,11 @@ def _new_cache(model):
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`
 
 
-def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dict, force: bool = False):
-    """The KV cache of every prompt token but the last, computed a few rows at a time, or None to leave the prefill
-    to `generate`.
+def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dict, force: bool = False,
+             continuations: list[tuple[list[int], list[bool]]] | None = None,
+             ) -> tuple[object | None, list[tuple[float, int] | None]]:
+    """(the KV cache of every prompt token but the last, computed a few rows at a time, or None to leave the prefill
+    to `generate`; the scores of the rows' continuations).
 
     One forward over the whole left-padded batch is the slow way on a CPU: measured on SmolLM2-135M (2 threads,
     bf16), 25 few-shot DBLP-QuAD prompts of 450-780 tokens took 49.8 s as one forward and 17.4 s in forwards of
@@ -375,15 +387,36 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     Virtual-token methods (a prompt or a prefix of their own), models with sliding-window or other special cache
     layers, and small batches keep transformers' own prefill, unless `force` (rows joining a running batch, whose
     cache must be computed here to be merged into the batch's).
+
+    `continuations` (one (token ids, scored) per row; empty ids for none): after a group's prompt forward, its rows'
+    continuations go through one more forward that continues from the group's cache (the prompt's last token, then
+    the continuation), and the cross-entropy of their scored tokens is summed as the training loss sums it
+    (`TrainedTokenLoss`: logits at the scored positions only). This is how eval measures the loss of the reference
+    answers: before, every prompt went through the model twice, once to answer and once for the reference's loss
+    (for the ~600-token few-shot and RAG prompts of the DBLP-QuAD eval that second pass was a quarter of the eval's
+    time). The prompt's forward, and so the cache the answer is generated from, is exactly what it is without a
+    continuation: the answers do not change (an earlier version ran prompt and continuation as one forward, and
+    under bf16 the changed shapes moved 8-30% of the answers by a near-tie token). Scored only where this prefill
+    runs and no row has an adapter of its own (the continuation goes through the backbone, as training's loss does).
     """
     from transformers.cache_utils import DynamicLayer
 
+    from tunesmith.train.loss import TrainedTokenLoss
+
     rows, width = input_ids.shape
-    if "cache" in extra or "inputs_embeds" in extra or width < 2 or (rows * width <= PREFILL_TOKENS and not force):
-        return None
+    none: list[tuple[float, int] | None] = [None] * rows
+    scoring = bool(continuations) and any(ids for ids, _ in continuations) and "adapter_names" not in extra
+    if scoring:
+        try:
+            head = TrainedTokenLoss(model)
+        except NotImplementedError:  # logits the training loss cannot score: left to `reference_loss`, which says so
+            scoring = False
+    own = force or rows * width > PREFILL_TOKENS  # else `generate` prefills (a continuation is scored all the same)
+    if "cache" in extra or "inputs_embeds" in extra or width < 2 or not (own or scoring):
+        return None, none
     cache = _new_cache(model)
     if cache is None:  # sliding-window or other special layers: transformers' own prefill knows them
-        return None
+        return None, none
     lengths = attention.sum(-1).tolist()
     groups, start = [], 0
     while start < rows:  # a group is as wide as its longest row (rows come sorted longest first: its first)
@@ -392,6 +425,7 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
             end += 1
         groups.append((start, end))
         start = end
+    scores = list(none)
     layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start, end in groups:
         cut = width - max(*lengths[start:end], 2)  # the group's own width; the last prompt token is left to `generate`
@@ -400,15 +434,53 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
                     use_cache=True, logits_to_keep=1, **kwargs)
         if any(type(lay) is not DynamicLayer for lay in out.cache.layers):
-            return None  # the forward's own cache has special layers after all
-        for layer, (keys, values) in enumerate((lay.keys, lay.values) for lay in out.cache.layers):
+            return None, none  # the forward's own cache has special layers after all
+        prompt_cache = [(lay.keys, lay.values) for lay in out.cache.layers]  # before a continuation is appended
+        if scoring and any(continuations[i][0] for i in range(start, end)):
+            scores[start:end] = _score_continuations(head, out.cache, input_ids[start:end, cut:],
+                                                     attention[start:end, cut:], continuations[start:end])
+        for layer, (keys, values) in enumerate(prompt_cache):
             if layer == len(layers):
                 layers.append([])
             pad = (0, 0, cut, 0)  # (head dim, sequence): zeros before the group's columns
             layers[layer].append((torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)))
+    if not own:
+        return None, scores
     for layer, parts in enumerate(layers):
         cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), layer)
-    return cache
+    return cache, scores
+
+
+def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.Tensor,
+                         continuations: list[tuple[list[int], list[bool]]]) -> list[tuple[float, int] | None]:
+    """(summed cross-entropy of the scored tokens, their number) of each row's continuation, None for a row without
+    one: one forward of [the prompt's last token][continuation][right padding] from `cache`, which holds the rows'
+    left-padded prompts but their last tokens (`input_ids`, `attention`: the prompts, last token included). Positions
+    run on from the prompt's (the mask's cumulative sum, as generation gives them)."""
+    from tunesmith.train.loss import causal_lm_of
+
+    rows, follow = input_ids.shape[0], max(len(tokens) for tokens, _ in continuations)
+    ids = torch.zeros((rows, 1 + follow), dtype=input_ids.dtype, device=input_ids.device)  # padding: any id, masked
+    mask = torch.zeros_like(ids)
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    ids[:, 0], mask[:, 0] = input_ids[:, -1], 1
+    for row, (tokens, counted) in enumerate(continuations):
+        ids[row, 1 : 1 + len(tokens)] = torch.tensor(tokens, dtype=ids.dtype)
+        mask[row, 1 : 1 + len(tokens)] = 1
+        # column c predicts the token at column c + 1: the prompt's last token predicts the continuation's first
+        targets[row, : len(tokens)] = torch.tensor([t if keep else IGNORE_INDEX for t, keep in zip(tokens, counted)],
+                                                   dtype=ids.dtype)
+    whole = torch.cat([attention[:, :-1], mask], dim=1)
+    positions = (whole.cumsum(-1) - 1).masked_fill(whole == 0, 0)[:, -ids.shape[1]:]
+    lm = causal_lm_of(head.model)
+    out = getattr(lm, lm.base_model_prefix)(input_ids=ids, attention_mask=whole, position_ids=positions, cache=cache,
+                                            use_cache=True)
+    trained = targets != IGNORE_INDEX
+    losses = torch.nn.functional.cross_entropy(head.logits_of(out.last_hidden_state[trained]), targets[trained],
+                                               reduction="none")
+    row_of = trained.nonzero()[:, 0]
+    return [(float(losses[row_of == row].sum()), int((row_of == row).sum())) if tokens else None
+            for row, (tokens, _) in enumerate(continuations)]
 
 
 def _left_padded(requests: list[RowRequest], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,7 +506,7 @@ def _join(model, input_ids, attention, cache, joining: list[RowRequest], pad_id:
     """
     width = max(input_ids.shape[1], max(len(r.prompt_ids) for r in joining))
     new_ids, new_attention = (t.to(input_ids.device) for t in _left_padded(joining, width, pad_id))
-    new_cache = _prefill(model, new_ids, new_attention, extra, force=True)
+    new_cache, _ = _prefill(model, new_ids, new_attention, extra, force=True)
     if new_cache is None or len(new_cache.layers) != len(cache.layers):
         return None
     grow = width - input_ids.shape[1]
@@ -464,6 +536,9 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
     (`_join`), in arrival order, and take the indices after `requests`. `on_result(index, result)` is called as
     each row ends, so a short request is answered without waiting for a long one. Virtual-token methods and models
     with special cache layers take arrivals only between batches. Returns every result, in index order.
+
+    A request's `continuation` (eval's reference answer) is scored in the forward that prefills its prompt (`_prefill`),
+    its loss returned in the result; the answer is generated as without it.
 
     Why the list itself is not generated that way: measured on the eval's 50 few-shot prompts (SmolLM2-135M, batch
     25, 2 threads), letting waiting prompts join took 162-164 s against 160 s for fixed batches, at 7.7-9.0 GB peak
@@ -541,7 +616,11 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                 generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device),
                                                                        attention.to(device), pad_id, extra)
                 if "cache" not in extra:
-                    cache = _prefill(generator, input_ids, attention, extra)
+                    continuations = [(requests[r].continuation, requests[r].scored or [True] * len(requests[r].continuation))
+                                     for r in rows.active]
+                    cache, scores = _prefill(generator, input_ids, attention, extra, continuations=continuations)
+                    for r, score in zip(rows.active, scores):
+                        rows.scores[r] = score
                     cache = _new_cache(generator) if cache is None else cache
                     if cache is not None:
                         extra["cache"] = cache
@@ -569,8 +648,9 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
             keep = rows.unfinished()
             for i, r in enumerate(rows.active):
                 if i not in keep:
+                    score = rows.scores[r]
                     results[r] = RowResult(rows.text[r], rows.finish[r] or "length", len(requests[r].prompt_ids),
-                                           len(rows.tokens[r]))
+                                           len(rows.tokens[r]), *(score or (None, 0)))
                     if on_result is not None:
                         on_result(r, results[r])
             progress.advance(task, len(rows.active) - len(keep))
@@ -593,6 +673,15 @@ def encode_chat(tokenizer, conversation: list[Message]) -> list[int]:
     return tokenizer(render_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
 
 
+def chat_requests(tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0,
+                  top_p: float = 1.0, seed: int = 0, stop: list[str] | None = None,
+                  constraint: Callable[[], TokenConstraint] | None = None) -> list[RowRequest]:
+    """One RowRequest per conversation, as `generate_chat` asks them (row i samples with seed + i)."""
+    return [RowRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       seed=seed + i, stop=list(stop or []), constraint=constraint() if constraint else None)
+            for i, c in enumerate(conversations)]
+
+
 def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256,
                   batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   precision: str = "auto", show_progress: bool = True, stop: list[str] | None = None,
@@ -602,9 +691,7 @@ def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_
     `constraint` makes a fresh TokenConstraint per row (e.g. a grammar: tunesmith.guardrails.structured).
     Sampling: row i uses seed + i, so its answer does not depend on how the rows are batched.
     """
-    requests = [RowRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed + i, stop=list(stop or []),
-                           constraint=constraint() if constraint else None) for i, c in enumerate(conversations)]
+    requests = chat_requests(tokenizer, conversations, max_new_tokens, temperature, top_p, seed, stop, constraint)
     results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
                             show_progress=show_progress)
     return [r.text.strip() for r in results]

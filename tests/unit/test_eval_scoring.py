@@ -19,6 +19,78 @@ CHATS = [
 ]
 
 
+# Conversations of many lengths, a few-shot one among them (earlier turns are context, not scored), and their references.
+CONVERSATIONS = [
+    [{"role": "user", "content": "Which venue did Alan Turing publish in? " * 6}],
+    [{"role": "user", "content": "fox"}],
+    [{"role": "user", "content": "the quick brown fox"}, {"role": "assistant", "content": "jumps over"},
+     {"role": "user", "content": "the lazy dog " * 4}],
+    [{"role": "system", "content": "Answer in SPARQL."}, {"role": "user", "content": "Who wrote it?"}],
+    [{"role": "user", "content": "What are the papers?"}],
+]
+REFERENCES = ["ICML", "jumps over the lazy dog " * 5, "?", "SELECT ?x WHERE { ?x a ?y }", ""]
+
+
+@pytest.mark.parametrize(("budget", "batch_size"), [(1, 5), (40, 5), (10**6, 5), (60, 2)])  # rows alone, mixed
+# groups, all rows in one forward, several batches
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answer(
+        budget, batch_size, precision, tiny_model, tiny_tokenizer, monkeypatch):
+    """The references' loss computed in the forwards that prefill the prompts equals `reference_loss` (their own
+    forwards), and the answers are those `generate_chat` gives without scoring."""
+    from tunesmith import generate
+    from tunesmith.eval.scoring import answers_and_reference_loss
+    from tunesmith.generate import generate_chat
+
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
+    calls, prefill = [], generate._prefill
+    monkeypatch.setattr(generate, "_prefill", lambda *a, **k: calls.append(k) or prefill(*a, **k))
+    answers, loss = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=12,
+                                               batch_size=batch_size, precision=precision)
+    assert calls and all(k.get("continuations") for k in calls)  # scored while prefilling, not on its own
+    alone = reference_loss(tiny_model, tiny_tokenizer, chats=[c + [{"role": "assistant", "content": r}]
+                                                              for c, r in zip(CONVERSATIONS, REFERENCES)],
+                           precision=precision)
+    assert loss.n_tokens == alone.n_tokens > 0
+    assert loss.loss == pytest.approx(alone.loss, rel=1e-4 if precision == "fp32" else 2e-2)
+    assert answers == generate_chat(tiny_model, tiny_tokenizer, CONVERSATIONS, max_new_tokens=12, batch_size=batch_size,
+                                    precision=precision, show_progress=False)
+
+
+@pytest.mark.parametrize("budget", [40, 10**6])
+def test_scoring_a_continuation_leaves_the_prompt_cache_bit_for_bit(budget, tiny_model, tiny_tokenizer, monkeypatch):
+    """Under bf16, where a forward's shape moves its rounding: the cache the answer is generated from is the one
+    the prefill computes without continuations, to the bit."""
+    from tunesmith import generate
+    from tunesmith.generate import _left_padded, chat_requests, prepare_for_inference
+
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
+    prepare_for_inference(tiny_model, "bf16")
+    requests = sorted(chat_requests(tiny_tokenizer, CONVERSATIONS), key=lambda r: -len(r.prompt_ids))
+    ids, mask = _left_padded(requests, len(requests[0].prompt_ids), tiny_tokenizer.pad_token_id)
+    follow = [(tiny_tokenizer(r, add_special_tokens=False)["input_ids"], [True] * 99) for r in REFERENCES]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, _ = generate._prefill(tiny_model, ids, mask, {}, force=True)
+        scored, scores = generate._prefill(tiny_model, ids, mask, {}, force=True, continuations=follow)
+    assert [s is None for s in scores] == [not tokens for tokens, _ in follow]
+    for a, b in zip(plain.layers, scored.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_reference_loss_is_measured_on_its_own_where_the_prefill_cannot_score(tiny_model, tiny_tokenizer, monkeypatch):
+    """A model whose cache has special layers (no prefill of ours): the loss comes from `reference_loss`, the same."""
+    from tunesmith import generate
+    from tunesmith.eval.scoring import answers_and_reference_loss
+
+    monkeypatch.setattr(generate, "_new_cache", lambda model: None)
+    answers, loss = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=6,
+                                               batch_size=5, precision="fp32")
+    alone = reference_loss(tiny_model, tiny_tokenizer, chats=[c + [{"role": "assistant", "content": r}]
+                                                              for c, r in zip(CONVERSATIONS, REFERENCES)],
+                           precision="fp32")
+    assert (loss.loss, loss.n_tokens) == (alone.loss, alone.n_tokens) and len(answers) == len(CONVERSATIONS)
+
+
 @pytest.mark.parametrize("budget", [1, 10**6])  # one row per forward (long rows), all rows in one
 def test_reference_loss_is_cross_entropy_of_the_answer_tokens_only(budget, tiny_model, tiny_tokenizer, monkeypatch):
     from tunesmith.eval import scoring

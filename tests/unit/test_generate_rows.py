@@ -238,7 +238,7 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
         input_ids[row, width - len(prompt):], attention[row, width - len(prompt):] = torch.tensor(prompt), 1
     monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
     with torch.inference_mode():
-        cache = generate._prefill(tiny_model, input_ids, attention, {})
+        cache, _ = generate._prefill(tiny_model, input_ids, attention, {})
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
         whole = tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
                            position_ids=positions[:, :-1], use_cache=True).cache
@@ -371,7 +371,7 @@ def test_join_cache_equals_one_forward_over_the_whole_batch(tiny_model, tiny_tok
     width = max(len(r.prompt_ids) for r in short)
     input_ids, attention = generate._left_padded(short, width, tiny_tokenizer.pad_token_id)
     with torch.inference_mode():
-        cache = generate._prefill(tiny_model, input_ids, attention, {}, force=True)
+        cache, _ = generate._prefill(tiny_model, input_ids, attention, {}, force=True)
         ids, mask, joined = generate._join(tiny_model, input_ids, attention, cache, long, tiny_tokenizer.pad_token_id,
                                            {})
         assert ids.shape[1] == len(long[0].prompt_ids) > width

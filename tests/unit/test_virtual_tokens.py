@@ -79,7 +79,7 @@ def test_packing_is_refused_with_a_clear_message(name, tmp_path, tiny_model_dir,
 
 def test_forgetting_measures_work_on_a_virtual_token_model(tiny_model_dir, tiny_tokenizer):
     """eval's reference loss and KL(base || tuned) go through the same logits as training (virtual positions dropped)."""
-    from tunesmith.eval.scoring import mean_kl, reference_loss
+    from tunesmith.eval.scoring import answers_and_reference_loss, mean_kl, reference_loss
     from tunesmith.models.loading import load_model
 
     method = get_method("prompt_tuning")
@@ -88,6 +88,11 @@ def test_forgetting_measures_work_on_a_virtual_token_model(tiny_model_dir, tiny_
     tuned = method.apply(method.load_base(tiny_model_dir, cfg), cfg).eval()
     base = load_model(tiny_model_dir, device="cpu").eval()
     chats = [[{"role": "user", "content": "Who wrote it?"}, {"role": "assistant", "content": "Ada Lovelace"}]]
-    assert reference_loss(tuned, tiny_tokenizer, chats=chats, precision="fp32").n_tokens > 0
+    alone = reference_loss(tuned, tiny_tokenizer, chats=chats, precision="fp32")
+    assert alone.n_tokens > 0
+    # eval scores references while it generates; a virtual-token model's are scored on their own, the same
+    _, scored = answers_and_reference_loss(tuned, tiny_tokenizer, [chats[0][:1]], [chats[0][1]["content"]],
+                                           max_new_tokens=3, batch_size=1, precision="fp32")
+    assert (scored.loss, scored.n_tokens) == (alone.loss, alone.n_tokens)
     assert mean_kl(base, tuned, tiny_tokenizer, chats=chats, precision="fp32") > 0
     assert mean_kl(base, base, tiny_tokenizer, chats=chats, precision="fp32") == pytest.approx(0.0, abs=1e-6)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from tunesmith.eval.metrics import corpus_chrf
 from tunesmith.files import atomic_write_json, read_json, read_jsonl
-from tunesmith.eval.scoring import mean_kl, reference_loss
-from tunesmith.generate import generate_chat
+from tunesmith.eval.scoring import answers_and_reference_loss, mean_kl, reference_loss
 from tunesmith.records import Message, TunesmithError
 
 SHIPPED_GENERAL_DATA = Path(__file__).resolve().parent / "data" / "seed_tasks.jsonl"
@@ -69,9 +68,9 @@ def measure_general(model, tokenizer, tasks: list[GeneralTask], base_model=None,
     start = time.perf_counter()
     chats = [t.prompt + [{"role": "assistant", "content": t.answer}] for t in tasks]
     text = reference_loss(model, tokenizer, texts=[t.as_text for t in tasks], precision=precision)
-    answer = reference_loss(model, tokenizer, chats=chats, precision=precision)
-    answers = generate_chat(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, precision=precision, show_progress=False)
+    answers, answer = answers_and_reference_loss(model, tokenizer, [t.prompt for t in tasks], [t.answer for t in tasks],
+                                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                 precision=precision)
     kl = mean_kl(base_model, model, tokenizer, chats=chats, precision=precision) if base_model is not None else None
     return GeneralScores(text.perplexity, answer.perplexity, corpus_chrf(answers, [t.answer for t in tasks]), kl,
                          answers, time.perf_counter() - start)

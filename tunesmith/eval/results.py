@@ -54,7 +54,7 @@ class VariantResult(Record):
     headline_ci: tuple[float, float]
     breakdown: dict[str, dict[str, Cell]] = Field(default_factory=dict)  # field → value → headline score
     predictions: list[str] = Field(default_factory=list)
-    generation_seconds: float = 0.0
+    generation_seconds: float = 0.0  # the answers, and with metrics.loss the references scored in the same prefill
     seconds_per_item: float = 0.0
     peak_rss_mb: float = 0.0
     prompt_tokens_mean: float = 0.0

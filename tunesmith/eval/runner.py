@@ -23,7 +23,6 @@ from tunesmith.cli import RequiredConfigArg, SetOpt, ThreadsOpt
 from tunesmith.config import read_config
 from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.data.formats import load_examples
-from tunesmith.data.tokenize import render_prompt
 from tunesmith.eval.config import EvalConfig
 from tunesmith.eval.metrics import Metric, Normalizer, bootstrap_ci, build_metrics, paired_bootstrap_diff
 from tunesmith.eval.prompts import (
@@ -34,8 +33,8 @@ from tunesmith.eval.results import (
     TunedVsAlternative, VariantResult,
 )
 from tunesmith.eval.retrieval import load_corpus
-from tunesmith.eval.scoring import reference_loss
-from tunesmith.generate import cut_off_warning, generate_chat, load_for_inference
+from tunesmith.eval.scoring import answers_and_reference_loss
+from tunesmith.generate import cut_off_warning, encode_chat, generate_chat, load_for_inference
 from tunesmith.files import read_json
 from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
 from tunesmith.threads import use_threads
@@ -251,21 +250,24 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
     model, tokenizer = variant.model(ctx)
     with PeakRss() as memory:
         start = time.perf_counter()
-        predictions = generate_chat(model, tokenizer, conversations, max_new_tokens=g.max_new_tokens,
-                                    batch_size=g.batch_size, precision=g.precision, show_progress=show_progress)
+        if cfg.metrics.loss:  # the references' loss rides in the forwards that prefill the prompts for generation
+            predictions, loss = answers_and_reference_loss(
+                model, tokenizer, conversations, ctx.references, max_new_tokens=g.max_new_tokens,
+                batch_size=g.batch_size, precision=g.precision, show_progress=show_progress,
+                max_seq_len=max(cfg.data.max_seq_len, cfg.retrieval.max_prompt_tokens + cfg.data.max_seq_len))
+        else:
+            predictions, loss = generate_chat(model, tokenizer, conversations, max_new_tokens=g.max_new_tokens,
+                                              batch_size=g.batch_size, precision=g.precision,
+                                              show_progress=show_progress), None
         seconds = time.perf_counter() - start
     result = score_variant(variant.label, variant.kind, predictions, ctx.references, ctx.tests, cfg, ctx.metrics)
     result.predictions = predictions
     result.generation_seconds = round(seconds, 2)
     result.seconds_per_item = round(seconds / len(ctx.tests), 3)
     result.peak_rss_mb = memory.mb
-    result.prompt_tokens_mean = round(sum(len(tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"])
-                                          for c in conversations) / len(conversations), 1)
+    result.prompt_tokens_mean = round(sum(len(encode_chat(tokenizer, c)) for c in conversations) / len(conversations), 1)
     result.examples_dropped_to_fit = sum(b.dropped for b in built)
-    if cfg.metrics.loss:
-        with_answers = [c + [{"role": "assistant", "content": ref}] for c, ref in zip(conversations, ctx.references)]
-        loss = reference_loss(model, tokenizer, chats=with_answers, precision=g.precision,
-                              max_seq_len=max(cfg.data.max_seq_len, cfg.retrieval.max_prompt_tokens + cfg.data.max_seq_len))
+    if loss is not None:
         result.reference_loss, result.reference_perplexity = loss.loss, loss.perplexity
     for key, value in variant.extras(ctx, model, tokenizer).items():
         setattr(result, key, value)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tunesmith.data.batching import iter_batches
 from tunesmith.data.tokenize import tokenize_examples
 from tunesmith.models.precision import autocast, resolve_precision
-from tunesmith.records import Example, Message, SourceRef, TokenizedExample
+from tunesmith.records import IGNORE_INDEX, Example, Message, SourceRef, TokenizedExample
 from tunesmith.train.loss import LossResult, TrainedTokenLoss, dataset_loss
 
 
@@ -44,6 +44,39 @@ def reference_loss(model, tokenizer, chats: list[list[Message]] | None = None, t
     tokenized = tokenize_references(tokenizer, chats, texts, max_seq_len)
     return dataset_loss(model, tokenized, pad_id=tokenizer.pad_token_id, batch_size=rows_per_batch(tokenized, batch_size),
                         row_len=max_seq_len, precision=precision)
+
+
+def answers_and_reference_loss(model, tokenizer, conversations: list[list[Message]], references: list[str], *,
+                               max_new_tokens: int, batch_size: int, precision: str = "auto", max_seq_len: int = 1024,
+                               show_progress: bool = False) -> tuple[list[str], LossResult]:
+    """Greedy answers to `conversations` (as `generate_chat` gives them) and `reference_loss` of the chats answered
+    with `references`, from one pass over each prompt: each reference rides as its prompt's continuation in the
+    forward that prefills the prompt for generation (`tunesmith.generate._prefill`), instead of a second forward over
+    the prompt. The tokens and the scored positions are the reference loss's own (`tokenize_references`, the
+    training path's tokenization); where a chat's tokens do not start with its generation prompt, or the model
+    cannot be scored while generating (virtual-token methods, special cache layers), the loss is measured on its
+    own, as `reference_loss`. The same loss up to float rounding (tests/unit/test_eval_scoring.py)."""
+    from tunesmith.generate import chat_requests, generate_rows
+
+    requests = chat_requests(tokenizer, conversations, max_new_tokens=max_new_tokens)
+    chats = [c + [{"role": "assistant", "content": ref}] for c, ref in zip(conversations, references)]
+    tokenized = tokenize_references(tokenizer, chats=chats, max_seq_len=max_seq_len)
+    aligned = len(tokenized) == len(requests) and all(
+        tok.input_ids[:len(req.prompt_ids)] == req.prompt_ids
+        and all(label == IGNORE_INDEX for label in tok.labels[:len(req.prompt_ids)])
+        for req, tok in zip(requests, tokenized))
+    if aligned:
+        for req, tok in zip(requests, tokenized):
+            req.continuation = tok.input_ids[len(req.prompt_ids):]
+            req.scored = [label != IGNORE_INDEX for label in tok.labels[len(req.prompt_ids):]]
+    results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
+                            show_progress=show_progress)
+    answers = [r.text.strip() for r in results]
+    if aligned and all(r.continuation_loss is not None for q, r in zip(requests, results) if q.continuation):
+        count = sum(r.continuation_scored for r in results)
+        total = sum(r.continuation_loss or 0.0 for r in results)
+        return answers, LossResult(total / max(count, 1) if tokenized else float("nan"), count)  # as dataset_loss
+    return answers, reference_loss(model, tokenizer, chats=chats, max_seq_len=max_seq_len, precision=precision)
 
 
 def mean_kl(reference_model, other_model, tokenizer, chats: list[list[Message]] | None = None,

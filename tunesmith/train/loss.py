@@ -102,8 +102,11 @@ class TrainedTokenLoss(nn.Module):
     def logits(self, batch: MicroBatch) -> torch.Tensor:
         """(trained positions, vocab): next-token logits where the target is trained, in fp32."""
         hidden = final_hidden_states(self.model, batch)
-        trained = batch.targets != IGNORE_INDEX
-        logits = causal_lm_of(self.model).get_output_embeddings()(hidden[trained]).float()
+        return self.logits_of(hidden[batch.targets != IGNORE_INDEX])
+
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (fp32) of final hidden states: the LM head, then the model's soft cap if it has one."""
+        logits = causal_lm_of(self.model).get_output_embeddings()(hidden).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
