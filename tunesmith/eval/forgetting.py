@@ -21,6 +21,9 @@ from tunesmith.eval.scoring import answers_and_reference_loss, mean_kl, referenc
 from tunesmith.records import Message, TunesmithError
 
 SHIPPED_GENERAL_DATA = Path(__file__).resolve().parent / "data" / "seed_tasks.jsonl"
+# How the scores are computed, in the cache key beside the version: a change that moves a number by rounding
+# (2: the answers' perplexity scored in the generation prefill) must not meet scores cached before it.
+SCORING = 2
 
 
 @dataclass
@@ -88,7 +91,7 @@ def base_scores_path(cache_dir: str | Path, model: str, tasks: list[GeneralTask]
     from tunesmith.models.loading import model_fingerprint
 
     digest = hashlib.sha256(json.dumps([model_fingerprint(model), [[t.prompt, t.answer] for t in tasks], max_new_tokens,
-                                        batch_size, precision, __version__, torch.__version__]).encode())
+                                        batch_size, precision, __version__, torch.__version__, SCORING]).encode())
     return Path(cache_dir) / "forgetting" / f"base-{digest.hexdigest()[:24]}.json"
 
 

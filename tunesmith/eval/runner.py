@@ -1,7 +1,8 @@
 """`tunesmith eval`: one held-out set through every variant, same decoding and metrics, into one report.
 
-Reads top to bottom: data + leakage check → prompts per variant → for each variant: generate, time it, score it,
-loss of the references → forgetting panel for tuned models → a typed `EvalReport` → report files. Each kind of
+Reads top to bottom: data + leakage check → prompts per variant → for each variant: generate (the references' loss
+measured in the same pass over the prompts), time it, score it → forgetting panel for tuned models → a typed
+`EvalReport` → report files. Each kind of
 variant (base, few-shot, RAG, tuned) is a small class with one interface: its prompts, its model, its extras.
 """
 
