@@ -290,12 +290,28 @@ def test_reserved_cache_layer_holds_what_a_dynamic_layer_holds(monkeypatch):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1].float())
         same()
     for change in (lambda lay: lay.batch_select_indices(torch.tensor([0, 2, 3])), lambda lay: lay.crop(-2),
-                   lambda lay: lay.reorder_cache(torch.tensor([2, 0, 1]))):
+                   lambda lay: lay.reorder_cache(torch.tensor([2, 0, 1])),
+                   lambda lay: lay.batch_select_indices(torch.tensor([2, 1]))):
         change(ours), change(theirs)
         same()
-        k, v = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 1, 8).bfloat16()
+        k, v = torch.randn(len(ours.keys), 2, 1, 8), torch.randn(len(ours.keys), 2, 1, 8).bfloat16()
         ours.update(k, v), theirs.update(k, v)
         same()
+
+
+@pytest.mark.parametrize("keep", [[1, 3], [0, 2, 3], [3, 1]])  # rows leaving (moved up in place); any order
+def test_rows_leaving_the_batch_stay_in_the_reserved_buffer(keep):
+    """Selecting rows moves the kept ones to the front of the same buffer, and the next token is written in place:
+    no new buffer the size of the cache each time rows leave."""
+    import tunesmith.generate as generate
+
+    layer = generate._reserved_layer_class()()
+    layer.update(torch.randn(4, 2, 5, 8), torch.randn(4, 2, 5, 8))
+    buffer, kept = layer._reserved[0].data_ptr(), layer.keys[torch.tensor(keep)].clone()
+    layer.batch_select_indices(torch.tensor(keep))
+    layer.update(torch.randn(len(keep), 2, 1, 8), torch.randn(len(keep), 2, 1, 8))
+    assert layer._reserved[0].data_ptr() == layer.keys.data_ptr() == buffer
+    assert torch.equal(layer.keys[..., :5, :], kept)
 
 
 def test_generation_with_reserved_cache_equals_transformers_cache(tiny_model, tiny_tokenizer, monkeypatch):
