@@ -75,6 +75,20 @@ def test_real_sentences_swap_other_entities_and_label_only_people():
     assert all(s.type == "PERSON" for e in persons_only(tagged) for s in e.spans)
 
 
+def test_new_names_can_be_common_words_and_default_draws_are_unchanged():
+    from tunesmith.data.prep.pii_tagger_data import word_surnames
+
+    examples = wikigold("train")[:200]
+    words = word_surnames(examples)
+    assert words and all(w[0].isupper() and w[1:].islower() and len(w) >= 4 and not w.endswith("ly") for w in words)
+    assert not {"The", "With", "They"} & set(words)
+    plain = with_new_names(examples, SyntheticPii("train", seed=0))
+    assert with_new_names(examples, SyntheticPii("train", seed=0), None, words, 0.0) == plain  # rate 0: same draws
+    worded = with_new_names(examples, SyntheticPii("train", seed=0), None, words, 1.0)
+    names = [e.text[s.start : s.end] for e in worded for s in e.spans]
+    assert names and all(n.split()[-1].rstrip(",").casefold() in {w.casefold() for w in words} or "," in n for n in names)
+
+
 def test_real_sentences_held_out_for_tuning_never_reach_training():
     from tunesmith.data.prep.pii_tagger_data import real_validation, training_examples
 
@@ -377,6 +391,9 @@ def test_tagger_veto_drops_only_rampart_names_the_tagger_disbelieves():
         def type_probability(self, text, span):
             return {0: 0.9, 16: 0.01, 30: 0.0}[span.start]
 
+        def other_entity_probability(self, text, span):
+            return None  # a tagger not trained on organisations and places
+
     text = "Linkin Park and Ravil Yefi at 1 Main Road"
     found = {}
     for veto in (0.0, 0.03):
@@ -385,6 +402,53 @@ def test_tagger_veto_drops_only_rampart_names_the_tagger_disbelieves():
         found[veto] = {text[s.start : s.end] for s in detector.find(text)}
     assert found[0.0] == {"Linkin Park", "Ravil Yefi", "1 Main Road"}
     assert found[0.03] == {"Linkin Park", "1 Main Road"}  # the tagger's own name and other types stay
+
+
+def test_a_tagger_that_knows_places_and_organisations_overrules_other_models_names():
+    class Rampart:
+        def find_spans(self, text):
+            return [Span(0, 11, "PERSON", "ner"), Span(16, 26, "PERSON", "ner"), Span(30, 40, "PERSON", "ner"),
+                    Span(44, 55, "ADDRESS", "ner")]
+
+    class Tagger:
+        def find_spans(self, text):
+            return [Span(30, 40, "PERSON", "tagger")]
+
+        def type_probability(self, text, span):  # P(PERSON), or of the span's type
+            return {0: 0.1, 16: 0.3, 30: 0.6, 44: 0.9}[span.start]
+
+        def other_entity_probability(self, text, span):  # P(ORG, LOC or MISC)
+            return {0: 0.9, 16: 0.3, 30: 0.7, 44: 0.8}[span.start]
+
+    text = "Jethro Tull and Ravil Yefi and Anna Oahu at 1 Main Road"
+    found = {}
+    for judges in (True, False):
+        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judges_names=judges))
+        detector.models = [Rampart(), Tagger()]
+        found[judges] = {text[s.start : s.end] for s in detector.find(text)}
+    assert found[False] == {"Jethro Tull", "Ravil Yefi", "Anna Oahu", "1 Main Road"}
+    # only the band goes: the tagger is unsure of "Ravil Yefi", reads "Anna" as a person, and judges names only
+    assert found[True] == {"Ravil Yefi", "Anna Oahu", "1 Main Road"}
+
+
+def test_other_entities_are_labelled_for_training_but_never_decoded_as_pii():
+    from tunesmith.data.prep.pii_tagger import LABELS_WITH_OTHERS, OTHER_TYPES
+
+    example = LabelledText("Anna Berg played with Killing Joke in Leeds .", [
+        Span(0, 9, "PERSON", "PER"), Span(22, 34, "ORG", "ORG"), Span(38, 43, "LOC", "LOC")], 0)
+    (out,) = with_new_names([example], SyntheticPii("train", seed=0), {"ORG": ["Madina Lake"], "LOC": ["Aisby"]},
+                            label_mentions=True)
+    assert [(out.text[s.start : s.end], s.type) for s in out.spans][1:] == [("Madina Lake", "ORG"), ("Aisby", "LOC")]
+    text, offsets = "Madina Lake met Anna Berg", [(0, 6), (7, 11), (12, 15), (16, 20), (21, 25)]
+    index = {name: k for k, name in enumerate(LABELS_WITH_OTHERS)}
+    tags = ["B-ORG", "I-ORG", "O", "B-PERSON", "I-PERSON"]
+    one_hot = [[1.0 if k == index[t] else 0.0 for k in range(len(LABELS_WITH_OTHERS))] for t in tags]
+    found = decode(text, offsets, one_hot, labels=LABELS_WITH_OTHERS)
+    assert [(text[s.start : s.end], s.type) for s in found] == [("Anna Berg", "PERSON")]
+    # the threshold is on the PII labels' mass: a token split between ORG and O is no PII, however unsure
+    split = [[0.5 if k in (index["O"], index["B-ORG"]) else 0.0 for k in range(len(LABELS_WITH_OTHERS))]]
+    assert decode("Oahu", [(0, 4)], split, threshold=0.1, labels=LABELS_WITH_OTHERS) == []
+    assert set(OTHER_TYPES) == {"ORG", "LOC", "MISC"}
 
 
 def test_shipped_tagger_says_where_its_weights_come_from():

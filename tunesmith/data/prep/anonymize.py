@@ -53,6 +53,12 @@ class AnonymizeConfig(Strict):
         "its tokens P(PERSON) below this (the tagger was trained on real sentences whose bands, places and products "
         "are not people); 0: never",
     )
+    tagger_judges_names: bool = Field(
+        True,
+        description="When the tagger was trained on organisations and places too (pii_tagger_data --other-entities): a "
+        "name Rampart or spaCy finds is dropped when the tagger reads a word of it as an organisation, place or other "
+        "named thing (P ≥ 0.5) and none of it as a person (P(PERSON) < 0.5)",
+    )
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
     allow: list[str] = Field(default_factory=list, description="Terms never treated as PII (product names, acronyms the NER mistakes for names)")
@@ -147,6 +153,9 @@ class PiiDetector:
         if self.config.tagger_veto and judge is not None:
             spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
                                               and judge.type_probability(text, s) < self.config.tagger_veto)]
+        if self.config.tagger_judges_names and judge is not None:
+            spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
+                                              and _another_entity(judge, text, s))]
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}
         kept = []
@@ -161,6 +170,15 @@ class PiiDetector:
         # merging can leave a model span's remainder ("DOB" of "DOB 10/08/2006" once the date rule took the date)
         merged = merge_spans(kept, text)
         return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
+
+
+JUDGE_THRESHOLD = 0.5  # P(organisation, place or other name) at which the tagger overrules another model's name
+
+
+def _another_entity(judge, text: str, span: Span) -> bool:
+    """The tagger reads `span` as an organisation, place or other named thing, and no word of it as a person."""
+    other = judge.other_entity_probability(text, span)
+    return other is not None and other >= JUDGE_THRESHOLD and judge.type_probability(text, span) < 0.5
 
 
 def _card_or_id(text: str, span: Span) -> Span:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -398,14 +399,20 @@ class SyntheticPii:
 
 
 def with_new_names(examples: list[LabelledText], source: SyntheticPii,
-                   mentions: dict[str, list[str]] | None = None) -> list[LabelledText]:
+                   mentions: dict[str, list[str]] | None = None, word_names: Sequence[str] = (),
+                   word_name_rate: float = 0.0, label_mentions: bool = False) -> list[LabelledText]:
     """Copies of real sentences with every PERSON span replaced by another identity's name (same number of
     words, any locale, sometimes lower-case or in capitals): real contexts, names the tagger has never seen.
 
     With `mentions` (kind → surface forms, e.g. from `entity_mentions`), spans of those other kinds (ORG, LOC,
     MISC) are swapped for a random mention of the same kind and then left unlabelled, and sentences without a
     person are kept too: bands, villages and regiments in real contexts, which the tagger must learn are not
-    people. Only PERSON spans come out labelled."""
+    people. Only PERSON spans come out labelled, unless `label_mentions`: then the swapped spans keep their kind (for
+    a tagger that learns to tell people from organisations and places).
+
+    With `word_names` (capitalised common words), a share `word_name_rate` of the new surnames (or lone names)
+    is one of them: real surnames that are also words ("Player", "Baker", "Rice") are read by their context,
+    which the identities' surnames do not teach."""
     out = []
     for example in examples:
         if not any(s.type == "PERSON" or (mentions and s.type in mentions) for s in example.spans):
@@ -416,12 +423,18 @@ def with_new_names(examples: list[LabelledText], source: SyntheticPii,
             value = example.text[span.start : span.end]
             if span.type == "PERSON":
                 who = source._identity(source.rng.choice(source.fakers))
-                value = _styled_name(who["given"], who["surname"] if " " in value else None, source.rng)
-                if " " not in value and source.rng.random() < 0.5:
-                    value = _styled_name(who["surname"], None, source.rng)
+                if word_name_rate and word_names and source.rng.random() < word_name_rate:
+                    surname = source.rng.choice(word_names)
+                    value = _styled_name(who["given"], surname, source.rng) if " " in value else _styled_name(surname, None, source.rng)
+                else:
+                    value = _styled_name(who["given"], who["surname"] if " " in value else None, source.rng)
+                    if " " not in value and source.rng.random() < 0.5:
+                        value = _styled_name(who["surname"], None, source.rng)
                 spans.append(Span(len(text), len(text) + len(value), span.type, span.detector))
             elif mentions and span.type in mentions:
                 value = source.rng.choice(mentions[span.type])
+                if label_mentions:
+                    spans.append(Span(len(text), len(text) + len(value), span.type, span.detector))
             text += value
             last = span.end
         out.append(LabelledText(text + example.text[last:], spans, example.template))

@@ -23,7 +23,12 @@ from tunesmith.objectives.token_classification import bio_names, word_shape
 from tunesmith.records import TunesmithError
 
 TAGGER_TYPES = ("PERSON", "ADDRESS", "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL", "DATE", "ID_NUMBER", "BANK_ACCOUNT")
+# Named things that are not personal data (WikiGold's organisations, places and other names): a tagger trained on
+# them too (`pii_tagger_data --other-entities`) tells them from people; they are never replaced, and they let the
+# tagger overrule another model's name (anonymize.tagger_judges_names).
+OTHER_TYPES = ("ORG", "LOC", "MISC")
 LABELS = tuple(bio_names(list(TAGGER_TYPES)))
+LABELS_WITH_OTHERS = tuple(bio_names([*TAGGER_TYPES, *OTHER_TYPES]))
 SHIPPED = Path(__file__).resolve().parent / "pii_tagger_model"
 DEFAULT_THRESHOLD = 0.5
 SHIPPED_FILES = ("config.yaml", "valid_report.json", "train_summary.json")
@@ -45,15 +50,17 @@ def encode(tokenizer, text: str) -> Encoded:
 
 
 def decode(text: str, offsets: list[tuple[int, int]], probs, threshold: float = DEFAULT_THRESHOLD,
-           detector: str = "tagger") -> list[Span]:
-    """Per-token label probabilities (tokens × LABELS) → detector spans."""
+           detector: str = "tagger", labels: tuple[str, ...] = LABELS) -> list[Span]:
+    """Per-token label probabilities (tokens × `labels`) → detector spans of the PII types: a token is PII when
+    the PII labels' probabilities sum to `threshold` or more (1 - P(O) for a tagger without OTHER_TYPES)."""
+    pii = [k for k, name in enumerate(labels) if name != "O" and name.split("-", 1)[1] in TAGGER_TYPES]
     token_types: dict[int, str] = {}
     starts: set[int] = set()
     for i, row in enumerate(probs):
-        if 1.0 - float(row[0]) < threshold:
+        if sum(float(row[k]) for k in pii) < threshold:
             continue
-        best = max(range(1, len(LABELS)), key=lambda k: row[k])
-        prefix, kind = LABELS[best].split("-", 1)
+        best = max(pii, key=lambda k: row[k])
+        prefix, kind = labels[best].split("-", 1)
         token_types[i] = kind
         if prefix == "B":
             starts.add(i)
@@ -114,9 +121,10 @@ class PiiTagger:
         if objective.name != "token_classification" or not objective.word_shapes:
             raise TunesmithError(f"{folder}: a {objective.name} run{'' if objective.word_shapes else ' without word shapes'}, "
                                  "not a PII tagger (configs/pii-tagger.yaml trains one)")
-        if tuple(loaded.label_names) != LABELS:
-            raise TunesmithError(f"{folder}: trained for labels {loaded.label_names}, this tunesmith uses {list(LABELS)}; "
-                                 "retrain it (make pii-tagger)")
+        if tuple(loaded.label_names) not in (LABELS, LABELS_WITH_OTHERS):
+            raise TunesmithError(f"{folder}: trained for labels {loaded.label_names}, this tunesmith uses {list(LABELS)} "
+                                 f"(optionally with {list(OTHER_TYPES)}); retrain it (make pii-tagger)")
+        self.labels = tuple(loaded.label_names)
         self.run = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -150,14 +158,24 @@ class PiiTagger:
         if not text.strip():
             return []
         encoded, probs = self._analysed(text)
-        return decode(text, encoded.offsets, probs, self.threshold)
+        return decode(text, encoded.offsets, probs, self.threshold, labels=self.labels)
 
     def type_probability(self, text: str, span: Span) -> float:
         """The highest P(B-type) + P(I-type) this tagger gives a token of `span` (of `text`), for `span.type`: how
         much it believes another detector's span. 0.0 for a type it does not know or a span over no token."""
         if span.type not in TAGGER_TYPES:
             return 0.0
+        return self._probability(text, span, (span.type,))
+
+    def other_entity_probability(self, text: str, span: Span) -> float | None:
+        """The highest P(organisation, place or other name) the tagger gives a token of `span`: how much it reads
+        the span as a named thing that is not personal data. None for a tagger not trained on OTHER_TYPES."""
+        if self.labels != LABELS_WITH_OTHERS:
+            return None
+        return self._probability(text, span, OTHER_TYPES)
+
+    def _probability(self, text: str, span: Span, types: tuple[str, ...]) -> float:
         encoded, probs = self._analysed(text)
-        columns = [LABELS.index(f"B-{span.type}"), LABELS.index(f"I-{span.type}")]
+        columns = [self.labels.index(f"{p}-{t}") for t in types for p in "BI"]
         inside = [probs[i] for i, (a, b) in enumerate(encoded.offsets) if a < span.end and span.start < b]
         return max((sum(float(row[k]) for k in columns) for row in inside), default=0.0)
