@@ -68,7 +68,7 @@ parity-llamacpp: llamacpp
 # head) on data generated from bench/data/pii/, trimmed into tunesmith/data/prep/pii_tagger_model/ (~1.4 MB,
 # shipped in the repo). Deterministic from its seeds, ~20 min on 1 CPU thread.
 pii-tagger: $(STAMP)
-	$(PY) -m tunesmith.data.prep.pii_tagger_data runs/pii-tagger-data --sentences 60000 --context-noise 0.5
+	$(PY) -m tunesmith.data.prep.pii_tagger_data runs/pii-tagger-data --sentences 60000 --context-noise 0.5 --word-names 0.3 --other-entities
 	rm -rf runs/pii-tagger
 	$(VENV)/bin/tunesmith train configs/pii-tagger.yaml
 	$(PY) -c "from tunesmith.data.prep.pii_tagger import ship; ship('runs/pii-tagger')"

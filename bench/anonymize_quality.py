@@ -86,8 +86,12 @@ def main() -> None:
                         "folder, or one written by pii_tagger.ship: measure what would ship)")
     parser.add_argument("--tagger-veto", type=float, default=None,
                         help="anonymize.tagger_veto for combinations with rampart and the tagger (default: the config's)")
+    parser.add_argument("--tagger-judge", type=float, default=None,
+                        help="anonymize.tagger_judge for combinations with the tagger (default: the config's)")
     args = parser.parse_args()
     extra = {} if args.tagger_veto is None else {"tagger_veto": args.tagger_veto}
+    if args.tagger_judge is not None:
+        extra["tagger_judge"] = args.tagger_judge
 
     synthetic = SyntheticPii("eval", seed=args.seed).generate(args.n)
     wiki = wikigold("eval")
@@ -97,8 +101,9 @@ def main() -> None:
         synth_scores, synth_ms, synth_out = evaluate(synthetic, config_for(combo, tagger_path=args.tagger, **extra))
         wiki_scores, wiki_ms, wiki_out = evaluate(wiki, config_for(combo, tagger_path=args.tagger, entity_types=["PERSON"], **extra))
         results[combo] = (synth_scores, synth_ms, wiki_scores, wiki_ms, synth_out, wiki_out)
-        print(f"{combo}: synthetic {cell(synth_scores['ANY'])} ({synth_ms:.1f} ms), output {cell(synth_out['ANY'])} · "
-              f"WikiGold {cell(wiki_scores['ANY'])}, output {cell(wiki_out['ANY'])}", file=sys.stderr)
+        print(f"{combo}: synthetic {cell(synth_scores['ANY'])} ({synth_ms:.1f} ms; left whole {synth_scores['ANY'].left_whole} of "
+              f"{synth_scores['ANY'].gold}), output {cell(synth_out['ANY'])} · WikiGold {cell(wiki_scores['ANY'])} (left whole "
+              f"{wiki_scores['ANY'].left_whole} of {wiki_scores['ANY'].gold}), output {cell(wiki_out['ANY'])}", file=sys.stderr)
 
     threads = os.environ.get("TUNESMITH_THREADS", "all")
     command = f"`.venv/bin/python bench/anonymize_quality.py --n {args.n} --seed {args.seed} --detectors {args.detectors}" + \

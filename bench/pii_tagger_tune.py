@@ -42,24 +42,24 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.5,0.4,0.3,0.2")
     parser.add_argument("--vetoes", default="0", help="anonymize.tagger_veto values (only with the tagger and rampart or spacy)")
     parser.add_argument("--detectors", default="rules+tagger,rules+rampart+tagger")
-    parser.add_argument("--judges", default="1", help="anonymize.tagger_judges_names values, 1 and/or 0 (a tagger "
-                        "trained with --other-entities drops the other models' organisations and places)")
+    parser.add_argument("--judges", default="0", help="anonymize.tagger_judge values (a tagger trained with "
+                        "--other-entities drops the other models' names it reads as organisations and places; 0: off)")
     args = parser.parse_args()
     synthetic = read_labelled(args.data / "valid.jsonl")
     real = read_labelled(args.data / "valid_real.jsonl")
-    print(f"| detectors | tagger threshold | veto | tagger judges names | synthetic validation ({len(synthetic)} texts): "
+    print(f"| detectors | tagger threshold | veto | tagger judge | synthetic validation ({len(synthetic)} texts): "
           f"any type | real validation ({len(real)} WikiGold sentences): PERSON |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for combo in args.detectors.split(","):
         vetoes = [float(v) for v in args.vetoes.split(",")] if "tagger" in combo and ("rampart" in combo or "spacy" in combo) else [0.0]
         for threshold in (float(t) for t in args.thresholds.split(",")):
             for veto in vetoes:
-                for judges in (j == "1" for j in args.judges.split(",")):
+                for judge in (float(j) for j in args.judges.split(",")):
                     detector = PiiDetector(config_for(combo, tagger_path=args.tagger, tagger_threshold=threshold,
-                                                      tagger_veto=veto, tagger_judges_names=judges))
+                                                      tagger_veto=veto, tagger_judge=judge))
                     synth = score(synthetic, [detector.find(e.text) for e in synthetic])["ANY"]
                     wiki = score(real, [detector.find(e.text) for e in real])["PERSON"]
-                    print(f"| {combo} | {threshold} | {veto} | {'yes' if judges else 'no'} | {_cell(synth)} | {_cell(wiki)} |",
+                    print(f"| {combo} | {threshold} | {veto} | {judge} | {_cell(synth)} | {_cell(wiki)} |",
                           flush=True)
 
 

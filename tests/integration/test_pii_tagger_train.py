@@ -5,7 +5,7 @@ model's own probabilities (LoRA merged, word shapes fed as token types, fp16 shi
 import torch
 
 from tunesmith.config import load_config
-from tunesmith.data.prep.pii_tagger import LABELS, PiiTagger, encode, ship
+from tunesmith.data.prep.pii_tagger import LABELS_WITH_OTHERS, PiiTagger, encode, ship
 from tunesmith.data.prep.pii_tagger_data import main as write_data
 from tunesmith.generate import load_run
 from tunesmith.objectives.base import labelled_logits
@@ -29,7 +29,7 @@ def test_pii_tagger_trains_through_tunesmith_and_loads_as_the_detector(tmp_path)
     tagger = PiiTagger(tmp_path / "shipped", threshold=0.0)
     text = "Thanks,\nSatu Elomo\n12 Rue de la Paix, PARIS"
     ours = torch.tensor(tagger.probabilities(encode(tagger.tokenizer, text)))
-    assert ours.shape == (len(encode(tagger.tokenizer, text).ids), len(LABELS))
+    assert ours.shape == (len(encode(tagger.tokenizer, text).ids), len(LABELS_WITH_OTHERS))  # the config also labels ORG, LOC, MISC
 
     # the same text through the objective on the unshipped run (fp32 adapter, not merged)
     run = load_run(tmp_path / "run", device="cpu", merge=False)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tunesmith.eval.forgetting import GeneralScores, judge_forgetting, load_general_tasks
 from tunesmith.eval.probe import GenerationProbe, ProbeConfig
 from tunesmith.eval.scoring import mean_kl, reference_loss, tokenize_references
+from tunesmith.models.precision import cpu_has_bf16
 from tunesmith.records import IGNORE_INDEX, Example, SourceRef
 
 CHATS = [
@@ -29,11 +30,13 @@ CONVERSATIONS = [
     [{"role": "user", "content": "What are the papers?"}],
 ]
 REFERENCES = ["ICML", "jumps over the lazy dog " * 5, "?", "SELECT ?x WHERE { ?x a ?y }", ""]
+# bf16 is refused where the CPU has no native bf16 (tunesmith.models.precision), so those cases run only where it has
+NATIVE_BF16 = pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 runs only where the CPU computes bf16 natively")
 
 
 @pytest.mark.parametrize(("budget", "batch_size"), [(1, 5), (40, 5), (10**6, 5), (60, 2)])  # rows alone, mixed
 # groups, all rows in one forward, several batches
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NATIVE_BF16)])
 def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answer(
         budget, batch_size, precision, tiny_model, tiny_tokenizer, monkeypatch):
     """The references' loss computed in the forwards that prefill the prompts equals `reference_loss` (their own
@@ -57,6 +60,7 @@ def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answ
                                     precision=precision, show_progress=False)
 
 
+@NATIVE_BF16
 @pytest.mark.parametrize("budget", [40, 10**6])
 def test_scoring_a_continuation_leaves_the_prompt_cache_bit_for_bit(budget, tiny_model, tiny_tokenizer, monkeypatch):
     """Under bf16, where a forward's shape moves its rounding: the cache the answer is generated from is the one

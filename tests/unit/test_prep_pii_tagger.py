@@ -24,7 +24,7 @@ from tunesmith.data.prep.pii_synth import (
     wikigold,
     with_new_names,
 )
-from tunesmith.data.prep.pii_tagger import LABELS, SHIPPED, PiiTagger, decode
+from tunesmith.data.prep.pii_tagger import LABELS, LABELS_WITH_OTHERS, SHIPPED, PiiTagger, decode
 from tunesmith.objectives.token_classification import word_shape
 from tunesmith.records import SourceRef, TunesmithError
 
@@ -165,12 +165,12 @@ def test_tagger_data_rows_label_every_span_and_decode_back(tmp_path, tokenizer):
     examples = SyntheticPii("train", seed=3).generate(80) + [LabelledText(
         "Thanks,\nSatu Elomo-Virtanen\n12 Rue de la Paix\nParis", [Span(8, 27, "PERSON", "gold"), Span(28, 51, "ADDRESS", "gold")], 0)]
     prepared = objective_tags(rows(examples), tmp_path, tokenizer)
-    assert tuple(prepared.label_names) == LABELS
+    assert tuple(prepared.label_names) == LABELS_WITH_OTHERS  # the config trains on organisations and places too
     for example, tokenized, prep in zip(examples, prepared.tokenized, prepared.examples):
         labels = [label for label in tokenized.labels if label != -100]
         offsets = [o for o, label in zip(prep.meta["offsets"], tokenized.labels) if label != -100]
-        one_hot = [[1.0 if k == label else 0.0 for k in range(len(LABELS))] for label in labels]
-        found = [(s.start, s.end, s.type) for s in decode(example.text, offsets, one_hot)]
+        one_hot = [[1.0 if k == label else 0.0 for k in range(len(LABELS_WITH_OTHERS))] for label in labels]
+        found = [(s.start, s.end, s.type) for s in decode(example.text, offsets, one_hot, labels=LABELS_WITH_OTHERS)]
         assert found == [(s.start, s.end, s.type) for s in sorted(example.spans, key=lambda s: s.start)], example.text
 
 
@@ -422,13 +422,13 @@ def test_a_tagger_that_knows_places_and_organisations_overrules_other_models_nam
 
     text = "Jethro Tull and Ravil Yefi and Anna Oahu at 1 Main Road"
     found = {}
-    for judges in (True, False):
-        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judges_names=judges))
+    for judge in (0.5, 0.0):
+        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judge=judge))
         detector.models = [Rampart(), Tagger()]
-        found[judges] = {text[s.start : s.end] for s in detector.find(text)}
-    assert found[False] == {"Jethro Tull", "Ravil Yefi", "Anna Oahu", "1 Main Road"}
+        found[judge] = {text[s.start : s.end] for s in detector.find(text)}
+    assert found[0.0] == {"Jethro Tull", "Ravil Yefi", "Anna Oahu", "1 Main Road"}
     # only the band goes: the tagger is unsure of "Ravil Yefi", reads "Anna" as a person, and judges names only
-    assert found[True] == {"Ravil Yefi", "Anna Oahu", "1 Main Road"}
+    assert found[0.5] == {"Ravil Yefi", "Anna Oahu", "1 Main Road"}
 
 
 def test_other_entities_are_labelled_for_training_but_never_decoded_as_pii():

@@ -53,11 +53,12 @@ class AnonymizeConfig(Strict):
         "its tokens P(PERSON) below this (the tagger was trained on real sentences whose bands, places and products "
         "are not people); 0: never",
     )
-    tagger_judges_names: bool = Field(
-        True,
+    tagger_judge: float = Field(
+        0.99, ge=0, le=1,
         description="When the tagger was trained on organisations and places too (pii_tagger_data --other-entities): a "
         "name Rampart or spaCy finds is dropped when the tagger reads a word of it as an organisation, place or other "
-        "named thing (P ≥ 0.5) and none of it as a person (P(PERSON) < 0.5)",
+        "named thing with at least this probability and none of it as a person (P(PERSON) < 0.5); 0: never. Lower "
+        "values buy precision on real text at the cost of some names; 0.99 lost none on validation (docs/benchmarks.md)",
     )
     phone_region: str = Field("US", description="Region for phone numbers written without a country code")
     skip_fields: list[str] = Field(list(ID_FIELDS), description="Row fields never rewritten (ids and grouping keys)")
@@ -153,9 +154,9 @@ class PiiDetector:
         if self.config.tagger_veto and judge is not None:
             spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
                                               and judge.type_probability(text, s) < self.config.tagger_veto)]
-        if self.config.tagger_judges_names and judge is not None:
+        if self.config.tagger_judge and judge is not None:
             spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
-                                              and _another_entity(judge, text, s))]
+                                              and _another_entity(judge, text, s, self.config.tagger_judge))]
         wanted = set(self.config.entity_types)
         allowed = {_normalized(term) for term in self.config.allow}
         kept = []
@@ -172,13 +173,11 @@ class PiiDetector:
         return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
 
 
-JUDGE_THRESHOLD = 0.5  # P(organisation, place or other name) at which the tagger overrules another model's name
-
-
-def _another_entity(judge, text: str, span: Span) -> bool:
-    """The tagger reads `span` as an organisation, place or other named thing, and no word of it as a person."""
+def _another_entity(judge, text: str, span: Span, threshold: float) -> bool:
+    """The tagger reads `span` as an organisation, place or other named thing (P ≥ threshold for a word of it), and
+    no word of it as a person. Never with a tagger that knows only PII types."""
     other = judge.other_entity_probability(text, span)
-    return other is not None and other >= JUDGE_THRESHOLD and judge.type_probability(text, span) < 0.5
+    return other is not None and other >= threshold and judge.type_probability(text, span) < 0.5
 
 
 def _card_or_id(text: str, span: Span) -> Span:

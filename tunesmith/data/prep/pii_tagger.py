@@ -25,7 +25,7 @@ from tunesmith.records import TunesmithError
 TAGGER_TYPES = ("PERSON", "ADDRESS", "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL", "DATE", "ID_NUMBER", "BANK_ACCOUNT")
 # Named things that are not personal data (WikiGold's organisations, places and other names): a tagger trained on
 # them too (`pii_tagger_data --other-entities`) tells them from people; they are never replaced, and they let the
-# tagger overrule another model's name (anonymize.tagger_judges_names).
+# tagger overrule another model's name (anonymize.tagger_judge).
 OTHER_TYPES = ("ORG", "LOC", "MISC")
 LABELS = tuple(bio_names(list(TAGGER_TYPES)))
 LABELS_WITH_OTHERS = tuple(bio_names([*TAGGER_TYPES, *OTHER_TYPES]))
