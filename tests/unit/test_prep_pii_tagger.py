@@ -369,6 +369,24 @@ def test_shipped_tagger_finds_names_the_rules_cannot():
     assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
 
 
+@pytest.mark.skipif(not (SHIPPED / "config.yaml").is_file(), reason="tagger not built (make pii-tagger)")
+def test_shipped_tagger_reads_teams_and_places_as_no_one_and_reports_only_pii():
+    class Rampart:  # takes the hockey team for a person, as the real one does on WikiGold
+        def find_spans(self, text):
+            return [Span(text.index("Boston"), text.index(" in"), "PERSON", "ner")]
+
+    tagger = PiiTagger()
+    assert tagger.labels == LABELS_WITH_OTHERS  # trained with --other-entities
+    text = "Anna Berg played for the Boston Bruins in the National Hockey League ."
+    assert {s.type for s in tagger.find_spans(text)} == {"PERSON"}  # ORG, LOC, MISC are never reported
+    found = {}
+    for judge in (0.0, 0.95):
+        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judge=judge))
+        detector.models = [Rampart(), tagger]
+        found[judge] = {text[s.start : s.end] for s in detector.find(text)}
+    assert found[0.0] == {"Anna Berg", "Boston Bruins"} and found[0.95] == {"Anna Berg"}
+
+
 def test_tagger_says_how_much_it_believes_a_span():
     tagger = PiiTagger()
     text = "Have you been to a Ravil G Yefimov concert before?"
