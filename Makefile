@@ -65,8 +65,8 @@ parity-llamacpp: llamacpp
 	$(PY) bench/export_parity.py $(RUN) --backend both
 
 # tunesmith's own PII tagger: a `tunesmith train` run (configs/pii-tagger.yaml: MiniLM + LoRA + word shapes + BIO
-# head) on data generated from bench/data/pii/, trimmed into tunesmith/data/prep/pii_tagger_model/ (~1.4 MB,
-# shipped in the repo). Deterministic from its seeds, ~20 min on 1 CPU thread.
+# head) on data generated from bench/data/pii/, trimmed into tunesmith/data/prep/pii_tagger_model/ (~2 MB,
+# shipped in the repo). Deterministic from its seeds, ~25 min on 2 CPU threads (2026-12-04).
 pii-tagger: $(STAMP)
 	$(PY) -m tunesmith.data.prep.pii_tagger_data runs/pii-tagger-data --sentences 60000 --context-noise 0.5 --word-names 0.3 --other-entities
 	rm -rf runs/pii-tagger
