@@ -369,6 +369,13 @@ def test_shipped_tagger_finds_names_the_rules_cannot():
     assert tagger.find_spans("C'mon, the API returns JSON, isn't it OK?") == []
 
 
+def detected(text: str, models: list, **config) -> set[str]:
+    """What PiiDetector finds in `text` with these (fake or real) models and anonymize settings."""
+    detector = PiiDetector(AnonymizeConfig(ner=False, **config))
+    detector.models = models
+    return {text[s.start : s.end] for s in detector.find(text)}
+
+
 @pytest.mark.skipif(not (SHIPPED / "config.yaml").is_file(), reason="tagger not built (make pii-tagger)")
 def test_shipped_tagger_reads_teams_and_places_as_no_one_and_reports_only_pii():
     class Rampart:  # takes the hockey team for a person, as the real one does on WikiGold
@@ -379,12 +386,8 @@ def test_shipped_tagger_reads_teams_and_places_as_no_one_and_reports_only_pii():
     assert tagger.labels == LABELS_WITH_OTHERS  # trained with --other-entities
     text = "Anna Berg played for the Boston Bruins in the National Hockey League ."
     assert {s.type for s in tagger.find_spans(text)} == {"PERSON"}  # ORG, LOC, MISC are never reported
-    found = {}
-    for judge in (0.0, 0.95):
-        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judge=judge))
-        detector.models = [Rampart(), tagger]
-        found[judge] = {text[s.start : s.end] for s in detector.find(text)}
-    assert found[0.0] == {"Anna Berg", "Boston Bruins"} and found[0.95] == {"Anna Berg"}
+    assert detected(text, [Rampart(), tagger], tagger_judge=0.0) == {"Anna Berg", "Boston Bruins"}
+    assert detected(text, [Rampart(), tagger], tagger_judge=0.95) == {"Anna Berg"}
 
 
 def test_tagger_says_how_much_it_believes_a_span():
@@ -413,13 +416,9 @@ def test_tagger_veto_drops_only_rampart_names_the_tagger_disbelieves():
             return None  # a tagger not trained on organisations and places
 
     text = "Linkin Park and Ravil Yefi at 1 Main Road"
-    found = {}
-    for veto in (0.0, 0.03):
-        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_veto=veto))
-        detector.models = [Rampart(), Tagger()]
-        found[veto] = {text[s.start : s.end] for s in detector.find(text)}
-    assert found[0.0] == {"Linkin Park", "Ravil Yefi", "1 Main Road"}
-    assert found[0.03] == {"Linkin Park", "1 Main Road"}  # the tagger's own name and other types stay
+    assert detected(text, [Rampart(), Tagger()], tagger_veto=0.0) == {"Linkin Park", "Ravil Yefi", "1 Main Road"}
+    # the tagger's own name and other types stay
+    assert detected(text, [Rampart(), Tagger()], tagger_veto=0.03) == {"Linkin Park", "1 Main Road"}
 
 
 def test_a_tagger_that_knows_places_and_organisations_overrules_other_models_names():
@@ -439,14 +438,9 @@ def test_a_tagger_that_knows_places_and_organisations_overrules_other_models_nam
             return {0: 0.9, 16: 0.3, 30: 0.7, 44: 0.8}[span.start]
 
     text = "Jethro Tull and Ravil Yefi and Anna Oahu at 1 Main Road"
-    found = {}
-    for judge in (0.5, 0.0):
-        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judge=judge))
-        detector.models = [Rampart(), Tagger()]
-        found[judge] = {text[s.start : s.end] for s in detector.find(text)}
-    assert found[0.0] == {"Jethro Tull", "Ravil Yefi", "Anna Oahu", "1 Main Road"}
+    assert detected(text, [Rampart(), Tagger()], tagger_judge=0.0) == {"Jethro Tull", "Ravil Yefi", "Anna Oahu", "1 Main Road"}
     # only the band goes: the tagger is unsure of "Ravil Yefi", reads "Anna" as a person, and judges names only
-    assert found[0.5] == {"Ravil Yefi", "Anna Oahu", "1 Main Road"}
+    assert detected(text, [Rampart(), Tagger()], tagger_judge=0.5) == {"Ravil Yefi", "Anna Oahu", "1 Main Road"}
 
 
 def test_other_entities_are_labelled_for_training_but_never_decoded_as_pii():
