@@ -295,7 +295,7 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
         raise TunesmithError("per-row adapters are not available with virtual-token methods")
     rows, virtual = input_ids.shape[0], config.num_virtual_tokens
     if config.peft_type == "PREFIX_TUNING":  # learned keys/values in every layer: a KV cache `virtual` long
-        extra["cache"] = model.get_prompt(batch_size=rows)
+        extra[_kv()] = model.get_prompt(batch_size=rows)
     else:  # learned input embeddings before the prompt's
         prompt = model.get_prompt(batch_size=rows)  # (rows, virtual, hidden)
         embeds = model.get_base_model().get_input_embeddings()(input_ids)
@@ -303,6 +303,18 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
     input_ids = torch.cat([input_ids.new_full((rows, virtual), pad_id), input_ids], dim=1)
     attention = torch.cat([attention.new_ones((rows, virtual)), attention], dim=1)
     return model.get_base_model(), input_ids, attention
+
+
+@lru_cache(maxsize=None)
+def _kv() -> str:
+    """The name transformers gives the KV cache in `forward`/`generate` arguments and in their outputs: `cache` in
+    recent 5.x releases, `past_key_values` in earlier ones (5.17 still), which pyproject's range allows. The API of
+    the cache itself (Cache, DynamicLayer) is the same in both."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 DROP_FINISHED_EVERY = 16  # new tokens per `generate` call; finished rows leave the batch between calls
@@ -433,7 +445,7 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         except NotImplementedError:  # logits the training loss cannot score: left to `reference_loss`, which says so
             scoring = False
     own = force or rows * width > PREFILL_TOKENS  # else `generate` prefills (a continuation is scored all the same)
-    if "cache" in extra or "inputs_embeds" in extra or width < 2 or not (own or scoring):
+    if _kv() in extra or "inputs_embeds" in extra or width < 2 or not (own or scoring):
         return None, none
     cache = _new_cache(model)
     if cache is None:  # sliding-window or other special layers: transformers' own prefill knows them
@@ -454,11 +466,12 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         kwargs = {"adapter_names": extra["adapter_names"][start:end]} if "adapter_names" in extra else {}
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
                     use_cache=True, logits_to_keep=1, **kwargs)
-        if any(type(lay) is not DynamicLayer for lay in out.cache.layers):
+        group_cache = getattr(out, _kv())
+        if any(type(lay) is not DynamicLayer for lay in group_cache.layers):
             return None, none  # the forward's own cache has special layers after all
-        prompt_cache = [(lay.keys, lay.values) for lay in out.cache.layers]  # before a continuation is appended
+        prompt_cache = [(lay.keys, lay.values) for lay in group_cache.layers]  # before a continuation is appended
         if scoring and any(continuations[i][0] for i in range(start, end)):
-            scores[start:end] = _score_continuations(head, out.cache, input_ids[start:end, cut:],
+            scores[start:end] = _score_continuations(head, group_cache, input_ids[start:end, cut:],
                                                      attention[start:end, cut:], continuations[start:end])
         for layer, (keys, values) in enumerate(prompt_cache):
             if layer == len(layers):
@@ -494,8 +507,8 @@ def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.
     whole = torch.cat([attention[:, :-1], mask], dim=1)
     positions = (whole.cumsum(-1) - 1).masked_fill(whole == 0, 0)[:, -ids.shape[1]:]
     lm = causal_lm_of(head.model)
-    out = getattr(lm, lm.base_model_prefix)(input_ids=ids, attention_mask=whole, position_ids=positions, cache=cache,
-                                            use_cache=True)
+    out = getattr(lm, lm.base_model_prefix)(input_ids=ids, attention_mask=whole, position_ids=positions,
+                                            use_cache=True, **{_kv(): cache})
     trained = targets != IGNORE_INDEX
     losses = torch.nn.functional.cross_entropy(head.logits_of(out.last_hidden_state[trained]), targets[trained],
                                                reduction="none")
@@ -636,7 +649,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                 extra = row_adapters(rows.active)
                 generator, input_ids, attention = _with_virtual_prompt(model, input_ids.to(device),
                                                                        attention.to(device), pad_id, extra)
-                if "cache" not in extra:
+                if _kv() not in extra:
                     continuations = [(requests[r].continuation, requests[r].scored or [True] * len(requests[r].continuation))
                                      for r in rows.active]
                     cache, scores = _prefill(generator, input_ids, attention, extra, continuations=continuations)
@@ -644,16 +657,16 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                         rows.scores[r] = score
                     cache = _new_cache(generator) if cache is None else cache
                     if cache is not None:
-                        extra["cache"] = cache
+                        extra[_kv()] = cache
             elif waiting and free > 0 and continuous:  # arrivals take the places of rows that have ended
                 joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
-                joined = _join(generator, input_ids, attention, extra["cache"], [requests[r] for r in joining],
+                joined = _join(generator, input_ids, attention, extra[_kv()], [requests[r] for r in joining],
                                pad_id, row_adapters(joining))
                 if joined is None:  # their cache cannot be merged: they wait for the next batch
                     waiting.extend(reversed(joining))
                     continuous = False
                 else:
-                    input_ids, attention, extra["cache"] = joined
+                    input_ids, attention, extra[_kv()] = joined
                     rows.active += joining
                     extra.update(row_adapters(rows.active))
             left = max(requests[r].max_new_tokens - len(rows.tokens[r]) for r in rows.active)
@@ -665,7 +678,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
             input_ids = out.sequences
             attention = torch.cat([attention, attention.new_ones((attention.shape[0], new))], dim=1)
             extra.pop("inputs_embeds", None)  # the virtual prompt is in the cache now
-            extra["cache"] = out.cache
+            extra[_kv()] = getattr(out, _kv())
             keep = rows.unfinished()
             for i, r in enumerate(rows.active):
                 if i not in keep:
@@ -681,7 +694,7 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
                 if keep:
                     index = torch.tensor(keep, device=input_ids.device)
                     input_ids, attention = input_ids[index], attention[index]
-                    extra["cache"].batch_select_indices(index)
+                    extra[_kv()].batch_select_indices(index)
                 rows.active = [rows.active[i] for i in keep]
                 extra.update(row_adapters(rows.active))
             if not rows.active:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tunesmith.generate import _kv
 from tunesmith.models.attention import NAME, use_cpu_decode_attention
 from tunesmith.models.loading import load_model
 from tunesmith.models.precision import cpu_has_bf16, prepare_for_inference
@@ -13,7 +14,7 @@ PROMPT = torch.tensor([[5, 17, 42, 9, 100, 7, 250, 33, 12, 61, 8, 99]])
 def _prefill_and_step(model, amp: bool):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         first = model(input_ids=PROMPT[:, :-1], use_cache=True)
-        step = model(input_ids=PROMPT[:, -1:], cache=first.cache, use_cache=True)
+        step = model(input_ids=PROMPT[:, -1:], use_cache=True, **{_kv(): getattr(first, _kv())})
     return first.logits.float(), step.logits.float()
 
 

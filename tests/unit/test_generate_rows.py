@@ -240,8 +240,8 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
     with torch.inference_mode():
         cache, _ = generate._prefill(tiny_model, input_ids, attention, {})
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
-        whole = tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
-                           position_ids=positions[:, :-1], use_cache=True).cache
+        whole = getattr(tiny_model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
+                                   position_ids=positions[:, :-1], use_cache=True), generate._kv())
     _assert_cache_of_one_forward(cache, whole, attention)
     grouped = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32")
     monkeypatch.setattr(generate, "PREFILL_TOKENS", 10**9)
@@ -392,8 +392,8 @@ def test_join_cache_equals_one_forward_over_the_whole_batch(tiny_model, tiny_tok
                                            {})
         assert ids.shape[1] == len(long[0].prompt_ids) > width
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        whole = tiny_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                           use_cache=True).cache
+        whole = getattr(tiny_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                   position_ids=positions[:, :-1], use_cache=True), generate._kv())
     _assert_cache_of_one_forward(joined, whole, mask)
 
 
