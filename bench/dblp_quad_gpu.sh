@@ -4,7 +4,9 @@
 # This is the command behind docs/benchmarks.md's "DBLP-QuAD on a GPU" figures:
 #   bench/dblp_quad_gpu.sh OUT [SECONDS]
 # SECONDS (default 540) is a wall-clock budget: a recipe starts only if the time left would fit it. Extra
-# `--set` overrides for both commands can be given in TRAIN_SET and EVAL_SET (the CPU smoke test uses them).
+# `--set` overrides for both commands can be given in TRAIN_SET and EVAL_SET (the CPU smoke test uses them);
+# ONLY=relations (or a comma-separated list) picks recipes; PROFILE=1 first profiles a few full fine-tuning steps
+# (bench/profile_step.py: GPU time by kind of op beside the wall time of a step) into OUT/profile.txt.
 set -u -o pipefail
 OUT=${1:?usage: bench/dblp_quad_gpu.sh OUT [SECONDS]}
 BUDGET=${2:-540}
@@ -30,8 +32,15 @@ RECIPES=(
   "entities|configs/dblp-quad-gpu.yaml|{question}\\nEntities: {entities}|200"
   "relations|configs/dblp-quad-gpu-relations.yaml|{question}\\nEntities: {entities}\\nRelations: {relations}|200"
 )
+if [[ -n "${PROFILE:-}" ]]; then
+  echo "== profile ($(elapsed) s)"
+  timeout "$(left)" "$PY" bench/profile_step.py --method full --rows 8 --steps 5 --warmup 3 --examples 500 \
+    >"$OUT/profile.txt" 2>&1 || echo "== profile failed"
+  grep -A 9 "per step" "$OUT/profile.txt"
+fi
 for recipe in "${RECIPES[@]}"; do
   IFS='|' read -r name config prompt need <<<"$recipe"
+  if [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]]; then continue; fi
   if (( $(elapsed) + need > BUDGET )); then echo "== $name: skipped, $(elapsed) s of $BUDGET s used"; continue; fi
   run=runs/gpu-bench/$name
   t0=$(date +%s)

@@ -2,8 +2,10 @@
 
 Same settings as bench/train_throughput.py (SmolLM2-135M-Instruct, DBLP-QuAD, 2 packed rows of up to 512 tokens per
 step, bf16 autocast). The first steps warm up (oneDNN primitives) and are not profiled.
+On a CUDA device the ops' GPU time is grouped too, beside the wall time of a step: a step whose wall time is far
+above its GPU time is bound by the host (kernel launches, synchronisations, collation), not by the GPU.
 
-    .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2]
+    .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2] [--rows 2]
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=None, help="packed rows per step (default: the throughput bench's)")
     args = parser.parse_args()
+
+    import time
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -55,22 +60,35 @@ def main() -> None:
     import shutil
 
     shutil.rmtree(out / "run", ignore_errors=True)
-    run = setup(load_config(CONFIGS[args.method], overrides(args.method, data, out / "run")), resume=False)
+    sets = overrides(args.method, data, out / "run") + ([f"train.batch_size={args.rows}"] if args.rows else [])
+    run = setup(load_config(CONFIGS[args.method], sets), resume=False)
+    cuda = run.accelerator.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for step in range(args.warmup):
         optimizer_step(run, step)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for step in range(args.warmup, args.warmup + args.steps):
+    sync()
+    started = time.perf_counter()
+    for step in range(args.warmup, args.warmup + args.steps):  # timed without the profiler's own overhead
+        optimizer_step(run, step)
+    sync()
+    wall = (time.perf_counter() - started) / args.steps
+    first = args.warmup + args.steps
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for step in range(first, first + args.steps):
             optimizer_step(run, step)
-    # self CPU time per op: every microsecond is counted once, in the op that spent it
+        sync()
+    # self time per op: every microsecond is counted once, in the op that spent it (on the GPU: kernel time)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
     totals: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
-        totals[kind_of(event.key)] += event.self_cpu_time_total
+        totals[kind_of(event.key)] += getattr(event, field)
     whole = sum(totals.values())
-    print(f"{args.method}, {args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} thread(s): "
-          f"{whole / 1e6 / args.steps:.2f} s of op time per step")
+    where = f"{torch.cuda.get_device_name()} GPU time" if cuda else f"{torch.get_num_threads()} thread(s), op time"
+    print(f"{args.method}, {args.steps} steps after {args.warmup} warm-up, {where}: {whole / 1e6 / args.steps:.3f} s "
+          f"per step; wall time {wall:.3f} s per step")
     for kind, us in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:36s} {100 * us / whole:5.1f}%")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(prof.key_averages().table(sort_by=field, row_limit=15))
 
 
 if __name__ == "__main__":
