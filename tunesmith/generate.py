@@ -280,12 +280,12 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
     prefix tuning in place.
 
     peft injects those virtual tokens in its own `prepare_inputs_for_generation`, which looks for the KV cache under
-    `past_key_values`; transformers 5 passes it as `cache`, so peft (0.21) sees no cache at any step and prepends
-    the whole prompt again before every new token: wrong answers, and a KV cache that grows by 21 positions a token.
-    Its prefix-tuning branch puts the learned keys/values under `past_key_values` too, where transformers 5 never
-    looks: the trained prefix is silently ignored. So the base model generates on its own with the virtual tokens
-    given once: prompt tuning / p-tuning as the first forward's input embeddings, prefix tuning as a KV cache
-    that already holds them. Either way the row is [virtual tokens][left padding][prompt], positions from the mask,
+    `past_key_values`; recent transformers 5 releases pass it as `cache` (`_kv`), so peft (0.21) sees no cache at
+    any step and prepends the whole prompt again before every new token: wrong answers, and a KV cache that grows by
+    21 positions a token. Its prefix-tuning branch puts the learned keys/values under `past_key_values` too, where
+    those releases never look: the trained prefix is silently ignored. So, whatever the release, the base model
+    generates on its own with the virtual tokens given once: prompt tuning / p-tuning as the first forward's input
+    embeddings, prefix tuning as a KV cache that already holds them. Either way the row is [virtual tokens][left padding][prompt], positions from the mask,
     as peft's forward trains it (the method battery checks greedy generation against the argmax of that forward).
     """
     config = getattr(model, "active_peft_config", None)
