@@ -285,8 +285,9 @@ def _with_virtual_prompt(model, input_ids, attention, pad_id: int, extra: dict):
     21 positions a token. Its prefix-tuning branch puts the learned keys/values under `past_key_values` too, where
     those releases never look: the trained prefix is silently ignored. So, whatever the release, the base model
     generates on its own with the virtual tokens given once: prompt tuning / p-tuning as the first forward's input
-    embeddings, prefix tuning as a KV cache that already holds them. Either way the row is [virtual tokens][left padding][prompt], positions from the mask,
-    as peft's forward trains it (the method battery checks greedy generation against the argmax of that forward).
+    embeddings, prefix tuning as a KV cache that already holds them. Either way the row is [virtual tokens][left
+    padding][prompt], positions from the mask, as peft's forward trains it (the method battery checks greedy
+    generation against the argmax of that forward).
     """
     config = getattr(model, "active_peft_config", None)
     if config is None or not config.is_prompt_learning:
