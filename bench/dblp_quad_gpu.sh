@@ -6,7 +6,9 @@
 # SECONDS (default 540) is a wall-clock budget: a recipe starts only if the time left would fit it. Extra
 # `--set` overrides for both commands can be given in TRAIN_SET and EVAL_SET (the CPU smoke test uses them);
 # ONLY=relations (or a comma-separated list) picks recipes; PROFILE=1 first profiles a few full fine-tuning steps
-# (bench/profile_step.py: GPU time by kind of op beside the wall time of a step) into OUT/profile.txt.
+# (bench/profile_step.py: GPU time by kind of op beside the wall time of a step) into OUT/profile.txt;
+# THROUGHPUT=N first runs bench/train_throughput.py (tunesmith vs Trainer + peft, LoRA and full, 1,000 rows, N
+# repeats, both on the GPU) into OUT/throughput.txt.
 set -u -o pipefail
 OUT=${1:?usage: bench/dblp_quad_gpu.sh OUT [SECONDS]}
 BUDGET=${2:-540}
@@ -38,6 +40,13 @@ if [[ -n "${PROFILE:-}" ]]; then
   timeout "$(left)" "$PY" bench/profile_step.py --method full --rows 8 --steps 5 --warmup 3 --examples 500 \
     >"$OUT/profile.txt" 2>&1 || echo "== profile failed"
   grep -A 9 "per step" "$OUT/profile.txt"
+fi
+if [[ -n "${THROUGHPUT:-}" ]]; then
+  echo "== throughput ($(elapsed) s)"
+  timeout "$(left)" "$PY" bench/train_throughput.py --methods lora,full --repeats "$THROUGHPUT" --examples 1000 \
+    --no-docs --out runs/gpu-bench/throughput >"$OUT/throughput.txt" 2>&1 || echo "== throughput failed"
+  grep -A 8 "^| method" "$OUT/throughput.txt"
+  pack
 fi
 for recipe in "${RECIPES[@]}"; do
   IFS='|' read -r name config prompt need <<<"$recipe"

@@ -54,15 +54,16 @@ def run_trainer(method: str, data: Path, out: Path, batch: int) -> dict:
 
     from tunesmith.config import load_config
     from tunesmith.data.dataset import prepare_data
-    from tunesmith.models.loading import load_model, load_tokenizer, resolve_model
+    from tunesmith.models.loading import load_model, load_tokenizer, pick_device, resolve_model
     from tunesmith.models.precision import bf16_available
 
     cfg = load_config(CONFIGS[method], overrides(method, data))
+    device = pick_device(cfg.model.device)  # the device tunesmith's own run picks (auto: CUDA where there is one)
     path = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(path)
     prepared = prepare_data(cfg.data.train, cfg.data, tokenizer)  # identical tokens and labels to tunesmith's
     rows = [{"input_ids": t.input_ids, "attention_mask": [1] * len(t), "labels": t.labels} for t in prepared.tokenized]
-    model = load_model(path, device="cpu")
+    model = load_model(path, device=device.type)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -71,7 +72,7 @@ def run_trainer(method: str, data: Path, out: Path, batch: int) -> dict:
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=cfg.train.lr,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=5, save_strategy="no", report_to=[],
-        bf16=bf16_available(torch.device("cpu")), use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+        bf16=bf16_available(device), use_cpu=device.type == "cpu", seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     start = time.perf_counter()
@@ -102,6 +103,9 @@ def child(which: str, method: str, data: Path, out: Path, batch: int) -> None:
         result = run_tunesmith(method, data, out, batch if which == "tunesmith-padded" else None)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
+    result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result))
 
 
@@ -156,6 +160,14 @@ def spread(values: list[float], fmt: str = "{:.0f}") -> str:
     return fmt.format(med) if len(values) == 1 else f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
+def peak_gflops(result: dict, args) -> float:
+    """The matmul peak a result's MFU is measured against: the GPU's where it ran on one, else the CPU's per thread
+    times its threads."""
+    if result.get("device", "cpu") != "cpu":
+        return args.gpu_peak_tflops * 1000
+    return args.peak_gflops * result["threads"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", default="lora,full")
@@ -164,6 +176,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1000, help="Draw from the first N rows of the shipped train file")
     parser.add_argument("--peak-gflops", type=float, default=287.5,
                         help="Measured bf16 matmul peak of this CPU per thread (550-600 GFLOP/s on 2 threads)")
+    parser.add_argument("--gpu-peak-tflops", type=float, default=790.0,
+                        help="The GPU's measured bf16 matmul peak, for MFU where the stacks ran on a GPU (an H200 here: "
+                        "about 790 TFLOP/s)")
     parser.add_argument("--note", default="", help="A sentence about the conditions, added to the docs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-train")
     parser.add_argument("--no-docs", action="store_true", help="Print the table only")
@@ -209,12 +224,16 @@ def main() -> None:
                       f"{r['peak_rss_mb']:.0f} MB, {r['steps']} steps", flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
-    threads = results[f"{methods[0]}/{stacks[1]}"][0]["threads"]
+    first = results[f"{methods[0]}/{stacks[1]}"][0]
+    threads, gpu = first["threads"], first.get("device", "cpu") != "cpu"
+    where = f"one {first['device']} GPU" if gpu else f"{threads} thread(s)"
+    peak = (f"{args.gpu_peak_tflops:.0f} TFLOP/s, the GPU's measured bf16 matmul peak" if gpu else
+            f"{args.peak_gflops * threads:.0f} GFLOP/s, the measured bf16 matmul peak on {threads} thread(s)")
     lines = [
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {threads} thread(s), torch "
+        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {where}, torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
@@ -226,11 +245,11 @@ def main() -> None:
         "Trainer's batch size, one example per row, rows grouped by length and right-padded (no attention mask: "
         "causal attention never reaches the padding after a row's last token). LoRA: r=16, alpha=32, dropout 0, all linear "
         "layers (Trainer + peft). Full: every weight (Trainer alone). Cells: median (min–max) over repeats; ratios are "
-        f"of medians. MFU: useful training FLOPs per second over {args.peak_gflops * threads:.0f} GFLOP/s, the "
-        f"measured bf16 matmul peak on {threads} thread(s). {args.note}".strip(),
+        f"of medians. MFU: useful training FLOPs per second over {peak}. {args.note}".strip(),
         "",
-        "| method | stack | trained tokens/s | ratio | peak RSS MB | RSS ratio | MFU % | steps | last logged loss |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | stack | trained tokens/s | ratio | peak RSS MB | RSS ratio | MFU % | steps | last logged loss |"
+        + (" peak GPU MB |" if gpu else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
     ]
     for method in methods:
         base = results[f"{method}/trainer"]
@@ -240,12 +259,13 @@ def main() -> None:
             rs = results[f"{method}/{which}"]
             tps = [r["trained_tokens"] / r["seconds"] for r in rs]
             rss = [r["peak_rss_mb"] for r in rs]
-            mfu = [100 * r["gflops"] / r["seconds"] / (args.peak_gflops * r["threads"]) for r in rs]
+            mfu = [100 * r["gflops"] / r["seconds"] / peak_gflops(r, args) for r in rs]
             known = [r["final_loss"] for r in rs if r.get("final_loss") is not None]
             loss = f"{statistics.median(known):.3f}" if known else "-"
             lines.append(f"| {method} | {which} | {spread(tps)} | {statistics.median(tps) / base_tps:.2f}x | {spread(rss)} | "
                          f"{statistics.median(rss) / base_rss:.2f}x | {spread(mfu, '{:.1f}')} | "
-                         f"{statistics.median(r['steps'] for r in rs):.0f} | {loss} |")
+                         f"{statistics.median(r['steps'] for r in rs):.0f} | {loss} |"
+                         + (f" {spread([r.get('peak_gpu_mb', 0) for r in rs])} |" if gpu else ""))
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
