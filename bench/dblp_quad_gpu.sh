@@ -43,7 +43,7 @@ if [[ -n "${PROFILE:-}" ]]; then
 fi
 if [[ -n "${THROUGHPUT:-}" ]]; then
   echo "== throughput ($(elapsed) s)"
-  timeout "$(left)" "$PY" bench/train_throughput.py --methods lora,full --repeats "$THROUGHPUT" --examples 1000 \
+  timeout "$(left)" "$PY" bench/train_throughput.py --methods lora,full --repeats "$THROUGHPUT" --examples "${THROUGHPUT_EXAMPLES:-1000}" \
     --no-docs --out runs/gpu-bench/throughput >"$OUT/throughput.txt" 2>&1 || echo "== throughput failed"
   grep -A 8 "^| method" "$OUT/throughput.txt"
   pack
