@@ -115,6 +115,20 @@ def test_reference_loss_is_cross_entropy_of_the_answer_tokens_only(budget, tiny_
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
+def test_dataset_loss_shows_its_progress_and_measures_the_same(tiny_model, tiny_tokenizer, capsys):
+    """Training's validation loss draws a bar (minutes on a CPU); the bar changes nothing it measures."""
+    from tunesmith.train.loss import dataset_loss
+
+    examples = tokenize_references(tiny_tokenizer, chats=CHATS * 4, texts=REFERENCES[:4])
+    kwargs = dict(pad_id=tiny_tokenizer.pad_token_id, batch_size=2, row_len=256, pack=True)
+    quiet = dataset_loss(tiny_model, examples, **kwargs)
+    assert "valid loss" not in capsys.readouterr().err
+    shown = dataset_loss(tiny_model, examples, **kwargs, progress="valid loss")
+    err = capsys.readouterr().err
+    assert (shown.loss, shown.n_tokens) == (quiet.loss, quiet.n_tokens)
+    assert "valid loss" in err and f"{len(examples)}/{len(examples)}" in err and "tok/s" in err
+
+
 def test_few_shot_turns_are_context_not_scored(tiny_model, tiny_tokenizer):
     shot = CHATS[1] + CHATS[0]  # an earlier solved example, then the scored item
     assert reference_loss(tiny_model, tiny_tokenizer, chats=[shot]).n_tokens == \

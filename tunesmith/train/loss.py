@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -190,24 +191,35 @@ class LossResult:
 
 def dataset_loss(model: nn.Module, examples: list[TokenizedExample], *, pad_id: int, batch_size: int, row_len: int,
                  pack: bool = False, precision: str = "fp32", loss_module: nn.Module | None = None,
-                 shift: bool = True) -> LossResult:
+                 shift: bool = True, progress: str | None = None) -> LossResult:
     """Mean loss per trained token over a whole dataset, the model in eval mode (restored afterwards). The loss is
-    the causal-LM loss unless an objective passes its own `loss_module` (and `shift=False` for unshifted targets)."""
+    the causal-LM loss unless an objective passes its own `loss_module` (and `shift=False` for unshifted targets).
+    `progress`: a label for a progress bar on stderr (examples done, tokens/s, ETA); on a CPU a validation set of
+    1,000 DBLP-QuAD rows takes minutes, which a user should not spend looking at a finished training bar."""
     if not examples:
         return LossResult(float("nan"), 0)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     device = next(model.parameters()).device
     mode = resolve_precision(precision, device)
     loss_module = loss_module or TrainedTokenLoss(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    bar = Progress(TextColumn(f"[bold]{progress}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]} tok/s"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                   disable=progress is None)
     try:
-        with torch.inference_mode():
+        with bar, torch.inference_mode():
+            task, tokens, t0 = bar.add_task("loss", total=len(examples), tps="-"), 0, time.perf_counter()
             for batch in iter_batches(examples, batch_size=batch_size, row_len=row_len, pack=pack, pad_id=pad_id,
                                       shift=shift):
                 with autocast(mode, device):
                     loss_sum, n = loss_module(batch.to(device))
                 total, count = total + float(loss_sum), count + n
+                tokens += batch.n_tokens
+                bar.update(task, advance=batch.n_examples, tps=f"{tokens / (time.perf_counter() - t0):,.0f}")
     finally:
         model.train(was_training)
     return LossResult(total / max(count, 1), count)

@@ -500,7 +500,7 @@ def save(run: Run, last: StepStats | None) -> TrainResult:
         valid_loss = dataset_loss(run.model, run.valid_data.tokenized, pad_id=run.tokenizer.pad_token_id,
                                   batch_size=cfg.train.batch_size, row_len=cfg.data.max_seq_len, pack=cfg.train.pack,
                                   precision=run.precision, loss_module=run.objective.loss_module(run.model, cfg),
-                                  shift=run.objective.shift).loss
+                                  shift=run.objective.shift, progress="valid loss" if run.is_main else None).loss
         valid_metrics = run.objective.evaluate(run.model, run.valid_data, cfg, run.tokenizer, run.precision)
         if valid_metrics and run.is_main:
             atomic_write_json(run.run_dir / "valid_report.json", valid_metrics)
