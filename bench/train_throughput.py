@@ -9,7 +9,8 @@ file; both stacks train on that same draw, each in its own process (peak RSS is 
 the range over repeats of trained tokens/s, peak RSS, their ratios to the Trainer, and MFU: useful training FLOPs
 (matmuls: 2 x parameters per token forward, as much again for the input gradients, again for full fine-tuning's
 weight gradients; causal attention per example, not per packed row or padded batch) over the measured matmul peak
-of this CPU (`--peak-gflops`, bf16 on 2 threads).
+of this CPU (`--peak-gflops`, bf16, or `--peak-gflops-fp32` where the CPU has no native bf16 and both stacks run
+in fp32).
 
     .venv/bin/python bench/train_throughput.py [--methods lora,full] [--repeats 3] [--examples 96] [--pool 1000]
 """
@@ -103,6 +104,10 @@ def child(which: str, method: str, data: Path, out: Path, batch: int) -> None:
         result = run_tunesmith(method, data, out, batch if which == "tunesmith-padded" else None)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
+    from tunesmith.models.loading import pick_device
+    from tunesmith.models.precision import bf16_available
+
+    result["precision"] = "bf16" if bf16_available(pick_device("auto")) else "fp32"  # what both stacks ran in
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if torch.cuda.is_available():
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -165,7 +170,7 @@ def peak_gflops(result: dict, args) -> float:
     times its threads."""
     if result.get("device", "cpu") != "cpu":
         return args.gpu_peak_tflops * 1000
-    return args.peak_gflops * result["threads"]
+    return (args.peak_gflops if result.get("precision", "bf16") == "bf16" else args.peak_gflops_fp32) * result["threads"]
 
 
 def main() -> None:
@@ -176,6 +181,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1000, help="Draw from the first N rows of the shipped train file")
     parser.add_argument("--peak-gflops", type=float, default=287.5,
                         help="Measured bf16 matmul peak of this CPU per thread (550-600 GFLOP/s on 2 threads)")
+    parser.add_argument("--peak-gflops-fp32", type=float, default=95.0,
+                        help="Measured fp32 matmul peak per thread, for CPUs without native bf16 (where both stacks "
+                        "run in fp32)")
     parser.add_argument("--gpu-peak-tflops", type=float, default=790.0,
                         help="The GPU's measured bf16 matmul peak, for MFU where the stacks ran on a GPU (an H200 here: "
                         "about 790 TFLOP/s)")
@@ -227,19 +235,21 @@ def main() -> None:
     first = results[f"{methods[0]}/{stacks[1]}"][0]
     threads, gpu = first["threads"], first.get("device", "cpu") != "cpu"
     where = f"one {first['device']} GPU" if gpu else f"{threads} thread(s)"
+    dtype = first.get("precision", "bf16")
     peak = (f"{args.gpu_peak_tflops:.0f} TFLOP/s, the GPU's measured bf16 matmul peak" if gpu else
-            f"{args.peak_gflops * threads:.0f} GFLOP/s, the measured bf16 matmul peak on {threads} thread(s)")
+            f"{peak_gflops(first, args):.0f} GFLOP/s, the measured {dtype} matmul peak on {threads} thread(s)")
     lines = [
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + f"` on {platform.machine()}, {where}, torch "
+        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + (f" --peak-gflops-fp32 {args.peak_gflops_fp32:g}" if dtype == "fp32" and not gpu else "") + f"` on {platform.machine()}, {where}, torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
         f"SmolLM2-135M-Instruct on DBLP-QuAD (question + entities → SPARQL; loss on the answer only). Each repeat draws "
         f"{args.examples} rows (seed = repeat) from the first {args.pool} rows of examples/dblp_quad/data/train.jsonl; "
-        f"both stacks train one epoch on that draw, each in its own process, bf16 autocast. tunesmith: {ROWS_PER_STEP} "
+        f"both stacks train one epoch on that draw, each in its own process, "
+        f"{'bf16 autocast' if dtype == 'bf16' else 'fp32 (no native bf16 here)'}. tunesmith: {ROWS_PER_STEP} "
         f"packed rows of up to {ROW_LEN} tokens per step. Trainer: the same examples per step (batch size = examples / "
         "tunesmith's steps, rounded), padded by DataCollatorForSeq2Seq. tunesmith-padded (`train.pack=false`): the "
         "Trainer's batch size, one example per row, rows grouped by length and right-padded (no attention mask: "
