@@ -5,7 +5,7 @@ step, bf16 autocast). The first steps warm up (oneDNN primitives) and are not pr
 On a CUDA device the ops' GPU time is grouped too, beside the wall time of a step: a step whose wall time is far
 above its GPU time is bound by the host (kernel launches, synchronisations, collation), not by the GPU.
 
-    .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2] [--rows 2]
+    .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2] [--rows 2] [--attn eager]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--rows", type=int, default=None, help="packed rows per step (default: the throughput bench's)")
+    parser.add_argument("--attn", choices=["sdpa", "eager"], default=None,
+                        help="attention implementation to compare (default: what tunesmith loads, SDPA)")
     args = parser.parse_args()
 
     import time
@@ -62,6 +64,10 @@ def main() -> None:
     shutil.rmtree(out / "run", ignore_errors=True)
     sets = overrides(args.method, data, out / "run") + ([f"train.batch_size={args.rows}"] if args.rows else [])
     run = setup(load_config(CONFIGS[args.method], sets), resume=False)
+    if args.attn:
+        from tunesmith.train.loss import causal_lm_of
+
+        causal_lm_of(run.model).set_attn_implementation(args.attn)
     cuda = run.accelerator.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for step in range(args.warmup):
@@ -84,7 +90,7 @@ def main() -> None:
         totals[kind_of(event.key)] += getattr(event, field)
     whole = sum(totals.values())
     where = f"{torch.cuda.get_device_name()} GPU time" if cuda else f"{torch.get_num_threads()} thread(s), op time"
-    print(f"{args.method}, {args.steps} steps after {args.warmup} warm-up, {where}: {whole / 1e6 / args.steps:.3f} s "
+    print(f"{args.method}{', ' + args.attn + ' attention' if args.attn else ''}, {args.steps} steps after {args.warmup} warm-up, {where}: {whole / 1e6 / args.steps:.3f} s "
           f"per step; wall time {wall:.3f} s per step")
     for kind, us in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:36s} {100 * us / whole:5.1f}%")

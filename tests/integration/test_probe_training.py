@@ -6,7 +6,7 @@ from tunesmith.train.run import train
 from conftest import write_config
 
 
-def test_generation_probe_keeps_best_and_stops_early(tmp_path, tiny_model_dir, dblp_file):
+def test_generation_probe_keeps_best_and_stops_early(tmp_path, tiny_model_dir, dblp_file, capsys):
     cfg = load_config(write_config(
         tmp_path, tiny_model_dir, dblp_file,
         train={"max_steps": 12, "precision": "fp32", "lr": 1e-9},  # lr ~0: nothing improves, so patience runs out
@@ -19,6 +19,10 @@ def test_generation_probe_keeps_best_and_stops_early(tmp_path, tiny_model_dir, d
     best = json.loads((run / "best.json").read_text())
     assert best["step"] == 2 and best["metric"] == "token_f1"
     assert (run / "best" / "adapter_model.safetensors").exists()
+    err = capsys.readouterr().err  # each probe says what it found, above the training bar
+    assert "probe, step 2: token F1" in err and "(best so far)" in err and "3 answers in" in err
+    assert f"probe, step 4: token F1 {probes[1]['probe/token_f1']:.1f} (best {probes[0]['probe/token_f1']:.1f} at step 2)" in err
+    assert "valid loss" in err  # and the validation loss at the end shows its progress
 
 
 def test_probe_needs_validation_data(tmp_path, tiny_model_dir, dblp_file):

@@ -165,7 +165,10 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
         console.print(
             f"[bold]{cfg.method.name}[/] ({cfg.objective.name}) on {model_path.name}: {trainable:,} of {total:,} parameters "
             f"train ({100 * trainable / total:.2f}%), {device.type}, precision "
-            f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}; {len(train_data.tokenized)} sequences, {total_steps} "
+            f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}"
+            + (" (this CPU has no native bf16)" if precision == "fp32" and cfg.train.precision == "auto"
+               and device.type == "cpu" else "")
+            + f"; {len(train_data.tokenized)} sequences, {total_steps} "
             f"steps of {cfg.train.grad_accum} micro-batch(es)"
             + (f" on each of {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
     return Run(cfg, run_dir, accelerator, precision, tokenizer, method, objective, task, model, loss_module, optimizer,
@@ -432,6 +435,7 @@ class RunProbe(Hook):
             return False
         stop = False
         if run.is_main:
+            started = time.perf_counter()
             scores = probe(run.model, run.tokenizer)
             if run.metrics:
                 run.metrics.log(stats.done, **scores)
@@ -441,6 +445,7 @@ class RunProbe(Hook):
                 run.best_step = stats.done
                 atomic_write_json(run.run_dir / "best.json", {
                     "step": stats.done, "metric": probe.cfg.metric, "value": scores[f"probe/{probe.cfg.metric}"]})
+            console.print(probe_line(stats.done, scores, probe, is_best, time.perf_counter() - started), soft_wrap=True)
         stop = bool(run.accelerator.reduce(torch.tensor(int(stop), device=run.accelerator.device), "sum").item())
         if stop:
             console.print(f"[yellow]Stopping early[/] at step {stats.done}: no probe improvement in "
@@ -456,6 +461,18 @@ class RunProbe(Hook):
 
             self.probe.state = ProbeState(**state)
             self.run.best_step = self.probe.state.best_step
+
+
+def probe_line(step: int, scores: dict[str, float], probe, is_best: bool, seconds: float) -> str:
+    """What a probe found, printed above the training bar (which stands still while the probe generates):
+    "probe, step 250: SPARQL match 62.0 (best so far), exact match 60.0 · 100 answers in 95 s"."""
+    from tunesmith.eval.metrics import display_name
+
+    main = f"probe/{probe.cfg.metric}"
+    best = "best so far" if is_best else f"best {probe.state.best:.1f} at step {probe.state.best_step}"
+    parts = [f"{display_name(main.removeprefix('probe/'))} {scores[main]:.1f} ({best})"]
+    parts += [f"{display_name(k.removeprefix('probe/'))} {v:.1f}" for k, v in scores.items() if k != main]
+    return f"[bold]probe[/], step {step}: " + ", ".join(parts) + f" · {len(probe.examples)} answers in {seconds:.0f} s"
 
 
 class SaveCheckpoints(Hook):
