@@ -104,6 +104,20 @@ def test_vector_index_is_cached_by_content(tmp_path):
     assert again.search(["beta"], 1)[0][0][0] == 1
 
 
+def test_building_a_large_index_says_so_and_a_cached_one_is_silent(tmp_path, monkeypatch, capsys):
+    from tunesmith.eval import retrieval
+
+    monkeypatch.setattr(retrieval, "SHOW_PROGRESS_FROM", 2)  # "large": minutes on a CPU in real use
+    quiet = VectorIndex.build(["alpha text"], tmp_path)
+    assert "retrieval index" not in capsys.readouterr().err
+    shown = VectorIndex.build(["alpha text", "beta text"], tmp_path)
+    err = capsys.readouterr().err
+    assert "retrieval index: embedding 2 texts" in err and "cached for the next run" in err
+    assert VectorIndex.build(["alpha text", "beta text"], tmp_path).from_cache
+    assert "retrieval index" not in capsys.readouterr().err
+    assert quiet.search(["alpha"], 1)[0][0][0] == 0 and shown.search(["beta"], 1)[0][0][0] == 1
+
+
 def test_an_index_is_never_reused_across_embedding_precisions(tmp_path, monkeypatch):
     texts = ["alpha text", "beta text"]
     monkeypatch.setattr(retrieval, "embed_precision", lambda: "fp32")

