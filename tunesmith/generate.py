@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Optional, Protocol
+from typing import Annotated, Literal, Optional, Protocol
 
 import torch
 import typer
@@ -403,6 +403,50 @@ def _new_cache(model):
 
 
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`
+BATCH_CACHE_BYTES_CPU = 3 << 30  # the most KV cache a batch may fill on a CPU (less with under 24 GB of memory)
+
+
+def kv_bytes_per_position(model) -> int | None:
+    """Bytes of KV cache one row takes per position (keys and values of every layer, held in fp32 as ReservedLayer
+    holds them under autocast), from the model's config; None where the config does not say."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        layers, heads = config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    except AttributeError:
+        return None
+    return int(layers) * 2 * int(heads) * int(head_dim) * 4
+
+
+def default_cache_bytes(model) -> int:
+    """What a batch's KV cache may take by default: on a CPU an eighth of the machine's memory, at most
+    BATCH_CACHE_BYTES_CPU (the process's peak RSS grows by about twice the cache: 3.6 → 6.5 GB from 25 to 49 rows of
+    ~590-token prompts, docs/benchmarks.md); on a GPU half its free memory."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    import psutil
+
+    return min(BATCH_CACHE_BYTES_CPU, psutil.virtual_memory().total // 8)
+
+
+def rows_that_fit(model, waiting: list[RowRequest], rows: int, max_cache_bytes: int | None) -> int:
+    """How many of `waiting` (longest prompt first) start a batch: at most `rows`, and no more than keep the batch's KV
+    cache, every row as wide as the longest prompt plus the most new tokens any of them may write plus CACHE_ROOM, within
+    `max_cache_bytes`; always one.
+
+    Why big batches, and why the cap: decoding on a CPU reads every weight once a step whatever the rows, so rows
+    are nearly free up to where compute takes over (SmolLM2-135M in fp32, 2 threads, the 5 Linear shapes of a layer:
+    1.43 ms a row at 25 rows, 0.68 at 100); the cache, though, grows with rows × positions, and a batch of long
+    prompts (few-shot, RAG) at the row count that suits short ones would fill many GB (docs/benchmarks.md)."""
+    per_position = kv_bytes_per_position(model) if max_cache_bytes is not None else None
+    if per_position is None or rows <= 1:
+        return max(1, rows)
+    candidates = waiting[:rows]
+    width = max(len(r.prompt_ids) for r in candidates)
+    longest = max(r.max_new_tokens for r in candidates)
+    return max(1, min(rows, max_cache_bytes // ((width + longest + CACHE_ROOM) * per_position)))
 
 
 def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dict, force: bool = False,
@@ -483,6 +527,7 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         return None, scores
     for layer, parts in enumerate(layers):
         cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), layer)
+        layers[layer] = []  # the groups' copies of this layer go now, not when the whole cache is built
     return cache, scores
 
 
@@ -558,13 +603,15 @@ def _join(model, input_ids, attention, cache, joining: list[RowRequest], pad_id:
 
 def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int = 16, precision: str = "auto",
                   show_progress: bool = False, more: Callable[[int], list[RowRequest]] | None = None,
-                  on_result: Callable[[int, RowResult], None] | None = None) -> list[RowResult]:
+                  on_result: Callable[[int, RowResult], None] | None = None,
+                  max_cache_bytes: int | Literal["auto"] | None = "auto") -> list[RowResult]:
     """The one generation path (generate, chat, eval, probe, serve): batched, left-padded, KV-cached.
 
-    Requests are taken longest prompt first, `batch_size` rows at a time; each row keeps its own stop strings, token
-    limit, sampling settings, seed, adapter, constraint and streaming callback. The batch runs as `generate` calls
-    of DROP_FINISHED_EVERY tokens, each continuing from the KV cache; between calls the rows that have ended leave
-    it, and the next batch starts when it is empty.
+    Requests are taken longest prompt first, `batch_size` rows at a time, fewer where the batch's KV cache would
+    exceed `max_cache_bytes` ("auto": `default_cache_bytes`; None: no cap; see `rows_that_fit`); each row keeps its
+    own stop strings, token limit, sampling settings, seed, adapter, constraint and streaming callback. The batch
+    runs as `generate` calls of DROP_FINISHED_EVERY tokens, each continuing from the KV cache; between calls the rows
+    that have ended leave it, and the next batch starts when it is empty.
 
     Serving (continuous batching): `more(free)` is asked between calls, while places are free, for up to `free`
     requests that arrived in the meantime; they join the running batch in the places of rows that have ended
@@ -613,6 +660,8 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
             raise TunesmithError(f"adapters {sorted(adapters)} asked for, but the model has none loaded")
 
     check_adapters(requests)
+    if max_cache_bytes == "auto":
+        max_cache_bytes = default_cache_bytes(model)
     peft_config = getattr(model, "active_peft_config", None)
     continuous = more is not None and not (peft_config is not None and peft_config.is_prompt_learning) \
         and _new_cache(model) is not None
@@ -644,7 +693,9 @@ def generate_rows(model, tokenizer, requests: list[RowRequest], batch_size: int 
             if not waiting and not rows.active:
                 break
             if waiting and not rows.active:  # a new batch: prefilled a few rows at a time, or by `generate`
-                rows.active = [waiting.pop() for _ in range(min(free, len(waiting)))]
+                take = rows_that_fit(model, [requests[r] for r in reversed(waiting)], min(free, len(waiting)),
+                                     max_cache_bytes)
+                rows.active = [waiting.pop() for _ in range(take)]
                 input_ids, attention = _left_padded([requests[r] for r in rows.active],
                                                     max(len(requests[r].prompt_ids) for r in rows.active), pad_id)
                 extra = row_adapters(rows.active)

@@ -249,6 +249,47 @@ def test_prefill_in_row_groups_gives_the_cache_and_answers_of_one_forward(budget
     assert grouped == one_forward
 
 
+def test_a_batch_takes_the_rows_whose_kv_cache_fits(tiny_model, tiny_tokenizer):
+    """`rows_that_fit`: rows × (the longest prompt + the most new tokens + CACHE_ROOM) × the model's KV bytes per
+    position within the cap, at most `rows`, never none; no cap, or a config that does not say, takes `rows`."""
+    from types import SimpleNamespace
+
+    from tunesmith.generate import CACHE_ROOM, kv_bytes_per_position, rows_that_fit
+
+    cfg = tiny_model.config
+    per_position = kv_bytes_per_position(tiny_model)
+    assert per_position == cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    rows = sorted(_long_rows(tiny_tokenizer, n=20), key=lambda r: -len(r.prompt_ids))
+    row_bytes = (len(rows[0].prompt_ids) + 20 + CACHE_ROOM) * per_position
+    assert rows_that_fit(tiny_model, rows, 5, 3 * row_bytes) == 3
+    assert rows_that_fit(tiny_model, rows, 5, 3 * row_bytes - 1) == 2
+    assert rows_that_fit(tiny_model, rows, 2, 100 * row_bytes) == 2
+    assert rows_that_fit(tiny_model, rows, 5, 1) == 1  # a row wider than the cap still runs, alone
+    assert rows_that_fit(tiny_model, rows, 5, None) == 5
+    assert rows_that_fit(SimpleNamespace(config=SimpleNamespace()), rows, 5, 1) == 5
+
+
+def test_rows_held_back_by_the_cache_cap_get_the_answers_of_one_batch(tiny_model, tiny_tokenizer, monkeypatch):
+    """A cap that splits the list into smaller batches changes no answer, and the batches are as the cap says (the
+    longest prompts first)."""
+    import tunesmith.generate as generate
+    from tunesmith.generate import CACHE_ROOM, kv_bytes_per_position
+
+    sizes = []
+    real = generate.rows_that_fit
+    monkeypatch.setattr(generate, "rows_that_fit", lambda *a: sizes.append(real(*a)) or sizes[-1])
+    rows = _long_rows(tiny_tokenizer)
+    widest = max(len(r.prompt_ids) for r in rows)
+    cap = 2 * (widest + 14 + CACHE_ROOM) * kv_bytes_per_position(tiny_model)
+    capped = generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5, precision="fp32",
+                           max_cache_bytes=cap)
+    assert sizes[0] == 2 and sum(sizes) == len(rows) and len(sizes) >= 3
+    sizes.clear()
+    assert capped == generate_rows(tiny_model, tiny_tokenizer, _long_rows(tiny_tokenizer), batch_size=5,
+                                   precision="fp32", max_cache_bytes=None)
+    assert sizes == [5]
+
+
 def test_prefill_in_row_groups_keeps_each_row_s_adapter(tiny_model_dir, tiny_tokenizer, two_adapters, monkeypatch):
     import tunesmith.generate as generate
 
