@@ -844,7 +844,7 @@ def generate_command(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A user message (repeatable)")] = None,
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Prompts: JSONL (messages or prompt) or one per line")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt for every prompt")] = None,
-    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    max_new_tokens: int = 256, batch_size: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = "auto",
     guardrails: GuardrailsOpt = None, threads: ThreadsOpt = None,
 ):
