@@ -412,7 +412,8 @@ def kv_bytes_per_position(model) -> int | None:
     config = getattr(model, "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
-        layers, heads = config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        layers = config.num_hidden_layers
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     except AttributeError:
         return None
@@ -432,9 +433,9 @@ def default_cache_bytes(model) -> int:
 
 
 def rows_that_fit(model, waiting: list[RowRequest], rows: int, max_cache_bytes: int | None) -> int:
-    """How many of `waiting` (longest prompt first) start a batch: at most `rows`, and no more than keep the batch's KV
-    cache, every row as wide as the longest prompt plus the most new tokens any of them may write plus CACHE_ROOM, within
-    `max_cache_bytes`; always one.
+    """How many of `waiting` (longest prompt first) start a batch: at most `rows`, and no more than keep the batch's
+    KV cache, every row as wide as the longest prompt plus the most new tokens any of them may write plus CACHE_ROOM,
+    within `max_cache_bytes`; always one.
 
     Why big batches, and why the cap: decoding on a CPU reads every weight once a step whatever the rows, so rows
     are nearly free up to where compute takes over (SmolLM2-135M in fp32, 2 threads, the 5 Linear shapes of a layer:

@@ -258,7 +258,8 @@ def test_a_batch_takes_the_rows_whose_kv_cache_fits(tiny_model, tiny_tokenizer):
 
     cfg = tiny_model.config
     per_position = kv_bytes_per_position(tiny_model)
-    assert per_position == cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert per_position == cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4
     rows = sorted(_long_rows(tiny_tokenizer, n=20), key=lambda r: -len(r.prompt_ids))
     row_bytes = (len(rows[0].prompt_ids) + 20 + CACHE_ROOM) * per_position
     assert rows_that_fit(tiny_model, rows, 5, 3 * row_bytes) == 3
