@@ -422,8 +422,8 @@ def kv_bytes_per_position(model) -> int | None:
 
 def default_cache_bytes(model) -> int:
     """What a batch's KV cache may take by default: on a CPU an eighth of the machine's memory, at most
-    BATCH_CACHE_BYTES_CPU (the process's peak RSS grows by about twice the cache: 3.6 → 6.5 GB from 25 rows of ~590-token
-    prompts to about 50, by the cap's arithmetic, docs/benchmarks.md); on a GPU half its free memory."""
+    BATCH_CACHE_BYTES_CPU (the process's peak RSS grows by about twice the cache: 3.6 → 6.5 GB from 25 rows of
+    ~590-token prompts to about 50, by the cap's arithmetic, docs/benchmarks.md); on a GPU half its free memory."""
     device = next(model.parameters()).device
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
