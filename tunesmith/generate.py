@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunesmith.cli import ThreadsOpt
 from tunesmith.data.formats import parse_messages
+from tunesmith.data.iris import compact, expand
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
@@ -65,6 +66,14 @@ def load_run(run: str | Path, device: str = "auto", merge: bool = True) -> Loade
     if merge and method.mergeable:
         trained = method.merge(trained)
     return LoadedRun(run, cfg, method, objective, trained.eval(), tokenizer, labels)
+
+
+def run_data_config(run: str | Path):
+    """The `data:` section a run trained with (a multi-stage run's last stage): how its prompts were written."""
+    from tunesmith.config import load_config
+    from tunesmith.train.stages import last_stage_dir
+
+    return load_config(last_stage_dir(Path(run)) / "config.yaml").data
 
 
 def load_for_inference(run: str | Path | None = None, model: str | None = None, device: str = "auto",
@@ -861,6 +870,8 @@ def generate_command(
         conversations = [[{"role": "system", "content": system}] + c for c in conversations]
     use_threads(threads, register="generate")
     model_obj, tokenizer = load_for_inference(run, model, precision=precision)
+    prefixes = run_data_config(run).iri_prefixes if run else {}  # the IRIs as the run read and wrote them
+    conversations = [[{**m, "content": compact(m["content"], prefixes)} for m in c] for c in conversations]
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
                     seed=seed, precision=precision)
     guard = load_guard(guardrails, model_obj, tokenizer)
@@ -872,7 +883,8 @@ def generate_command(
         lines = [{"answer": out.text, "blocked": out.blocked, "rails": [d.to_dict() for d in out.decisions]}
                  for out in generate_guarded(model_obj, tokenizer, guard, conversations, **settings)]
     for conv, line in zip(conversations, lines):
-        print(json.dumps({"prompt": conv[-1]["content"], **line}, ensure_ascii=False))
+        line["answer"] = expand(line["answer"], prefixes)
+        print(json.dumps({"prompt": expand(conv[-1]["content"], prefixes), **line}, ensure_ascii=False))
 
 
 def chat_command(
@@ -884,6 +896,7 @@ def chat_command(
     """Talk to a model in the terminal; the conversation is kept; an empty line or Ctrl-D ends it."""
     use_threads(threads, register="chat")
     model_obj, tokenizer = load_for_inference(run, model, precision="auto")
+    prefixes = run_data_config(run).iri_prefixes if run else {}
     guard = load_guard(guardrails, model_obj, tokenizer)
     history = [{"role": "system", "content": system}] if system else []
     while True:
@@ -893,7 +906,7 @@ def chat_command(
             break
         if not line:
             break
-        history.append({"role": "user", "content": line})
+        history.append({"role": "user", "content": compact(line, prefixes)})
         if guard is None:
             reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
                                   temperature=temperature, show_progress=False)[0]
@@ -903,4 +916,4 @@ def chat_command(
             reply = generate_guarded(model_obj, tokenizer, guard, [history], max_new_tokens=max_new_tokens,
                                      temperature=temperature, show_progress=False)[0].text
         history.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
+        print(f"model> {expand(reply, prefixes)}")

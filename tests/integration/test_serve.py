@@ -324,3 +324,31 @@ def test_a_request_arriving_mid_batch_joins_it_and_is_answered_first(served):
     assert 2 in engine.batch_sizes  # the short request joined the running batch
     assert short_result.text == _reference(server, "base", "fox", 3)
     assert long_result.completion_tokens == 64
+
+
+def test_a_run_trained_on_compact_iris_reads_and_answers_them_written_out(tiny_model_dir, tmp_path):
+    """data.iri_prefixes: the prompt is compacted as in training, the answer expanded back, streamed or not."""
+    from tunesmith.generate import encode_chat
+    from tunesmith.serve.config import ServeConfig
+
+    prefixes = {"pid": "https://dblp.org/pid/"}
+    run = _adapter_run(tmp_path, tiny_model_dir, "kg", 12)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["iri_prefixes"] = prefixes
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    server = Server(ServeConfig.model_validate({"models": [{"run": str(run)}], "no_auth": True, "precision": "fp32"}), [])
+    try:
+        client = server.client(key="unused")
+        question = "Who is <https://dblp.org/pid/7>?"
+        schema = {"type": "string", "enum": ["pid:7"]}  # the model writes the compact form, as it was trained to
+        settings = dict(model="kg", messages=[{"role": "user", "content": question}], max_tokens=20, temperature=0,
+                        response_format={"type": "json_schema", "json_schema": {"name": "iri", "schema": schema}})
+        plain = client.chat.completions.create(**settings)
+        assert plain.choices[0].message.content == '"<https://dblp.org/pid/7>"'
+        tokenizer = server.pool.get("kg").group.tokenizer
+        assert plain.usage.prompt_tokens == len(encode_chat(tokenizer, [{"role": "user", "content": "Who is pid:7?"}]))
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**settings, stream=True)
+                           if c.choices)
+        assert streamed == plain.choices[0].message.content
+    finally:
+        server.stop()

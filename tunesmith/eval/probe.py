@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from tunesmith.config import ProbeConfig
+from tunesmith.data.iris import expand
 from tunesmith.eval.metrics import Normalizer, build_metrics
 from tunesmith.eval.prompts import prompt_of, reference_of
 from tunesmith.generate import cut_off_warning, generate_chat
@@ -32,13 +33,15 @@ class ProbeState:
 class GenerationProbe:
     """probe(model, tokenizer) -> {"probe/exact_match": 41.0, ...}; probe.update(step, scores) -> (is_best, stop)."""
 
-    def __init__(self, cfg: ProbeConfig, examples: list[Example], tokenizer=None):
+    def __init__(self, cfg: ProbeConfig, examples: list[Example], tokenizer=None,
+                 iri_prefixes: dict[str, str] | None = None):
         if not examples:
             raise TunesmithError("the generation probe needs validation examples (data.valid)")
         self.cfg = cfg
         self.examples = examples[: cfg.n]
         self.prompts = [prompt_of(ex) for ex in self.examples]
-        self.references = [reference_of(ex) for ex in self.examples]
+        self.references = [reference_of(ex) for ex in self.examples]  # as the model writes them
+        self.iri_prefixes = iri_prefixes or {}  # scored as `tunesmith eval` scores: compacted IRIs expanded back
         names = list(dict.fromkeys(cfg.metrics + [cfg.metric]))
         self.metrics = build_metrics(names, Normalizer())
         self.state = ProbeState()
@@ -60,7 +63,9 @@ class GenerationProbe:
             if config is not None:
                 config.use_cache = cached
             model.train(was_training)
-        return {f"probe/{m.name}": m.score_corpus(predictions, self.references) for m in self.metrics}
+        predictions = [expand(p, self.iri_prefixes) for p in predictions]
+        references = [expand(r, self.iri_prefixes) for r in self.references]
+        return {f"probe/{m.name}": m.score_corpus(predictions, references) for m in self.metrics}
 
     def update(self, step: int, scores: dict[str, float]) -> tuple[bool, bool]:
         """Record a probe; returns (this is the best so far: save it, patience exhausted: stop training)."""

@@ -24,6 +24,7 @@ from tunesmith.cli import RequiredConfigArg, SetOpt, ThreadsOpt
 from tunesmith.config import read_config
 from tunesmith.data.dedup import Item, check_leakage
 from tunesmith.data.formats import load_examples
+from tunesmith.data.iris import expand
 from tunesmith.eval.config import EvalConfig
 from tunesmith.eval.metrics import Metric, Normalizer, bootstrap_ci, build_metrics, paired_bootstrap_diff
 from tunesmith.eval.prompts import (
@@ -35,7 +36,7 @@ from tunesmith.eval.results import (
 )
 from tunesmith.eval.retrieval import load_corpus
 from tunesmith.eval.scoring import answers_and_reference_loss
-from tunesmith.generate import cut_off_warning, encode_chat, generate_chat, load_for_inference
+from tunesmith.generate import cut_off_warning, encode_chat, generate_chat, load_for_inference, run_data_config
 from tunesmith.files import read_json
 from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
 from tunesmith.threads import use_threads
@@ -56,7 +57,7 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True) -> EvalReport:
         headline=cfg.metrics.headline, metrics=[MetricInfo(name=m.name, description=m.description) for m in ctx.metrics],
         confidence=cfg.metrics.bootstrap.confidence, leakage=ctx.leakage, variants=results,
         items=[TestItem(question=question_of(ex), reference=ref, meta=ex.meta, source=str(ex.source))
-               for ex, ref in zip(ctx.tests, ctx.references)],
+               for ex, ref in zip(ctx.tests, ctx.as_scored(ctx.references))],
         forgetting_base=ctx.base_general, general_prompts=[t.prompt[-1]["content"] for t in ctx.general_tasks],
         general_answers=[t.answer for t in ctx.general_tasks], comparisons=compare(results, cfg),
         wall_seconds=round(time.perf_counter() - wall_start, 1))
@@ -100,7 +101,7 @@ class EvalContext:
     cfg: EvalConfig
     tests: list[Example]
     pool: list[Example]  # the training rows: few-shot pool, default RAG corpus, leakage check
-    references: list[str]
+    references: list[str]  # as the model writes them (IRIs compacted under data.iri_prefixes): their loss
     leakage: Leakage
     metrics: list[Metric]
     base_model: Any
@@ -110,6 +111,10 @@ class EvalContext:
     general_by_run: dict[str, Any] = field(default_factory=dict)  # tuned and tuned+rag share a run: measured once
     loaded_run: tuple[str, Any, Any] | None = None  # (run, model, tokenizer) of the last tuned variant: reused by
     # the next variant of the same run (tuned, then tuned + rag), replaced by another run's
+
+    def as_scored(self, answers: list[str]) -> list[str]:
+        """Answers as they are scored and reported: compacted IRIs expanded back (tunesmith/data/iris.py)."""
+        return [expand(a, self.cfg.data.iri_prefixes) for a in answers]
 
     @classmethod
     def prepare(cls, cfg: EvalConfig) -> EvalContext:
@@ -230,6 +235,12 @@ class Tuned(ZeroShot):
         run = str(Path(self.cfg.run).resolve())
         if ctx.loaded_run is None or ctx.loaded_run[0] != run:
             ctx.loaded_run = None  # the previous run's model goes before the next one loads
+            trained_with = run_data_config(self.cfg.run).iri_prefixes
+            if trained_with != ctx.cfg.data.iri_prefixes:
+                console.print(f"[bold yellow]warning:[/] {self.cfg.run} was trained with data.iri_prefixes "
+                              f"{trained_with or '{}'}, this eval writes prompts with {ctx.cfg.data.iri_prefixes or '{}'}:"
+                              " its IRIs will not look as they did in training. Set the eval's data.iri_prefixes as "
+                              "in the run's config.yaml.")
             ctx.loaded_run = (run, *load_for_inference(run=self.cfg.run, device=ctx.cfg.model.device,
                                                        precision=ctx.cfg.generation.precision))
         return ctx.loaded_run[1], ctx.loaded_run[2]
@@ -261,7 +272,9 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
                                               batch_size=g.batch_size, precision=g.precision,
                                               show_progress=show_progress), None
         seconds = time.perf_counter() - start
-    result = score_variant(variant.label, variant.kind, predictions, ctx.references, ctx.tests, cfg, ctx.metrics)
+    predictions = ctx.as_scored(predictions)
+    result = score_variant(variant.label, variant.kind, predictions, ctx.as_scored(ctx.references), ctx.tests, cfg,
+                           ctx.metrics)
     result.predictions = predictions
     result.generation_seconds = round(seconds, 2)
     result.seconds_per_item = round(seconds / len(ctx.tests), 3)

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunesmith.data.iris import compact, expand
 from tunesmith.generate import BASE_ADAPTER, RowRequest, encode_chat
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import Engine, Job, QueueFull, run_job
@@ -190,20 +191,23 @@ def create_app(cfg: ServeConfig, pool: ModelPool, keys: list[str]) -> FastAPI:
                 messages = guarded.messages
             else:
                 prompt = guarded.messages[0]["content"]
-        tokenizer = entry.group.tokenizer
+        tokenizer, prefixes = entry.group.tokenizer, entry.iri_prefixes  # IRIs as the run read and wrote them
+        if messages is not None:
+            messages = [{**m, "content": compact(m["content"], prefixes)} for m in messages]
         prompt_ids = (encode_chat(tokenizer, messages) if messages is not None
-                      else tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                      else tokenizer(compact(prompt or "", prefixes), add_special_tokens=False)["input_ids"])
         row = _row(entry, prompt_ids, body, _constraint(entry, body))
         loop = asyncio.get_running_loop()
         job = Job(entry.group, row, loop, asyncio.Queue())
-        stream_live = body.stream and not (guard is not None and guard.buffers_output)
+        # streamed as it is written, unless the whole answer is needed first (output rails, IRIs to expand)
+        stream_live = body.stream and not (guard is not None and guard.buffers_output) and not prefixes
         if stream_live:
             row.on_text = lambda piece: job.post("text", piece)
         engine: Engine = engine_box["engine"]
         timeout = cfg.limits.request_timeout_s
 
         def finish(result) -> tuple[str, str, bool]:
-            text, reason = result.text, result.finish_reason
+            text, reason = expand(result.text, prefixes), result.finish_reason
             if reason == "cancelled":
                 reason = "length"
             if guard is not None:

@@ -40,6 +40,7 @@ class Entry:
     source: str
     created: int = 0
     meta: dict = field(default_factory=dict)
+    iri_prefixes: dict = field(default_factory=dict)  # the run's data.iri_prefixes: prompts compacted, answers expanded
 
 
 def _mixable_lora(run: Path) -> bool:
@@ -72,6 +73,7 @@ class ModelPool:
 
         for served in cfg.models:
             source = served.run or served.model
+            prefixes: dict = {}
             if served.model is not None:
                 group, adapter = base_group(served.model), None
             else:
@@ -83,6 +85,7 @@ class ModelPool:
                 if not (run / "final").is_dir():
                     raise TunesmithError(f"{run} has no trained output yet ({run / 'final'} missing): did training finish?")
                 run_cfg = load_config(run / "config.yaml")
+                prefixes = run_cfg.data.iri_prefixes
                 if _mixable_lora(run):
                     group = base_group(run_cfg.model.name)
                     group.model = _add_adapter(group.model, run / "final", served.id)
@@ -96,7 +99,8 @@ class ModelPool:
             if served.guardrails is not None:
                 gcfg = load_guardrails(served.guardrails) if isinstance(served.guardrails, str) else served.guardrails
                 guard = Guard(gcfg, group.tokenizer, group.model.config.vocab_size)
-            self.entries[served.id] = Entry(served.id, group, adapter, guard, str(source), int(time.time()))
+            self.entries[served.id] = Entry(served.id, group, adapter, guard, str(source), int(time.time()),
+                                            iri_prefixes=prefixes)
             console.print(f"[green]serving[/] {served.id} ({'adapter on ' + Path(group.key).name if adapter else source})"
                           f"{' with guardrails' if guard else ''}")
         for group in self.groups.values():  # an explicit bf16 without native support fails now, not per request

@@ -427,7 +427,7 @@ class RunProbe(Hook):
         if run.cfg.probe is not None:
             from tunesmith.eval.probe import GenerationProbe
 
-            self.probe = GenerationProbe(run.cfg.probe, run.valid_data.examples, run.tokenizer)
+            self.probe = GenerationProbe(run.cfg.probe, run.valid_data.examples, run.tokenizer, run.cfg.data.iri_prefixes)
 
     def after_step(self, stats: StepStats) -> bool:
         run, probe = self.run, self.probe
