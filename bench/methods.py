@@ -114,7 +114,7 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
     from tunesmith.config import read_config
     from tunesmith.eval.config import EvalConfig
     from tunesmith.eval.runner import run_eval
-    from tunesmith.generate import load_for_inference
+    from tunesmith.generate import load_for_inference, run_data_config
 
     config, *extra = config.split()  # "CONFIG [KEY=VALUE ...]": the shipped config with overrides
     run = RESULTS / label.replace(" ", "-") / "run"
@@ -126,7 +126,11 @@ def measure_generative(label: str, config: str, smoke: bool) -> dict:
         tunesmith(*args, *(["--resume"] if (run / "config.yaml").is_file() else []))
     summary = train_summary(run)
     n = 4 if smoke else EVAL_ROWS
+    # the prompts written as the run read them in training (configs/methods keep full IRIs: no data.iri_prefixes),
+    # and room for the longest reference written that way (322 tokens; eval.yaml's 224 is for compact IRIs)
+    prefixes = run_data_config(run).iri_prefixes
     eval_cfg = read_config(EvalConfig, ROOT / "examples" / "dblp_quad" / "eval.yaml", [
+        f"data.iri_prefixes={json.dumps(prefixes)}", *([] if prefixes else ["generation.max_new_tokens=336"]),
         f"variants=[{{kind: tuned, name: {label}, run: '{run}'}}]", "forgetting.enabled=false", "metrics.loss=false",
         f"report.dir={RESULTS / label.replace(' ', '-') / 'eval'}", f"data.n={n}", "metrics.use=[exact_match, sparql_match]",
         "metrics.breakdown_by=[query_type]"] + (["generation.max_new_tokens=16"] if smoke else []))

@@ -154,3 +154,29 @@ def test_relabel_has_an_endpoint_teacher_answer_every_training_prompt(server, tm
     assert rows[0].to_json()["reference"] == "SELECT 1" and rows[1].to_json()["query_type"] == "BOOLEAN"
     assert sorted(r["messages"][0]["content"] for r in server.requests) == ["Q: Did Y publish?", "Q: Who wrote X?"]
     assert all(len(r["messages"]) == 1 for r in server.requests)  # the prompt only, not the answer it replaces
+
+
+def test_relabel_under_iri_prefixes_asks_in_the_compact_form_and_writes_the_rows_out(tmp_path):
+    """The teacher trained on compact IRIs reads them compact; the relabelled file is written out as the data is."""
+    import json
+
+    from tunesmith.data.prep.relabel import RelabelConfig, relabel_rows
+
+    class Echo:  # answers with the entity it was given, as a teacher trained on compact IRIs writes it
+        config = TeacherConfig(kind="local", model="teacher")
+        asked: list = []
+
+        def complete(self, prompts, advance=None):
+            self.asked += [p[-1]["content"] for p in prompts]
+            return [f"ASK {{ {p[-1]['content'].split()[-1]} ?p ?o }}" for p in prompts]
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"q": "Is it", "e": "<https://dblp.org/pid/7>", "sparql": "ASK { <https://dblp.org/pid/7> ?p ?o }"}) + "\n")
+    cfg = RelabelConfig(format="template", template={"prompt": "{q} {e}", "completion": "{sparql}"},
+                        iri_prefixes={"pid": "https://dblp.org/pid/"})
+    teacher = Echo()
+    [row], _ = relabel_rows(data, cfg, teacher)
+    assert teacher.asked == ["Is it pid:7"]
+    assert row.messages == [{"role": "user", "content": "Is it <https://dblp.org/pid/7>"},
+                            {"role": "assistant", "content": "ASK { <https://dblp.org/pid/7> ?p ?o }"}]
+    assert row.to_json()["reference"] == "ASK { <https://dblp.org/pid/7> ?p ?o }"

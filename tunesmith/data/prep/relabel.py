@@ -22,6 +22,7 @@ from pydantic import Field
 
 from tunesmith.cli import ConfigArg, ForceOpt, InputOpt, OutOpt, SetOpt, console
 from tunesmith.config import DataConfig, Strict, TemplateConfig
+from tunesmith.data.iris import expand
 from tunesmith.data.prep.progress import Progress
 from tunesmith.data.prep.artifacts import skip_if_up_to_date, write_step_outputs
 from tunesmith.data.prep.rows import ChatRow, Reject
@@ -36,6 +37,8 @@ class RelabelConfig(Strict):
     system_prompt: str | None = Field(None, description="Added as a system message to every chat that has none")
     limit: int | None = Field(None, ge=1, description="Only the first N rows (as data.limit of the student's run config)")
     decode_unicode_escapes: bool = Field(False, description="As data.decode_unicode_escapes of the run config")
+    iri_prefixes: dict[str, str] = Field(default_factory=dict, description="As data.iri_prefixes of the teacher's run "
+                                         "config: the teacher reads and answers compact IRIs; the output is written out")
 
 
 def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
@@ -44,7 +47,8 @@ def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
     from tunesmith.data.formats import load_examples
 
     data_cfg = DataConfig(train=str(path), format=cfg.format, template=cfg.template, system_prompt=cfg.system_prompt,
-                          limit=cfg.limit, decode_unicode_escapes=cfg.decode_unicode_escapes)
+                          limit=cfg.limit, decode_unicode_escapes=cfg.decode_unicode_escapes,
+                          iri_prefixes=cfg.iri_prefixes)
     examples, issues = load_examples(path, data_cfg)
     if issues:
         raise DataError(issues, hint="relabel reads rows as `tunesmith train` does: set relabel.format / relabel.template")
@@ -65,9 +69,12 @@ def relabel_rows(path: Path, cfg: RelabelConfig, teacher: Teacher,
             reason = reply.reason if isinstance(reply, TeacherFailure) else "empty answer"
             rejects.append(Reject(reason=reason, source=str(example.source), prompt=prompt[-1]["content"]))
             continue
+        messages = prompt + [{"role": "assistant", "content": reply.strip()}]
         rows.append(ChatRow.model_validate({  # the row's other fields (labels such as query_type) are kept
-            **example.meta, "messages": prompt + [{"role": "assistant", "content": reply.strip()}],
-            "source": str(example.source), "teacher": teacher.config.model, "reference": reference}))
+            **example.meta, "source": str(example.source), "teacher": teacher.config.model,
+            # written out as the data is (full IRIs): the student's data.iri_prefixes compacts them again
+            "messages": [{**m, "content": expand(m["content"], cfg.iri_prefixes)} for m in messages],
+            "reference": expand(reference, cfg.iri_prefixes)}))
     return rows, rejects
 
 
