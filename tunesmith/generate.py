@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunesmith.cli import ThreadsOpt
 from tunesmith.data.formats import parse_messages
-from tunesmith.data.iris import compact, expand
+from tunesmith.data.iris import compact_messages, expand
 from tunesmith.data.tokenize import render_prompt
 from tunesmith.files import iter_jsonl, read_text
 from tunesmith.models.loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
@@ -871,20 +871,20 @@ def generate_command(
     use_threads(threads, register="generate")
     model_obj, tokenizer = load_for_inference(run, model, precision=precision)
     prefixes = run_data_config(run).iri_prefixes if run else {}  # the IRIs as the run read and wrote them
-    conversations = [[{**m, "content": compact(m["content"], prefixes)} for m in c] for c in conversations]
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,
                     seed=seed, precision=precision)
     guard = load_guard(guardrails, model_obj, tokenizer)
     if guard is None:
-        lines = [{"answer": a} for a in generate_chat(model_obj, tokenizer, conversations, **settings)]
+        compacted = [compact_messages(c, prefixes) for c in conversations]
+        lines = [{"answer": expand(a, prefixes)} for a in generate_chat(model_obj, tokenizer, compacted, **settings)]
     else:
         from tunesmith.guardrails import generate_guarded
 
         lines = [{"answer": out.text, "blocked": out.blocked, "rails": [d.to_dict() for d in out.decisions]}
-                 for out in generate_guarded(model_obj, tokenizer, guard, conversations, **settings)]
+                 for out in generate_guarded(model_obj, tokenizer, guard, conversations, iri_prefixes=prefixes,
+                                             **settings)]
     for conv, line in zip(conversations, lines):
-        line["answer"] = expand(line["answer"], prefixes)
-        print(json.dumps({"prompt": expand(conv[-1]["content"], prefixes), **line}, ensure_ascii=False))
+        print(json.dumps({"prompt": conv[-1]["content"], **line}, ensure_ascii=False))
 
 
 def chat_command(
@@ -906,14 +906,15 @@ def chat_command(
             break
         if not line:
             break
-        history.append({"role": "user", "content": compact(line, prefixes)})
+        history.append({"role": "user", "content": line})  # kept as written; the model reads it compacted
         if guard is None:
-            reply = generate_chat(model_obj, tokenizer, [history], max_new_tokens=max_new_tokens,
-                                  temperature=temperature, show_progress=False)[0]
+            reply = expand(generate_chat(model_obj, tokenizer, [compact_messages(history, prefixes)],
+                                         max_new_tokens=max_new_tokens, temperature=temperature,
+                                         show_progress=False)[0], prefixes)
         else:
             from tunesmith.guardrails import generate_guarded
 
             reply = generate_guarded(model_obj, tokenizer, guard, [history], max_new_tokens=max_new_tokens,
-                                     temperature=temperature, show_progress=False)[0].text
+                                     temperature=temperature, show_progress=False, iri_prefixes=prefixes)[0].text
         history.append({"role": "assistant", "content": reply})
-        print(f"model> {expand(reply, prefixes)}")
+        print(f"model> {reply}")

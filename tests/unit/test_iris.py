@@ -51,6 +51,8 @@ def test_a_text_that_would_not_map_back_is_left_as_it_was():
     for untouched in ("mypid:3", "<http://x.org/pid:3>", "https://pid:3", "ns:pid:3"):
         assert expand(untouched, DBLP) == untouched
     assert expand("pid:3.", DBLP) == "<https://dblp.org/pid/3>."  # a triple's final dot is not part of the name
+    assert expand("{pid:3 ?p ?o .rec:x ?p ?o}", DBLP) == \
+        "{<https://dblp.org/pid/3> ?p ?o .<https://dblp.org/rec/x> ?p ?o}"
 
 
 def test_bad_prefix_tables_are_rejected_with_every_problem():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import DataConfig
-from tunesmith.data.iris import compact
+from tunesmith.data.iris import compact, compact_messages
 from tunesmith.files import iter_jsonl, parse_json, read_text
 from tunesmith.records import DataError, DataIssue, Example, Message, SourceRef
 
@@ -268,7 +268,7 @@ def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], lis
 def compact_example(example: Example, prefixes: dict[str, str]) -> Example:
     """The example as the model reads and writes it under data.iri_prefixes: every message (and raw text) with its
     IRIs compacted (tunesmith/data/iris.py); the row's own fields in `meta` stay as they were."""
-    example.messages = [{**m, "content": compact(m["content"], prefixes)} for m in example.messages]
+    example.messages = compact_messages(example.messages, prefixes)
     if example.text is not None:
         example.text = compact(example.text, prefixes)
     return example

@@ -25,7 +25,8 @@ _IRI = re.compile(r"<([^<>\s\"{}|^`\\]+)>")
 def _expander(prefixes: Mapping[str, str]) -> re.Pattern:
     names = "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True))
     # not inside a word, an IRI or another prefixed name: `xsd:integer`, `http://…` and `<…>` are left alone
-    return re.compile(rf"(?<![A-Za-z0-9_:/#<.-])({names}):({_LOCAL})")
+    # (a name may follow a triple's "." directly, as in "?x dblp:authoredBy ?a .rec:x …")
+    return re.compile(rf"(?<![A-Za-z0-9_:/#<-])({names}):({_LOCAL})")
 
 
 def expand(text: str, prefixes: Mapping[str, str]) -> str:
@@ -53,6 +54,11 @@ def compact(text: str, prefixes: Mapping[str, str]) -> str:
 
     out = _IRI.sub(shorten, text)
     return out if out != text and expand(out, prefixes) == text else text
+
+
+def compact_messages(messages: list[dict], prefixes: Mapping[str, str]) -> list[dict]:
+    """Chat messages as a model trained under these prefixes reads them (new dicts; the input is left as it is)."""
+    return [{**m, "content": compact(m["content"], prefixes)} for m in messages]
 
 
 def check_prefixes(prefixes: Mapping[str, str]) -> list[str]:

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith.data.iris import compact, expand
+from tunesmith.data.iris import compact, compact_messages, expand
 from tunesmith.generate import BASE_ADAPTER, RowRequest, encode_chat
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import Engine, Job, QueueFull, run_job
@@ -193,7 +193,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool, keys: list[str]) -> FastAPI:
                 prompt = guarded.messages[0]["content"]
         tokenizer, prefixes = entry.group.tokenizer, entry.iri_prefixes  # IRIs as the run read and wrote them
         if messages is not None:
-            messages = [{**m, "content": compact(m["content"], prefixes)} for m in messages]
+            messages = compact_messages(messages, prefixes)
         prompt_ids = (encode_chat(tokenizer, messages) if messages is not None
                       else tokenizer(compact(prompt or "", prefixes), add_special_tokens=False)["input_ids"])
         row = _row(entry, prompt_ids, body, _constraint(entry, body))
