@@ -315,6 +315,12 @@ def export_command(
                          min_identical=min_identical, backend=backend, untie_embeddings=untie_embeddings,
                          precision=precision)
     result = export_run(run, to, opts)
+    from tunesmith.generate import run_data_config
+
+    if prefixes := run_data_config(run).iri_prefixes:
+        result.notes.append(f"the run reads and writes IRIs as prefixed names ({', '.join(prefixes)}: data.iri_prefixes), "
+                            "and so does the export: compact the prompts' IRIs and expand the answers' "
+                            "(tunesmith.data.iris), or serve the run with `tunesmith serve`, which does both")
     level = f" ({result.quant})" if result.quant else ""
     console.print(f"[green]Exported[/] {to}{level} to {result.out}: {', '.join(p.name for p in result.files)}")
     for note in result.notes:
