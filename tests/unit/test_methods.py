@@ -192,6 +192,22 @@ def test_lora_options_reach_peft(tiny_model_dir):
         method.apply(torch.nn.Sequential(torch.nn.Linear(2, 2)), bad)
 
 
+def test_lora_on_the_top_blocks_only_and_backward_stops_below_them(tiny_model_dir, batch):
+    method = get_method("lora")
+    cfg = TypeAdapter(MethodConfig).validate_python({"name": "lora", "top_blocks": 1})
+    model = method.apply(method.load_base(tiny_model_dir, cfg), cfg)
+    assert {n.split(".")[4] for n, p in model.named_parameters() if p.requires_grad} == {"1"}  # of layers 0, 1
+    seen = []
+    model.get_base_model().model.layers[0].register_full_backward_hook(lambda *args: seen.append(0))
+    model.get_base_model().model.layers[1].register_full_backward_hook(lambda *args: seen.append(1))
+    loss, _ = TrainedTokenLoss(model)(batch)
+    loss.backward()
+    assert seen == [1]  # nothing below the adapted block needs a gradient
+    with pytest.raises(ValueError, match="has 2 transformer blocks"):
+        too_many = TypeAdapter(MethodConfig).validate_python({"name": "lora", "top_blocks": 3})
+        method.apply(method.load_base(tiny_model_dir, too_many), too_many)
+
+
 def test_freeze_trains_only_the_top_blocks(tiny_model_dir):
     method = get_method("freeze")
     cfg = TypeAdapter(MethodConfig).validate_python({"name": "freeze", "top_blocks": 1})

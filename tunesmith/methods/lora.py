@@ -31,6 +31,9 @@ class LoraSettings(MethodSettings):
     alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-module alphas: {regex or name: alpha}")
     use_dora: bool = Field(False, description="DoRA: magnitude and direction trained apart (slower; often better at low r)")
     use_rslora: bool = Field(False, description="rsLoRA: scale alpha/sqrt(r) instead of alpha/r (stable at high r)")
+    top_blocks: int | None = Field(
+        None, ge=1, description="Adapt only the last N transformer blocks (none: all). The backward pass then stops "
+        "below them, so a step costs less: about a quarter less with half the blocks")
 
 
 def resolve_targets(model, target_modules) -> list[str] | str:
@@ -46,12 +49,39 @@ def resolve_targets(model, target_modules) -> list[str] | str:
     return found
 
 
+def top_blocks_of(model, top_blocks: int | None) -> dict:
+    """peft's layers_to_transform / layers_pattern for the last `top_blocks` transformer blocks ({} for all)."""
+    if top_blocks is None:
+        return {}
+    from tunesmith.methods.freeze import transformer_blocks
+
+    blocks, count = transformer_blocks(model)
+    if top_blocks > count:
+        raise ValueError(f"method.top_blocks is {top_blocks}, but {type(model).__name__} has {count} transformer blocks")
+    return {"layers_to_transform": list(range(count - top_blocks, count)), "layers_pattern": blocks.rsplit(".", 1)[-1]}
+
+
+def block_linears(model) -> list[str]:
+    """Leaf names of the linear layers inside the transformer blocks: "all-linear" spelled out, which peft needs
+    when it adapts only some blocks."""
+    import torch.nn as nn
+
+    from tunesmith.methods.freeze import transformer_blocks
+
+    blocks, _ = transformer_blocks(model)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.startswith(blocks + ".")})
+
+
 def lora_config(cfg, model):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=resolve_targets(model, cfg.target_modules), rank_pattern=dict(cfg.rank_pattern),
-                      alpha_pattern=dict(cfg.alpha_pattern), use_dora=cfg.use_dora, use_rslora=cfg.use_rslora)
+    targets = resolve_targets(model, cfg.target_modules)
+    if cfg.top_blocks is not None and targets == "all-linear":
+        targets = block_linears(model)
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, rank_pattern=dict(cfg.rank_pattern),
+                      alpha_pattern=dict(cfg.alpha_pattern), use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
+                      **top_blocks_of(model, cfg.top_blocks))
 
 
 @register
