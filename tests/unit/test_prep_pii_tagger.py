@@ -309,11 +309,13 @@ def test_model_false_alarms_are_dropped_but_names_in_capitals_kept():
 
 def test_shapes_that_are_never_identifiers_are_dropped_and_real_ones_kept():
     detector = detector_with(FixedModel(("[10:43]", "PHONE"), ("10", "DATE"), ("thx", "PERSON"), ("me", "PERSON"), ("555-0199 x12", "PHONE"),
-                                        ("ngozi", "PERSON"), ("March 3", "DATE"), ("Ng", "PERSON")))
-    noise = "[10:43] tmrw works for me, thx"
-    assert detector.find(noise) == []  # a time is no phone, an hour no date, chat shorthand and pronouns no names
-    real = "Call 555-0199 x12 on March 3; ngozi and Ng agreed."
-    assert [real[s.start : s.end] for s in detector.find(real)] == ["555-0199 x12", "March 3", "ngozi", "Ng"]
+                                        ("ngozi", "PERSON"), ("March 3", "DATE"), ("Ng", "PERSON"), ("11:05", "IP_ADDRESS"),
+                                        ("42", "IP_ADDRESS"), ("10.0.0.7:8080", "IP_ADDRESS"), ("fe80::1", "IP_ADDRESS")))
+    noise = "[10:43] tmrw works for me, thx. At 11:05 ticket 42 closed"
+    assert detector.find(noise) == []  # a time is no phone or IP, an hour no date, chat shorthand and pronouns no names
+    real = "Call 555-0199 x12 on March 3; ngozi and Ng agreed. Hosts 10.0.0.7:8080 and fe80::1 are down"
+    found = [real[s.start : s.end] for s in detector.find(real)]
+    assert found == ["555-0199 x12", "March 3", "ngozi", "Ng", "10.0.0.7", "fe80::1"]  # the IP rule's span wins
 
 
 def test_times_labels_stop_words_and_lone_numbers_are_no_identifiers():

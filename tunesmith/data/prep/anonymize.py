@@ -243,6 +243,8 @@ def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
         return True  # a bare small number: the hour of "[10:42]" (a lone house number can be an address part)
     if kind == "DATE" and _CLOCK.fullmatch(word.strip("[]()")):
         return True  # a time of day, "[10:42]", "5:15 PM": no date of anyone's life
+    if kind == "IP_ADDRESS" and word.count(".") < 3 and word.count(":") < 2:
+        return True  # no IPv4 (three dots) or IPv6 (two colons at least) shape: "[10:43]" is a time, "42" a number
     if kind == "PHONE" and sum(c.isdigit() for c in word) < 7:
         return True  # no phone number has fewer than 7 digits: "[10:43]" is a time
     if kind == "PERSON" and detector == "ner" and " " not in word and word.isupper() and len(alnum) <= 5:
