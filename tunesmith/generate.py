@@ -133,6 +133,41 @@ class TokenConstraint(Protocol):
         """The row generated `token`."""
 
 
+class LoopDetector:
+    """Says when a token sequence has fallen into a loop: its last tokens are one block repeated back to back.
+
+    Greedy decoding that starts repeating itself ("?answer dblp:publisher ?answer . ?answer dblp:publisher ...", a
+    title over and over) almost never leaves the loop: the answer runs on to the token limit, and every row of its
+    batch waits for it. `push` returns True once the tail is a block of at most MAX_PERIOD tokens repeated at least
+    3 times and spanning at least `min_tokens`. transformers has no such stopping criterion (its repetition
+    penalties change the answers instead), hence this one. O(MAX_PERIOD) per token: for each period p, the length
+    of the run of positions whose token equals the one p before.
+    """
+
+    MAX_PERIOD = 64
+
+    def __init__(self, min_tokens: int):
+        self.min_tokens = min_tokens
+        self.tokens: list[int] = []
+        self.runs = [0] * self.MAX_PERIOD  # runs[p - 1]: trailing positions i with tokens[i] == tokens[i - p]
+
+    def push(self, token: int) -> bool:
+        self.tokens.append(token)
+        n, looped = len(self.tokens), False
+        for p in range(1, min(self.MAX_PERIOD, n - 1) + 1):
+            run = self.runs[p - 1] + 1 if self.tokens[-1 - p] == token else 0
+            self.runs[p - 1] = run
+            # the last run + p tokens have period p: at least 3 blocks and at least min_tokens tokens
+            looped = looped or run >= max(2 * p, self.min_tokens - p)
+        return looped
+
+    @classmethod
+    def fires_on(cls, tokens: list[int], min_tokens: int) -> bool:
+        """Whether the rule would stop this sequence anywhere (e.g. a reference answer: then it must stay off)."""
+        detector = cls(min_tokens)
+        return any(detector.push(t) for t in tokens)
+
+
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a per-row `adapter_names` list
 
 
@@ -151,6 +186,9 @@ class RowRequest:
     constraint: TokenConstraint | None = None
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     cancelled: Callable[[], bool] | None = None  # polled every token; True ends the row (finish_reason "cancelled")
+    # End the row (finish_reason "loop") once its last `stop_loops` or more tokens are one block repeated 3 or more
+    # times (LoopDetector); the text up to there is kept. 0: never. For scoring where a looping answer is wrong anyway.
+    stop_loops: int = 0
     # Scoring a given continuation of the prompt (eval's reference answer) while its prompt is prefilled anyway: the
     # tokens that follow the prompt, and which of them count (default: all). See `_prefill`.
     continuation: list[int] = field(default_factory=list)
@@ -160,7 +198,7 @@ class RowRequest:
 @dataclass
 class RowResult:
     text: str
-    finish_reason: str  # "stop" (end of turn or a stop string), "length", "cancelled"
+    finish_reason: str  # "stop" (end of turn or a stop string), "length", "cancelled", "loop" (RowRequest.stop_loops)
     prompt_tokens: int
     completion_tokens: int
     # The continuation's summed cross-entropy (nats) over its scored tokens, and how many; None when the row had no
@@ -188,6 +226,7 @@ class _Rows:
         self.finish: list[str | None] = []
         self.generators: list[torch.Generator | None] = []
         self.scores: list[tuple[float, int] | None] = []  # (summed loss, scored tokens) of each row's continuation
+        self.loops: list[LoopDetector | None] = []
         self.eos = min(stops)
         self.active: list[int] = []  # the requests in the rows of the current `generate` call, in row order
         self.add(requests)
@@ -201,6 +240,7 @@ class _Rows:
             self.sent.append(0)
             self.finish.append(None)
             self.scores.append(None)
+            self.loops.append(LoopDetector(r.stop_loops) if r.stop_loops else None)
             self.generators.append(torch.Generator(device=self.device).manual_seed(r.seed if r.seed is not None else 0)
                                    if r.temperature > 0 else None)
 
@@ -254,7 +294,9 @@ class _Rows:
             self._end(r, "stop")
             return
         self.text[r] = text
-        if len(self.tokens[r]) >= req.max_new_tokens:
+        if self.loops[r] is not None and self.loops[r].push(token):
+            self._end(r, "loop")
+        elif len(self.tokens[r]) >= req.max_new_tokens:
             self._end(r, "length")
         elif req.cancelled is not None and req.cancelled():
             self._end(r, "cancelled")
@@ -771,10 +813,11 @@ def encode_chat(tokenizer, conversation: list[Message]) -> list[int]:
 
 def chat_requests(tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0,
                   top_p: float = 1.0, seed: int = 0, stop: list[str] | None = None,
-                  constraint: Callable[[], TokenConstraint] | None = None) -> list[RowRequest]:
+                  constraint: Callable[[], TokenConstraint] | None = None, stop_loops: int = 0) -> list[RowRequest]:
     """One RowRequest per conversation, as `generate_chat` asks them (row i samples with seed + i)."""
     return [RowRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                       seed=seed + i, stop=list(stop or []), constraint=constraint() if constraint else None)
+                       seed=seed + i, stop=list(stop or []), constraint=constraint() if constraint else None,
+                       stop_loops=stop_loops)
             for i, c in enumerate(conversations)]
 
 
@@ -806,6 +849,19 @@ def cut_off_warning(tokenizer, references: list[str], max_new_tokens: int, setti
     return (f"{setting}={max_new_tokens} is shorter than {len(over)} of {len(lengths)} references (the longest has "
             f"{max(over)} tokens): their answers will be cut off and scored wrong; set {setting} to at least "
             f"{max(over) + 1}")
+
+
+def loop_stop_warning(tokenizer, references: list[str], stop_loops: int, setting: str) -> str | None:
+    """Why `stop_loops` would cut right answers short, when some references are loops by its rule; else None."""
+    if not stop_loops or not references:
+        return None
+    looped = [i for i, ids in enumerate(tokenizer(references, add_special_tokens=False)["input_ids"])
+              if LoopDetector.fires_on(ids, stop_loops)]
+    if not looped:
+        return None
+    return (f"{setting}={stop_loops} would stop {len(looped)} of {len(references)} references before their end (the "
+            f"first: item {looped[0] + 1}): answers like them would be cut short and scored wrong; raise {setting} "
+            f"or set it to 0")
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:

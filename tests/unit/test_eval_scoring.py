@@ -48,7 +48,7 @@ def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answ
     monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
     calls, prefill = [], generate._prefill
     monkeypatch.setattr(generate, "_prefill", lambda *a, **k: calls.append(k) or prefill(*a, **k))
-    answers, loss = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=12,
+    answers, loss, _ = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=12,
                                                batch_size=batch_size, precision=precision)
     assert calls and all(k.get("continuations") for k in calls)  # scored while prefilling, not on its own
     alone = reference_loss(tiny_model, tiny_tokenizer, chats=[c + [{"role": "assistant", "content": r}]
@@ -87,7 +87,7 @@ def test_reference_loss_is_measured_on_its_own_where_the_prefill_cannot_score(ti
     from tunesmith.eval.scoring import answers_and_reference_loss
 
     monkeypatch.setattr(generate, "_new_cache", lambda model: None)
-    answers, loss = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=6,
+    answers, loss, _ = answers_and_reference_loss(tiny_model, tiny_tokenizer, CONVERSATIONS, REFERENCES, max_new_tokens=6,
                                                batch_size=5, precision="fp32")
     alone = reference_loss(tiny_model, tiny_tokenizer, chats=[c + [{"role": "assistant", "content": r}]
                                                               for c, r in zip(CONVERSATIONS, REFERENCES)],

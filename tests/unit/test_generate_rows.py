@@ -479,3 +479,87 @@ def test_requests_arriving_mid_generation_join_and_are_answered_when_they_end(ti
     assert results == [generate_rows(tiny_model, tiny_tokenizer, [r], precision="fp32")[0] for r in everyone]
     assert sorted(ended) == list(range(5)) and ended[-1] == 0  # the long first request ends last
     assert joins and max(asked) <= 2
+
+
+def test_loop_detector_fires_on_a_block_repeated_three_times_over_enough_tokens():
+    from tunesmith.generate import LoopDetector
+
+    def first_firing(tokens, min_tokens):
+        detector = LoopDetector(min_tokens)
+        return next((i + 1 for i, t in enumerate(tokens) if detector.push(t)), None)
+
+    block = [5, 6, 7, 8]
+    assert first_firing([1, 2] + block * 5, 12) == 2 + 12  # the third block completes 12 tokens of period 4
+    assert first_firing([1, 2] + block * 5, 16) == 2 + 16  # 16 tokens needed: the fourth block
+    assert first_firing(list(range(40)) * 2, 16) is None  # a block of 40 twice: only 2 repeats
+    assert first_firing(list(range(40)) * 3, 16) == 120
+    assert first_firing([9] * 31, 32) is None and first_firing([9] * 32, 32) == 32
+    assert first_firing(list(range(300)), 4) is None
+    assert LoopDetector.fires_on([1, 2] + block * 3, 12) and not LoopDetector.fires_on([1, 2] + block * 2 + [5], 12)
+    period = LoopDetector.MAX_PERIOD + 1  # longer blocks are not looked for
+    assert first_firing(list(range(period)) * 4, 16) is None
+
+
+class _Forced:
+    """A TokenConstraint that makes the model say `tokens` in turn, over and over (a loop on demand)."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.i = tokens, 0
+
+    def mask(self, scores: torch.Tensor) -> None:
+        keep = self.tokens[self.i % len(self.tokens)]
+        scores[:keep] = -float("inf")
+        scores[keep + 1:] = -float("inf")
+
+    def advance(self, token: int) -> None:
+        self.i += 1
+
+
+def test_a_row_stopped_in_a_loop_keeps_the_text_so_far_and_the_batch_is_unchanged(tiny_model, tiny_tokenizer):
+    """A row made to repeat a 3-token block ends (finish "loop") at the 9th token, its text the loop so far; a row
+    made to say 60 different tokens and the rows the model writes freely give what they give without stop_loops."""
+    block, distinct = [300, 301, 302], list(range(300, 360))
+    kwargs = dict(max_new_tokens=40)
+
+    def run(stop_loops):
+        rows = _rows(tiny_tokenizer, stop_loops=stop_loops, **kwargs)
+        rows[0].constraint, rows[1].constraint = _Forced(block), _Forced(distinct)
+        return generate_rows(tiny_model, tiny_tokenizer, rows, precision="fp32")
+
+    free, stopped = run(0), run(8)
+    assert (stopped[0].finish_reason, stopped[0].completion_tokens) == ("loop", 9)  # 3 blocks = 9 >= 8 tokens
+    assert stopped[0].text == tiny_tokenizer.decode(block * 3) and free[0].text.startswith(stopped[0].text)
+    assert (free[0].finish_reason, free[0].completion_tokens) == ("length", 40)
+    for a, b in zip(free[1:], stopped[1:]):
+        assert (a.text, a.finish_reason, a.completion_tokens) == (b.text, b.finish_reason, b.completion_tokens)
+    assert stopped[1].finish_reason == "length"
+
+
+def test_a_loop_stop_that_would_cut_a_reference_is_reported(tiny_tokenizer):
+    from tunesmith.generate import loop_stop_warning
+
+    refs = ["ASK { ?a ?b ?c }", "SELECT ?a WHERE { " + "?a <p> ?b . " * 6 + "}"]
+    assert "would stop 1 of 2 references before their end (the first: item 2)" in \
+        loop_stop_warning(tiny_tokenizer, refs, 16, "generation.stop_loops")
+    assert loop_stop_warning(tiny_tokenizer, refs, 0, "generation.stop_loops") is None
+    assert loop_stop_warning(tiny_tokenizer, refs[:1], 16, "generation.stop_loops") is None
+
+
+def test_the_dblp_quad_eval_stops_no_reference_as_a_loop(tiny_tokenizer):
+    """examples/dblp_quad/eval.yaml stops looping answers: no reference of the data it scores would be stopped (the
+    tiny model has SmolLM2's tokenizer)."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.config import read_config
+    from tunesmith.data.iris import compact
+    from tunesmith.eval.config import EvalConfig
+    from tunesmith.generate import loop_stop_warning
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = read_config(EvalConfig, root / "examples" / "dblp_quad" / "eval.yaml")
+    assert cfg.generation.stop_loops > 0
+    lines = (root / "examples" / "dblp_quad" / "data" / "valid.jsonl").read_text().splitlines()
+    refs = [compact(json.loads(line)["sparql"], cfg.data.iri_prefixes) for line in lines]
+    assert len(refs) == 1000
+    assert loop_stop_warning(tiny_tokenizer, refs, cfg.generation.stop_loops, "generation.stop_loops") is None

@@ -91,7 +91,7 @@ def test_forgetting_measures_work_on_a_virtual_token_model(tiny_model_dir, tiny_
     alone = reference_loss(tuned, tiny_tokenizer, chats=chats, precision="fp32")
     assert alone.n_tokens > 0
     # eval scores references while it generates; a virtual-token model's are scored on their own, the same
-    _, scored = answers_and_reference_loss(tuned, tiny_tokenizer, [chats[0][:1]], [chats[0][1]["content"]],
+    _, scored, _ = answers_and_reference_loss(tuned, tiny_tokenizer, [chats[0][:1]], [chats[0][1]["content"]],
                                            max_new_tokens=3, batch_size=1, precision="fp32")
     assert (scored.loss, scored.n_tokens) == (alone.loss, alone.n_tokens)
     assert mean_kl(base, tuned, tiny_tokenizer, chats=chats, precision="fp32") > 0

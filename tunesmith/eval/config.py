@@ -67,6 +67,11 @@ class GenerationConfig(Strict):
                             "that its KV cache stays within 3 GB on a CPU, an eighth of memory below 24 GB "
                             "(tunesmith.generate.rows_that_fit)")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    stop_loops: int = Field(0, ge=0, description=(
+        "End an answer once its last N or more tokens are one block repeated at least 3 times back to back (a greedy "
+        "loop, which would run on to max_new_tokens and hold its batch up); 0: never. Only where such an answer "
+        "scores as wrong either way: it changes a looping answer's text, and so text-overlap metrics (chrF). The "
+        "eval warns if a reference would be stopped"))
 
 
 class NormalizeConfig(Strict):

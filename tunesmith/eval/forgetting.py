@@ -71,7 +71,7 @@ def measure_general(model, tokenizer, tasks: list[GeneralTask], base_model=None,
     start = time.perf_counter()
     chats = [t.prompt + [{"role": "assistant", "content": t.answer}] for t in tasks]
     text = reference_loss(model, tokenizer, texts=[t.as_text for t in tasks], precision=precision)
-    answers, answer = answers_and_reference_loss(model, tokenizer, [t.prompt for t in tasks], [t.answer for t in tasks],
+    answers, answer, _ = answers_and_reference_loss(model, tokenizer, [t.prompt for t in tasks], [t.answer for t in tasks],
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                  precision=precision)
     kl = mean_kl(base_model, model, tokenizer, chats=chats, precision=precision) if base_model is not None else None

@@ -59,6 +59,8 @@ class VariantResult(Record):
     peak_rss_mb: float = 0.0
     prompt_tokens_mean: float = 0.0
     examples_dropped_to_fit: int = 0
+    answers_cut_at_limit: int = 0  # answers that ran to generation.max_new_tokens
+    answers_ended_as_loops: int = 0  # answers stopped by generation.stop_loops
     reference_loss: float | None = None
     reference_perplexity: float | None = None
     run: str | None = None  # tuned variants: the run folder, its cost, loss curve and forgetting

@@ -36,7 +36,7 @@ from tunesmith.eval.results import (
 )
 from tunesmith.eval.retrieval import load_corpus
 from tunesmith.eval.scoring import answers_and_reference_loss
-from tunesmith.generate import cut_off_warning, encode_chat, generate_chat, load_for_inference, run_data_config
+from tunesmith.generate import cut_off_warning, encode_chat, load_for_inference, loop_stop_warning, run_data_config
 from tunesmith.files import read_json
 from tunesmith.records import DataError, DataIssue, Example, SourceRef, TunesmithError
 from tunesmith.threads import use_threads
@@ -132,6 +132,8 @@ class EvalContext:
                                                    precision=cfg.generation.precision)
         references = [reference_of(ex) for ex in tests]
         if warning := cut_off_warning(tokenizer, references, cfg.generation.max_new_tokens, "generation.max_new_tokens"):
+            console.print(f"[bold yellow]warning:[/] {warning}")
+        if warning := loop_stop_warning(tokenizer, references, cfg.generation.stop_loops, "generation.stop_loops"):
             console.print(f"[bold yellow]warning:[/] {warning}")
         return cls(cfg, tests, pool, references, Leakage(**found.to_dict()), metrics,
                    base_model, tokenizer)
@@ -262,15 +264,12 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
     model, tokenizer = variant.model(ctx)
     with PeakRss() as memory:
         start = time.perf_counter()
-        if cfg.metrics.loss:  # the references' loss rides in the forwards that prefill the prompts for generation
-            predictions, loss = answers_and_reference_loss(
-                model, tokenizer, conversations, ctx.references, max_new_tokens=g.max_new_tokens,
-                batch_size=g.batch_size, precision=g.precision, show_progress=show_progress,
-                max_seq_len=max(cfg.data.max_seq_len, cfg.retrieval.max_prompt_tokens + cfg.data.max_seq_len))
-        else:
-            predictions, loss = generate_chat(model, tokenizer, conversations, max_new_tokens=g.max_new_tokens,
-                                              batch_size=g.batch_size, precision=g.precision,
-                                              show_progress=show_progress), None
+        # the references' loss (metrics.loss) rides in the forwards that prefill the prompts for generation
+        predictions, loss, reasons = answers_and_reference_loss(
+            model, tokenizer, conversations, ctx.references if cfg.metrics.loss else None,
+            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, precision=g.precision,
+            show_progress=show_progress, stop_loops=g.stop_loops,
+            max_seq_len=max(cfg.data.max_seq_len, cfg.retrieval.max_prompt_tokens + cfg.data.max_seq_len))
         seconds = time.perf_counter() - start
     predictions = ctx.as_scored(predictions)
     result = score_variant(variant.label, variant.kind, predictions, ctx.as_scored(ctx.references), ctx.tests, cfg,
@@ -281,12 +280,15 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
     result.peak_rss_mb = memory.mb
     result.prompt_tokens_mean = round(sum(len(encode_chat(tokenizer, c)) for c in conversations) / len(conversations), 1)
     result.examples_dropped_to_fit = sum(b.dropped for b in built)
+    result.answers_cut_at_limit, result.answers_ended_as_loops = reasons.count("length"), reasons.count("loop")
     if loss is not None:
         result.reference_loss, result.reference_perplexity = loss.loss, loss.perplexity
     for key, value in variant.extras(ctx, model, tokenizer).items():
         setattr(result, key, value)
+    loops = f", {result.answers_ended_as_loops} stopped in a loop" if g.stop_loops else ""
     console.print(f"{variant.label}: {cfg.metrics.headline} {result.scores[cfg.metrics.headline]:.1f} "
-                  f"({seconds:.0f} s, {result.seconds_per_item:.2f} s/item)")
+                  f"({seconds:.0f} s, {result.seconds_per_item:.2f} s/item; {result.answers_cut_at_limit} answers "
+                  f"cut at the token limit{loops})")
     return result
 
 

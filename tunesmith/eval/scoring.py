@@ -7,6 +7,8 @@ cross-entropy over the reference answer's tokens (end-of-turn included), divided
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -46,19 +48,30 @@ def reference_loss(model, tokenizer, chats: list[list[Message]] | None = None, t
                         row_len=max_seq_len, precision=precision)
 
 
-def answers_and_reference_loss(model, tokenizer, conversations: list[list[Message]], references: list[str], *,
+class Answers(NamedTuple):
+    texts: list[str]
+    loss: LossResult | None  # the references' loss; None when no references were given
+    finish_reasons: list[str]  # per answer, RowResult.finish_reason: "stop", "length", "loop"
+
+
+def answers_and_reference_loss(model, tokenizer, conversations: list[list[Message]], references: list[str] | None, *,
                                max_new_tokens: int, batch_size: int, precision: str = "auto", max_seq_len: int = 1024,
-                               show_progress: bool = False) -> tuple[list[str], LossResult]:
+                               show_progress: bool = False, stop_loops: int = 0) -> Answers:
     """Greedy answers to `conversations` (as `generate_chat` gives them) and `reference_loss` of the chats answered
     with `references`, from one pass over each prompt: each reference rides as its prompt's continuation in the
     forward that prefills the prompt for generation (`tunesmith.generate._prefill`), instead of a second forward over
     the prompt. The tokens and the scored positions are the reference loss's own (`tokenize_references`, the
     training path's tokenization); where a chat's tokens do not start with its generation prompt, or the model
     cannot be scored while generating (virtual-token methods, special cache layers), the loss is measured on its
-    own, as `reference_loss`. The same loss up to float rounding (tests/unit/test_eval_scoring.py)."""
+    own, as `reference_loss`. The same loss up to float rounding (tests/unit/test_eval_scoring.py).
+    `stop_loops`: RowRequest.stop_loops."""
     from tunesmith.generate import chat_requests, generate_rows
 
-    requests = chat_requests(tokenizer, conversations, max_new_tokens=max_new_tokens)
+    requests = chat_requests(tokenizer, conversations, max_new_tokens=max_new_tokens, stop_loops=stop_loops)
+    if references is None:
+        results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
+                                show_progress=show_progress)
+        return Answers([r.text.strip() for r in results], None, [r.finish_reason for r in results])
     chats = [c + [{"role": "assistant", "content": ref}] for c, ref in zip(conversations, references)]
     tokenized = tokenize_references(tokenizer, chats=chats, max_seq_len=max_seq_len)
     aligned = len(tokenized) == len(requests) and all(
@@ -71,12 +84,14 @@ def answers_and_reference_loss(model, tokenizer, conversations: list[list[Messag
             req.scored = [label != IGNORE_INDEX for label in tok.labels[len(req.prompt_ids):]]
     results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
                             show_progress=show_progress)
-    answers = [r.text.strip() for r in results]
+    answers, reasons = [r.text.strip() for r in results], [r.finish_reason for r in results]
     if aligned and all(r.continuation_loss is not None for q, r in zip(requests, results) if q.continuation):
         count = sum(r.continuation_scored for r in results)
         total = sum(r.continuation_loss or 0.0 for r in results)
-        return answers, LossResult(total / max(count, 1) if tokenized else float("nan"), count)  # as dataset_loss
-    return answers, reference_loss(model, tokenizer, chats=chats, max_seq_len=max_seq_len, precision=precision)
+        return Answers(answers, LossResult(total / max(count, 1) if tokenized else float("nan"), count),  # as dataset_loss
+                       reasons)
+    return Answers(answers, reference_loss(model, tokenizer, chats=chats, max_seq_len=max_seq_len, precision=precision),
+                   reasons)
 
 
 def mean_kl(reference_model, other_model, tokenizer, chats: list[list[Message]] | None = None,
