@@ -112,6 +112,8 @@ class ProbeConfig(Strict):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(64, ge=1, description="Rows generated together (fewer for long prompts: the KV cache stays "
                             "within 3 GB on a CPU, an eighth of memory below 24 GB)")
+    stop_loops: int = Field(0, ge=0, description="As eval's generation.stop_loops: an answer whose last N+ tokens are one "
+                            "block repeated 3+ times ends there (0: never); for metrics that score such an answer wrong")
     patience: int | None = Field(None, ge=1, description="Stop after this many probes without improvement (None: never)")
     min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this (metric points) does not count")
     restore_best: bool = Field(False, description="The run's final output is the best probed model (run/best), not the "

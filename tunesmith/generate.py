@@ -824,13 +824,14 @@ def chat_requests(tokenizer, conversations: list[list[Message]], max_new_tokens:
 def generate_chat(model, tokenizer, conversations: list[list[Message]], max_new_tokens: int = 256,
                   batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   precision: str = "auto", show_progress: bool = True, stop: list[str] | None = None,
-                  constraint: Callable[[], TokenConstraint] | None = None) -> list[str]:
+                  constraint: Callable[[], TokenConstraint] | None = None, stop_loops: int = 0) -> list[str]:
     """Generate one assistant reply per conversation, in input order.
 
     `constraint` makes a fresh TokenConstraint per row (e.g. a grammar: tunesmith.guardrails.structured).
     Sampling: row i uses seed + i, so its answer does not depend on how the rows are batched.
     """
-    requests = chat_requests(tokenizer, conversations, max_new_tokens, temperature, top_p, seed, stop, constraint)
+    requests = chat_requests(tokenizer, conversations, max_new_tokens, temperature, top_p, seed, stop, constraint,
+                             stop_loops)
     results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
                             show_progress=show_progress)
     return [r.text.strip() for r in results]

@@ -16,7 +16,7 @@ from tunesmith.config import ProbeConfig
 from tunesmith.data.iris import expand
 from tunesmith.eval.metrics import Normalizer, build_metrics
 from tunesmith.eval.prompts import prompt_of, reference_of
-from tunesmith.generate import cut_off_warning, generate_chat
+from tunesmith.generate import cut_off_warning, generate_chat, loop_stop_warning
 from tunesmith.records import Example, TunesmithError
 
 console = Console(stderr=True)
@@ -48,6 +48,9 @@ class GenerationProbe:
         if tokenizer is not None and (warning := cut_off_warning(tokenizer, self.references, cfg.max_new_tokens,
                                                                  "probe.max_new_tokens")):
             console.print(f"[bold yellow]warning:[/] {warning}")  # now, not after hours of training
+        if tokenizer is not None and (warning := loop_stop_warning(tokenizer, self.references, cfg.stop_loops,
+                                                                   "probe.stop_loops")):
+            console.print(f"[bold yellow]warning:[/] {warning}")
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
         was_training = model.training
@@ -58,7 +61,8 @@ class GenerationProbe:
             config.use_cache = True  # training turns the KV cache off; generation without it is quadratic
         try:
             predictions = generate_chat(model, tokenizer, self.prompts, max_new_tokens=self.cfg.max_new_tokens,
-                                        batch_size=self.cfg.batch_size, show_progress=False)
+                                        batch_size=self.cfg.batch_size, show_progress=False,
+                                        stop_loops=self.cfg.stop_loops)
         finally:
             if config is not None:
                 config.use_cache = cached
