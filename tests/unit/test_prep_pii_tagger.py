@@ -332,6 +332,17 @@ def test_times_labels_stop_words_and_lone_numbers_are_no_identifiers():
                      ("4111 1111 1111 1111", "CREDIT_CARD"), ("1233", "ADDRESS"), ("62", "ADDRESS")]
 
 
+def test_a_lone_number_is_an_address_part_only_beside_the_address():
+    """Words between a number and a detected place part them ("leaves at 6", "in 1955"); punctuation and line
+    breaks do not, nor does a capitalised or unit word just before the number."""
+    text = ("Kapelaniestraat, 88\nLeugnies\n6500 - Belgium 7000, Apt 4\n"
+            "The bus to Springfield leaves at 6. She moved to Roswell in 1955")
+    model = FixedModel(*[(v, "ADDRESS") for v in ("Springfield", "6", "Roswell", "1955", "Kapelaniestraat", "88",
+                                                   "Leugnies", "6500", "7000", "4")])
+    found = [text[s.start : s.end] for s in detector_with(model).find(text)]
+    assert found == ["Kapelaniestraat", "88", "Leugnies", "6500", "7000", "4", "Springfield", "Roswell"]
+
+
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():
     text = "Ada Byrne walked from Cal Anderson Park to the Gentle Giant Orchestra with Hancock Brook."
     guesses = FixedModel(("Ada Byrne", "PERSON", "spacy"), ("Cal Anderson", "PERSON", "ner"),
