@@ -546,8 +546,8 @@ def test_a_loop_stop_that_would_cut_a_reference_is_reported(tiny_tokenizer):
 
 
 def test_the_dblp_quad_eval_stops_no_reference_as_a_loop(tiny_tokenizer):
-    """examples/dblp_quad/eval.yaml stops looping answers: no reference of the data it scores would be stopped (the
-    tiny model has SmolLM2's tokenizer)."""
+    """examples/dblp_quad/eval.yaml stops looping answers and answers that write another passage: no reference of
+    the data it scores would be stopped (the tiny model has SmolLM2's tokenizer)."""
     import json
     from pathlib import Path
 
@@ -563,3 +563,4 @@ def test_the_dblp_quad_eval_stops_no_reference_as_a_loop(tiny_tokenizer):
     refs = [compact(json.loads(line)["sparql"], cfg.data.iri_prefixes) for line in lines]
     assert len(refs) == 1000
     assert loop_stop_warning(tiny_tokenizer, refs, cfg.generation.stop_loops, "generation.stop_loops") is None
+    assert cfg.generation.stop and not [r for r in refs if any(s in r for s in cfg.generation.stop)]

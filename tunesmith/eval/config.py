@@ -72,6 +72,9 @@ class GenerationConfig(Strict):
         "loop, which would run on to max_new_tokens and hold its batch up); 0: never. Only where such an answer "
         "scores as wrong either way: it changes a looping answer's text, and so text-overlap metrics (chrF). The "
         "eval warns if a reference would be stopped"))
+    stop: list[str] = Field(default_factory=list, description=(
+        "Stop strings: an answer ends before the first of these it writes (as in the OpenAI API and lm-eval's "
+        "'until'), e.g. the start of another retrieved passage or example. The eval warns if a reference contains one"))
 
 
 class NormalizeConfig(Strict):

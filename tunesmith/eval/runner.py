@@ -135,6 +135,10 @@ class EvalContext:
             console.print(f"[bold yellow]warning:[/] {warning}")
         if warning := loop_stop_warning(tokenizer, references, cfg.generation.stop_loops, "generation.stop_loops"):
             console.print(f"[bold yellow]warning:[/] {warning}")
+        if stopped := [i for i, r in enumerate(references) if any(s in r for s in cfg.generation.stop)]:
+            console.print(f"[bold yellow]warning:[/] generation.stop would cut {len(stopped)} of {len(references)} "
+                          f"references short (the first: item {stopped[0] + 1}): answers like them would be scored "
+                          "wrong; remove the stop string they contain")
         return cls(cfg, tests, pool, references, Leakage(**found.to_dict()), metrics,
                    base_model, tokenizer)
 
@@ -268,7 +272,7 @@ def evaluate_variant(ctx: EvalContext, variant: ZeroShot, built: list[BuiltPromp
         predictions, loss, reasons = answers_and_reference_loss(
             model, tokenizer, conversations, ctx.references if cfg.metrics.loss else None,
             max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, precision=g.precision,
-            show_progress=show_progress, stop_loops=g.stop_loops,
+            show_progress=show_progress, stop_loops=g.stop_loops, stop=g.stop,
             max_seq_len=max(cfg.data.max_seq_len, cfg.retrieval.max_prompt_tokens + cfg.data.max_seq_len))
         seconds = time.perf_counter() - start
     predictions = ctx.as_scored(predictions)

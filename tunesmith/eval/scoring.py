@@ -56,7 +56,7 @@ class Answers(NamedTuple):
 
 def answers_and_reference_loss(model, tokenizer, conversations: list[list[Message]], references: list[str] | None, *,
                                max_new_tokens: int, batch_size: int, precision: str = "auto", max_seq_len: int = 1024,
-                               show_progress: bool = False, stop_loops: int = 0) -> Answers:
+                               show_progress: bool = False, stop_loops: int = 0, stop: list[str] | None = None) -> Answers:
     """Greedy answers to `conversations` (as `generate_chat` gives them) and `reference_loss` of the chats answered
     with `references`, from one pass over each prompt: each reference rides as its prompt's continuation in the
     forward that prefills the prompt for generation (`tunesmith.generate._prefill`), instead of a second forward over
@@ -64,10 +64,10 @@ def answers_and_reference_loss(model, tokenizer, conversations: list[list[Messag
     training path's tokenization); where a chat's tokens do not start with its generation prompt, or the model
     cannot be scored while generating (virtual-token methods, special cache layers), the loss is measured on its
     own, as `reference_loss`. The same loss up to float rounding (tests/unit/test_eval_scoring.py).
-    `stop_loops`: RowRequest.stop_loops."""
+    `stop_loops`, `stop`: RowRequest.stop_loops and .stop."""
     from tunesmith.generate import chat_requests, generate_rows
 
-    requests = chat_requests(tokenizer, conversations, max_new_tokens=max_new_tokens, stop_loops=stop_loops)
+    requests = chat_requests(tokenizer, conversations, max_new_tokens=max_new_tokens, stop=stop, stop_loops=stop_loops)
     if references is None:
         results = generate_rows(model, tokenizer, requests, batch_size=batch_size, precision=precision,
                                 show_progress=show_progress)
