@@ -563,4 +563,4 @@ def test_the_dblp_quad_eval_stops_no_reference_as_a_loop(tiny_tokenizer):
     refs = [compact(json.loads(line)["sparql"], cfg.data.iri_prefixes) for line in lines]
     assert len(refs) == 1000
     assert loop_stop_warning(tiny_tokenizer, refs, cfg.generation.stop_loops, "generation.stop_loops") is None
-    assert cfg.generation.stop and not [r for r in refs if any(s in r for s in cfg.generation.stop)]
+    assert not [r for r in refs if any(s in r for s in cfg.generation.stop)]
