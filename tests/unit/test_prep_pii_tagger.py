@@ -343,6 +343,14 @@ def test_a_lone_number_is_an_address_part_only_beside_the_address():
     assert found == ["Kapelaniestraat", "88", "Leugnies", "6500", "7000", "4", "Springfield", "Roswell"]
 
 
+def test_a_country_alone_is_no_address_but_the_last_line_of_one_is():
+    text = "We moved here from Norway. Jordan called. Ship to Storgatan 1\nStockholm\nSweden. She lives in Singapore."
+    model = FixedModel(("Norway", "ADDRESS"), ("Jordan", "PERSON"), ("Storgatan 1", "ADDRESS"), ("Stockholm", "ADDRESS"),
+                       ("Sweden", "ADDRESS"), ("Singapore", "ADDRESS"))
+    found = [text[s.start : s.end] for s in detector_with(model).find(text)]
+    assert found == ["Jordan", "Storgatan 1", "Stockholm", "Sweden", "Singapore"]  # a name, an address, a city-state
+
+
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():
     text = "Ada Byrne walked from Cal Anderson Park to the Gentle Giant Orchestra with Hancock Brook."
     guesses = FixedModel(("Ada Byrne", "PERSON", "spacy"), ("Cal Anderson", "PERSON", "ner"),

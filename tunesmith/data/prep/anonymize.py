@@ -167,7 +167,8 @@ class PiiDetector:
             if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
                 continue
             kept.append(span)
-        kept = [s for s in kept if not _lone_number_address(text, s, kept) and not _unsupported_guess(text, s, kept)]
+        kept = [s for s in kept if not _lone_number_address(text, s, kept) and not _lone_country(text, s, kept)
+                and not _unsupported_guess(text, s, kept)]
         # merging can leave a model span's remainder ("DOB" of "DOB 10/08/2006" once the date rule took the date)
         merged = merge_spans(kept, text)
         return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
@@ -209,12 +210,47 @@ def _lone_number_address(text: str, span: Span, spans: list[Span]) -> bool:
     preceding = _PRECEDING_WORD.search(text, 0, span.start)
     if preceding and (preceding.group(1)[0].isupper() or preceding.group(1).casefold() in _UNIT_WORDS):
         return False
+    return not _beside_another_address_part(text, span, spans)
 
-    def joined(o: Span) -> bool:  # overlapping, or only non-word characters between them, within reach
+
+def _beside_another_address_part(text: str, span: Span, spans: list[Span]) -> bool:
+    """Another ADDRESS span overlaps `span`, or lies within LONE_NUMBER_REACH with only spaces, punctuation and line
+    breaks between them: the lines and commas of one address."""
+    def joined(o: Span) -> bool:
         gap = text[span.end : o.start] if o.start >= span.end else text[o.end : span.start]
         return (o.start < span.end and span.start < o.end) or (len(gap) <= LONE_NUMBER_REACH and not _WORD_CHAR.search(gap))
 
-    return not any(o is not span and o.type == "ADDRESS" and joined(o) for o in spans)
+    return any(o is not span and o.type == "ADDRESS" and joined(o) for o in spans)
+
+
+def _lone_country(text: str, span: Span, spans: list[Span]) -> bool:
+    """A model's ADDRESS that is only the name of a country ("We moved here from Sweden", "an Botswana bank"), apart
+    from any other address part: a country identifies no one (HIPAA's Safe Harbor keeps geography down to the
+    state). As the last line of an address it stays. Names in every language Faker knows; city-states are kept."""
+    return (span.type == "ADDRESS" and not span.detector.startswith("rule")
+            and text[span.start : span.end].strip().casefold() in _country_names()
+            and not _beside_another_address_part(text, span, spans))
+
+
+@functools.cache
+def _country_names() -> frozenset[str]:
+    """Country names (casefolded) from the address providers of every Faker locale: about 5,900 names in 60-odd
+    languages. No well-kept package on our dependency list has them otherwise (Babel and pycountry are not)."""
+    import importlib
+    import pkgutil
+
+    import faker.providers.address as providers
+
+    names: set[str] = set()
+    for module in pkgutil.iter_modules(providers.__path__):
+        countries = getattr(importlib.import_module(f"{providers.__name__}.{module.name}").Provider, "countries", ())
+        names.update(c.casefold() for c in countries if isinstance(c, str))
+    return frozenset(names - _CITY_STATES)
+
+
+# Countries that are also the name of their city (a city alone is an address part here, "home city Unnao")
+_CITY_STATES = frozenset(["singapore", "monaco", "luxembourg", "djibouti", "kuwait", "guatemala", "panama", "san marino",
+                          "vatican city", "hong kong", "macao", "macau", "gibraltar", "andorra"])
 
 
 def _unsupported_guess(text: str, span: Span, spans: list[Span]) -> bool:
