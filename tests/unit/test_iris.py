@@ -119,7 +119,10 @@ def test_eval_and_probe_score_and_report_the_expanded_answers(tmp_path, tiny_mod
                        "bootstrap": {"samples": 100}},
            "forgetting": {"enabled": False},
            "report": {"dir": str(tmp_path / "report")}}
-    monkeypatch.setattr(runner, "generate_chat", fake)
+    from tunesmith.eval.scoring import Answers
+
+    monkeypatch.setattr(runner, "answers_and_reference_loss", lambda model, tokenizer, conversations, references, **kw:
+                        Answers(fake(model, tokenizer, conversations), None, ["stop"] * len(conversations)))
     report = runner.run_eval(EvalConfig(**yaml.safe_load(yaml.safe_dump(cfg))), show_progress=False)
     [base] = report.variants
     assert [item.reference for item in report.items] == [r["sparql"] for r in rows]  # reported as in the data
