@@ -164,14 +164,30 @@ class PiiDetector:
             value = text[span.start : span.end]
             if span.type not in wanted or not value.strip() or _normalized(value) in allowed:
                 continue
-            if not span.detector.startswith("rule") and _model_false_alarm(value, span.type, span.detector):
-                continue
             kept.append(span)
+        kept = [s for s in kept if s.detector.startswith("rule") or not _false_alarm(text, s, kept)]
         kept = [s for s in kept if not _lone_number_address(text, s, kept) and not _lone_country(text, s, kept)
                 and not _unsupported_guess(text, s, kept)]
         # merging can leave a model span's remainder ("DOB" of "DOB 10/08/2006" once the date rule took the date)
         merged = merge_spans(kept, text)
-        return [s for s in merged if s.detector.startswith("rule") or not _model_false_alarm(text[s.start : s.end], s.type, s.detector)]
+        return [s for s in merged if s.detector.startswith("rule") or not _false_alarm(text, s, merged)]
+
+
+def _false_alarm(text: str, span: Span, spans: list[Span]) -> bool:
+    """`_model_false_alarm`, except that a short all-caps word beside another part of an address is the address's
+    state or region code ("Carvalho do Oeste / DF / 32953424" on the lines of one address), not an acronym."""
+    value = text[span.start : span.end]
+    if not _model_false_alarm(value, span.type, span.detector):
+        return False
+    if span.type != "ADDRESS" or not _short_caps(value):
+        return True
+    parts = [o for o in spans if o.detector.startswith("rule") or not _model_false_alarm(text[o.start : o.end], o.type, o.detector)]
+    return not _beside_another_address_part(text, span, parts)
+
+
+def _short_caps(value: str) -> bool:
+    word = value.strip()
+    return " " not in word and word.isupper() and sum(c.isalnum() for c in word) <= 3
 
 
 def _another_entity(judge, text: str, span: Span, threshold: float) -> bool:
@@ -286,8 +302,8 @@ def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
     alnum = [c for c in word if c.isalnum()]
     if len(alnum) <= 1 and not word.isdigit():
         return True  # a lone letter: the C of "C'mon", the Y of "Y'all", a list bullet
-    if kind == "ADDRESS" and " " not in word and word.isupper() and len(alnum) <= 3:
-        return True  # a short all-caps word: OK, IT, QA (a state code next to its city or ZIP is joined to them)
+    if kind == "ADDRESS" and _short_caps(word):
+        return True  # a short all-caps word: OK, IT, QA (beside its city or ZIP a state code stays: `_false_alarm`)
     if kind == "DATE" and not any(c.isalpha() for c in word) and sum(c.isdigit() for c in word) <= 2:
         return True  # a bare small number: the hour of "[10:42]" (a lone house number can be an address part)
     if kind == "DATE" and _CLOCK.fullmatch(word.strip("[]()")):
