@@ -16,6 +16,7 @@ from tunesmith.data.prep.pii_rules import Span
 from tunesmith.data.prep.pii_synth import (
     EVAL_ONLY_LOCALES,
     HARD_TEMPLATES,
+    MINED_TEMPLATES,
     NEGATIVE_TEMPLATES,
     SyntheticPii,
     entity_mentions,
@@ -108,6 +109,12 @@ def test_generated_sentences_cover_the_hard_cases():
     assert any("\n" in e.text[s.start : s.end] for e in examples for s in e.spans if s.type == "ADDRESS")
     assert any(not e.spans for e in examples)  # sentences without PII measure false positives
     assert len(HARD_TEMPLATES) > 40 and len(NEGATIVE_TEMPLATES) > 30
+
+
+def test_templates_mined_from_evaluation_misses_are_training_only():
+    # written after reading the evaluation split's misses: one in the evaluation split would change that set
+    assert MINED_TEMPLATES and all(split_of(t) == "train" for t in MINED_TEMPLATES)
+    assert set(MINED_TEMPLATES) <= set(HARD_TEMPLATES)
 
 
 # ---- metrics: left whole, a word left, precision
