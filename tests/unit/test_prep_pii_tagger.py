@@ -358,6 +358,30 @@ def test_a_country_alone_is_no_address_but_the_last_line_of_one_is():
     assert found == ["Jordan", "Storgatan 1", "Stockholm", "Sweden", "Singapore"]  # a name, an address, a city-state
 
 
+def test_a_state_code_is_an_address_part_only_beside_the_address():
+    """A short all-caps word alone is an acronym; on the line of an address beside its city or postcode, the state."""
+    text = "Rua Nova 12\nCarvalho do Oeste\n    DF\n    32953424\nThe IT team said OK."
+    model = FixedModel(*[(v, "ADDRESS") for v in ("Rua Nova 12", "Carvalho do Oeste", "DF", "32953424", "IT", "OK")])
+    found = [text[s.start : s.end] for s in detector_with(model).find(text)]
+    assert found == ["Rua Nova 12", "Carvalho do Oeste", "DF", "32953424"]
+    lone = "Call IT or QA."  # nothing beside them but each other, which are false alarms themselves
+    assert detector_with(FixedModel(("IT", "ADDRESS"), ("QA", "ADDRESS"))).find(lone) == []
+
+
+def test_a_word_with_a_digit_is_no_name():
+    text = "6PR is able to cover every match, said Anna Lee of B2B Radio."
+    model = FixedModel(("6PR", "PERSON"), ("Anna Lee", "PERSON"), ("B2B Radio", "PERSON"))
+    assert [text[s.start : s.end] for s in detector_with(model).find(text)] == ["Anna Lee", "B2B Radio"]  # two words: kept
+
+
+def test_a_stop_word_in_a_name_is_not_replaced_everywhere():
+    texts = ("The Chaser and Will Smith met.", "The show ran. Will you come? Smith and Chaser did.")
+    detector = StubDetector({texts[0]: [("The Chaser", "PERSON"), ("Will Smith", "PERSON")]})
+    out = [r["text"] for r in anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=detector).rows]
+    assert out[1].startswith("The show ran. Will you come? <PERSON_")  # "The" and "Will" stay words
+    assert "Smith" not in out[1] and "Chaser" not in out[1]  # the other parts still stand for their person
+
+
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():
     text = "Ada Byrne walked from Cal Anderson Park to the Gentle Giant Orchestra with Hancock Brook."
     guesses = FixedModel(("Ada Byrne", "PERSON", "spacy"), ("Cal Anderson", "PERSON", "ner"),

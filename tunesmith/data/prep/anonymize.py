@@ -320,6 +320,8 @@ def _model_false_alarm(value: str, kind: str, detector: str) -> bool:
         return True  # "me" of "Remember me, Ilse?", "is" of "The address of X is ..." (lower case: "Will" stays)
     if kind in ("PERSON", "ADDRESS") and word.casefold() in _FIELD_LABELS:
         return True  # a form's label, "Email:", "Tel:", read as a name
+    if kind == "PERSON" and " " not in word and any(c.isdigit() for c in word):
+        return True  # one word with a digit is no name: a radio station ("6PR"), a model number, a handle's tail
     return kind == "PERSON" and not any(c.isalpha() for c in word)
 
 
@@ -498,9 +500,12 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # one word of letters ("w
 
 
 def _name_parts(value: str) -> list[str]:
-    """The parts of a full name that stand for the person alone ('Marie Hamanová' → Marie, Hamanová)."""
+    """The parts of a full name that stand for the person alone ('Marie Hamanová' → Marie, Hamanová). A stop word
+    is none ("The" of a band taken for a person, "Will" of "Will Smith"): alone it would take every "The" and
+    every "Will you ...?" of the dataset with it."""
     parts = value.split()
-    return [part for part in parts if len(part) >= 3 and part[0].isupper()] if len(parts) >= 2 else []
+    return [part for part in parts if len(part) >= 3 and part[0].isupper() and part.casefold() not in _stop_words()] \
+        if len(parts) >= 2 else []
 
 
 def propagates(value: str) -> bool:
