@@ -66,7 +66,7 @@ parity-llamacpp: llamacpp
 
 # tunesmith's own PII tagger: a `tunesmith train` run (configs/pii-tagger.yaml: MiniLM + LoRA + word shapes + BIO
 # head) on data generated from bench/data/pii/, trimmed into tunesmith/data/prep/pii_tagger_model/ (~2 MB,
-# shipped in the repo). Deterministic from its seeds, ~25 min on 2 CPU threads (2026-12-04).
+# shipped in the repo). Deterministic from its seeds, ~20-25 min on 2 CPU threads (2026-12-05: 20.3 min).
 pii-tagger: $(STAMP)
 	$(PY) -m tunesmith.data.prep.pii_tagger_data runs/pii-tagger-data --sentences 60000 --context-noise 0.5 --word-names 0.3 --other-entities
 	rm -rf runs/pii-tagger

@@ -382,6 +382,18 @@ def test_a_stop_word_in_a_name_is_not_replaced_everywhere():
     assert "Smith" not in out[1] and "Chaser" not in out[1]  # the other parts still stand for their person
 
 
+def test_labels_countries_and_the_lines_after_a_name_are_not_replaced_everywhere():
+    texts = ("Address Jan Nowak\nSzeroka 5, Poznań, Poland", "Hassan\n\nSent from my phone", "Czech Republic 739 called.",
+             "Address: unknown. Sent to Poland and the Czech Republic. Nowak and Hassan agreed.")
+    detector = StubDetector({texts[0]: [("Address Jan Nowak", "PERSON"), ("Szeroka 5, Poznań", "ADDRESS"), ("Poland", "ADDRESS")],
+                             texts[1]: [("Hassan\n\nSent", "PERSON")], texts[2]: [("Czech Republic 739", "PERSON")]})
+    out = [r["text"] for r in anonymize_rows(rows_of(*texts), AnonymizeConfig(ner=False), detector=detector).rows]
+    assert out[0].startswith("<PERSON_") and out[0].endswith("<ADDRESS_2>")  # replaced where detected
+    assert out[3].startswith("Address: unknown. Sent to Poland and the Czech Republic. <PERSON_")
+    assert "Nowak" not in out[3] and "Hassan" not in out[3]  # the real name parts still travel
+    assert not propagates("Poland") and not propagates("brazil") and propagates("Paulo")
+
+
 def test_names_only_rampart_or_spacy_see_are_dropped_when_they_name_a_place_or_organisation():
     text = "Ada Byrne walked from Cal Anderson Park to the Gentle Giant Orchestra with Hancock Brook."
     guesses = FixedModel(("Ada Byrne", "PERSON", "spacy"), ("Cal Anderson", "PERSON", "ner"),

@@ -417,13 +417,13 @@ class Pseudonyms:
 
     def _register_name_parts(self, value: str, pseudonym: str) -> None:
         """'Marie Hamanová' → also 'Hamanová' alone, so a later bare surname gets the same person's pseudonym."""
-        parts = value.split()
+        parts, names = value.split(), _name_parts(value)
         fake_parts = pseudonym.split() if self.replace_with == "fake" else []
         if len(parts) < 2:
             return
         for i, part in enumerate(parts):
             key = _normalized(part)
-            if part not in _name_parts(value) or self.by_value.get(key, Replacement("", "", "")).pseudonym:
+            if part not in names or self.by_value.get(key, Replacement("", "", "")).pseudonym:
                 continue
             stand_in = fake_parts[min(i, len(fake_parts) - 1)] if fake_parts else pseudonym
             self.originals[key] = part
@@ -502,18 +502,37 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # one word of letters ("w
 def _name_parts(value: str) -> list[str]:
     """The parts of a full name that stand for the person alone ('Marie Hamanová' → Marie, Hamanová). A stop word
     is none ("The" of a band taken for a person, "Will" of "Will Smith"): alone it would take every "The" and
-    every "Will you ...?" of the dataset with it."""
-    parts = value.split()
-    return [part for part in parts if len(part) >= 3 and part[0].isupper() and part.casefold() not in _stop_words()] \
-        if len(parts) >= 2 else []
+    every "Will you ...?" of the dataset with it. Nor is a form's label, a street word or a country, which a name
+    span drawn too wide takes in ("Address Jan Nowak", "Czech Republic 739" read as a person), nor a word after
+    the first line of a span that runs on past a line break ("Hassan\n\nSent from my phone")."""
+    if len(value.split()) < 2:
+        return []
+    folded = value.casefold()
+    countries = {word for name in _multiword_countries() if name in folded for word in name.split()}
+    first_line = next(line for line in value.splitlines() if line.strip())
+    return [part for part in first_line.split() if len(part) >= 3 and part[0].isupper()
+            and not _never_a_name_part(part) and part.casefold() not in countries]
+
+
+def _never_a_name_part(word: str) -> bool:
+    key = word.casefold().rstrip(":,;.")
+    return key in _stop_words() or key in _FIELD_LABELS or key in _STREET_WORDS or key in _country_names()
+
+
+@functools.cache
+def _multiword_countries() -> tuple[str, ...]:
+    return tuple(sorted(name for name in _country_names() if " " in name))
 
 
 def propagates(value: str) -> bool:
     """Whether a detected value is replaced everywhere, also where the detector missed it. Values with fewer
     than 3 letters or digits ("C", "OR", "IN", "LI": a building letter, a state code) are replaced only where
     they were detected: everywhere, they would take every "or" and "in" and the C of "C'mon" with them. So is a
-    single word detected in lower case ("will", "mark", "str"): everywhere, it would take the ordinary word with it."""
-    return sum(c.isalnum() for c in value) >= 3 and not (value.islower() and _WORD.fullmatch(value))
+    single word detected in lower case ("will", "mark", "str"): everywhere, it would take the ordinary word with it.
+    So is the name of a country ("Denmark" read as a name, "Brazil" as the last line of an address): a country
+    identifies no one, and "We moved here from Brazil" is no one's address."""
+    return (sum(c.isalnum() for c in value) >= 3 and not (value.islower() and _WORD.fullmatch(value))
+            and _normalized(value) not in _country_names())
 
 
 def _walk_strings(node: Any, path: str, skip: set[str]):
