@@ -50,14 +50,22 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 
-# Optional: the compiled llama.cpp binding (about 8-15 min to build) for the llama.cpp parity check and K-quants.
-# Built without AMX: the stock -march=native build segfaults in ggml's AMX kernel on Q4_1/Q8_0 models on some
-# Xeons, and a native build is not portable anyway.
-LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
-	-DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# Optional: the compiled llama.cpp binding (about 4-15 min to build) for the llama.cpp parity check and K-quants.
+# Built for the instruction sets this CPU reports, each named (not -march=native), and without AMX: the stock native
+# build segfaults in ggml's AMX kernel on Q4_1/Q8_0 models on some Xeons. A set the CPU lacks must stay off: the
+# fixed list this target had (AVX-VNNI included) built a binding that died of an illegal instruction in the quantized
+# kernels on a Zen 4 EPYC, which has AVX512-VNNI but not AVX-VNNI. --no-cache-dir: a wheel built for another set of
+# flags is never reused.
+CPU_FLAGS := $(shell grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null | cut -d: -f2)
+cpu_has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=$(call cpu_has,avx) -DGGML_AVX2=$(call cpu_has,avx2) \
+	-DGGML_FMA=$(call cpu_has,fma) -DGGML_F16C=$(call cpu_has,f16c) -DGGML_BMI2=$(call cpu_has,bmi2) \
+	-DGGML_AVX_VNNI=$(call cpu_has,avx_vnni) -DGGML_AVX512=$(call cpu_has,avx512f) \
+	-DGGML_AVX512_VBMI=$(call cpu_has,avx512vbmi) -DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) \
+	-DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 llamacpp: $(STAMP)
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PY) -m pip install llama-cpp-python==0.3.36
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PY) -m pip install --no-cache-dir llama-cpp-python==0.3.36
 
 # Every GGUF level of a run (RUN=runs/dblp-quad-lora by default) through transformers and llama.cpp itself.
 RUN ?= runs/dblp-quad-lora
