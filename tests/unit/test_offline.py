@@ -12,7 +12,6 @@ import textwrap
 PROBE = textwrap.dedent("""
     import socket
     attempts = []
-    real_connect = socket.socket.connect
     def connect(self, address):  # the test's own instrumentation: record every attempt, refuse it
         attempts.append(address)
         raise OSError("network refused by the test")
