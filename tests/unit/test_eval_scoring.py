@@ -60,20 +60,23 @@ def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answ
                                     precision=precision, show_progress=False)
 
 
-@NATIVE_BF16
+@pytest.mark.parametrize("references", [REFERENCES, REFERENCES[:-1] + ["SELECT"]])  # a row without one; every row
+# with one (the batch's cache could then be continued as it is, in one forward: it must not be)
 @pytest.mark.parametrize("budget", [40, 10**6])
-def test_scoring_a_continuation_leaves_the_prompt_cache_bit_for_bit(budget, tiny_model, tiny_tokenizer, monkeypatch):
-    """Under bf16, where a forward's shape moves its rounding: the cache the answer is generated from is the one
-    the prefill computes without continuations, to the bit."""
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NATIVE_BF16)])
+def test_scoring_a_continuation_leaves_the_prompt_cache_bit_for_bit(precision, budget, references, tiny_model,
+                                                                     tiny_tokenizer, monkeypatch):
+    """The cache the answer is generated from is the one the prefill computes without continuations, to the bit
+    (under bf16 too, where a forward's shape moves its rounding)."""
     from tunesmith import generate
     from tunesmith.generate import _left_padded, chat_requests, prepare_for_inference
 
     monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
-    prepare_for_inference(tiny_model, "bf16")
+    prepare_for_inference(tiny_model, precision)
     requests = sorted(chat_requests(tiny_tokenizer, CONVERSATIONS), key=lambda r: -len(r.prompt_ids))
     ids, mask = _left_padded(requests, len(requests[0].prompt_ids), tiny_tokenizer.pad_token_id)
-    follow = [(tiny_tokenizer(r, add_special_tokens=False)["input_ids"], [True] * 99) for r in REFERENCES]
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    follow = [(tiny_tokenizer(r, add_special_tokens=False)["input_ids"], [True] * 99) for r in references]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         plain, _ = generate._prefill(tiny_model, ids, mask, {}, force=True)
         scored, scores = generate._prefill(tiny_model, ids, mask, {}, force=True, continuations=follow)
     assert [s is None for s in scores] == [not tokens for tokens, _ in follow]
