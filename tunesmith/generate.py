@@ -518,10 +518,9 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     layers, and small batches keep transformers' own prefill, unless `force` (rows joining a running batch, whose
     cache must be computed here to be merged into the batch's).
 
-    `continuations` (one (token ids, scored) per row; empty ids for none): once the prompts are prefilled, the rows'
-    continuations go through forwards that continue from their prompts' cache (the prompt's last token, then the
-    continuation; from the whole batch's cache where it is built here, else from each group's), and the
-    cross-entropy of their scored tokens is summed as the training loss sums it
+    `continuations` (one (token ids, scored) per row; empty ids for none): after a group's prompt forward, its rows'
+    continuations go through one more forward that continues from the group's cache (the prompt's last token, then
+    the continuation), and the cross-entropy of their scored tokens is summed as the training loss sums it
     (`TrainedTokenLoss`: logits at the scored positions only). This is how eval measures the loss of the reference
     answers: before, every prompt went through the model twice, once to answer and once for the reference's loss
     (for the ~600-token few-shot and RAG prompts of the DBLP-QuAD eval that second pass was a quarter of the eval's
@@ -568,7 +567,7 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         if any(type(lay) is not DynamicLayer for lay in group_cache.layers):
             return None, none  # the forward's own cache has special layers after all
         prompt_cache = [(lay.keys, lay.values) for lay in group_cache.layers]  # before a continuation is appended
-        if scoring and not own and any(continuations[i][0] for i in range(start, end)):
+        if scoring and any(continuations[i][0] for i in range(start, end)):
             scores[start:end] = _score_continuations(head, group_cache, input_ids[start:end, cut:],
                                                      attention[start:end, cut:], continuations[start:end])
         for layer, (keys, values) in enumerate(prompt_cache):
@@ -581,14 +580,11 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     for layer, parts in enumerate(layers):
         cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), layer)
         layers[layer] = []  # the groups' copies of this layer go now, not when the whole cache is built
-    if scoring:  # from the whole batch's cache: chunks of similar continuation length across every group
-        scores = _score_continuations(head, cache, input_ids, attention, continuations, in_place=False)
     return cache, scores
 
 
 def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.Tensor,
-                         continuations: list[tuple[list[int], list[bool]]], in_place: bool = True,
-                         ) -> list[tuple[float, int] | None]:
+                         continuations: list[tuple[list[int], list[bool]]]) -> list[tuple[float, int] | None]:
     """(summed cross-entropy of the scored tokens, their number) of each row's continuation, None for a row without
     one. `cache` holds the rows' left-padded prompts but their last tokens (`input_ids`, `attention`: the prompts,
     last token included).
@@ -597,13 +593,7 @@ def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.
     continuation (or one row), each from a copy of its rows' part of the cache. One forward for a whole prefill group
     padded every row to the group's longest continuation: for the DBLP-QuAD eval's references (20-198 tokens, 64 on
     average) most of that forward's tokens were padding, and scoring took more time than answering the short-prompt
-    variants (SmolLM2-135M, 2 threads, bf16: 100 references of the tuned variant 12 s, its answers 22 s).
-
-    `in_place`: a chunk of every row may continue `cache` itself (a prefill group's own cache, which is not kept);
-    False for the batch's cache that generation goes on from: each chunk gets a copy of its rows, so the cache and
-    the answers stay as they are without a continuation. Scored from the whole batch's cache (`_prefill`), a chunk
-    gathers rows of every prefill group: the long-prompt variants' groups hold 2 rows each (~420-token prompts,
-    PREFILL_TOKENS), so scored per group their references went through in forwards of 2 rows."""
+    variants (SmolLM2-135M, 2 threads, bf16: 100 references of the tuned variant 12 s, its answers 22 s)."""
     from transformers import DynamicCache
 
     rows = len(continuations)
@@ -616,7 +606,7 @@ def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.
             chunks.append([r])
     scores: list[tuple[float, int] | None] = [None] * rows
     for chunk in chunks:
-        if len(chunk) == rows and in_place:  # every row in one forward: the cache as it is, rows in its order
+        if len(chunk) == rows:  # every row in one forward: the cache as it is, rows in its order
             chunk, part = list(range(rows)), cache
         else:
             index = torch.tensor(chunk, device=input_ids.device)
