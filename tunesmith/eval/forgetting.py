@@ -80,18 +80,21 @@ def measure_general(model, tokenizer, tasks: list[GeneralTask], base_model=None,
 
 
 def base_scores_path(cache_dir: str | Path, model: str, tasks: list[GeneralTask], max_new_tokens: int,
-                     batch_size: int, precision: str) -> Path:
+                     batch_size: int, precision: str, device: str = "cpu") -> Path:
     """Where the base model's panel scores are cached: keyed by its weights (not its name), the instructions and
-    answers, and every setting that changes a number (batching and precision move greedy answers), and the
-    tunesmith version (the scoring code). They depend on nothing else, so every eval against the same base model
-    measures them once."""
+    answers, and every setting that changes a number (batching, precision and the decoding attention's
+    implementation move greedy answers), and the tunesmith version (the scoring code). They depend on nothing else,
+    so every eval against the same base model measures them once."""
     import torch
 
     from tunesmith import __version__
+    from tunesmith.models.attention import decode_implementation
     from tunesmith.models.loading import model_fingerprint
 
+    decode = decode_implementation(precision, torch.device(device))
     digest = hashlib.sha256(json.dumps([model_fingerprint(model), [[t.prompt, t.answer] for t in tasks], max_new_tokens,
-                                        batch_size, precision, __version__, torch.__version__, SCORING]).encode())
+                                        batch_size, precision, __version__, torch.__version__, SCORING,
+                                        decode]).encode())
     return Path(cache_dir) / "forgetting" / f"base-{digest.hexdigest()[:24]}.json"
 
 

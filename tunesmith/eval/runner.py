@@ -167,7 +167,8 @@ class EvalContext:
 
         self.general_tasks = load_general_tasks(f.data, f.n)
         cached = base_scores_path(self.cfg.retrieval.cache_dir, self.cfg.model.name, self.general_tasks,
-                                  f.max_new_tokens, g.batch_size, g.precision) if f.cache else None
+                                  f.max_new_tokens, g.batch_size, g.precision,
+                                  str(next(self.base_model.parameters()).device)) if f.cache else None
         if cached is not None and (scores := read_cached_scores(cached)) is not None:
             console.print(f"[bold]forgetting panel[/]: base model's scores from {cached} (same weights, instructions "
                           "and settings)")
