@@ -88,6 +88,8 @@ def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask)
     rows, length = 5, 41
     query = torch.randn(rows, heads, 1, dim)
     keys, values = (torch.randn(rows, kv_heads, length + 9, dim)[..., :length, :] for _ in range(2))
+    if mask == "none":  # and a value cache whose head dimension is not the contiguous one
+        values = torch.randn(rows, kv_heads, dim, length).transpose(-1, -2)
     keep = torch.ones(rows, 1, 1, length, dtype=torch.bool)
     for r in range(rows):
         keep[r, ..., : 7 * r] = False

@@ -76,7 +76,8 @@ def decode_kernel():
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the slower SDPA step still answers the same
         log.warning("tunesmith's CPU decoding attention could not be built (%s): decoding attends with SDPA, slower. "
-                    "It needs a C++ compiler and ninja (pip install ninja).", str(error).strip().splitlines()[-1:])
+                    "It needs a C++ compiler and ninja (pip install ninja).",
+                    (str(error).strip().splitlines() or [type(error).__name__])[-1])
         return None
 
 
@@ -109,9 +110,10 @@ def kernel_step(kernel, module, query, key, value, attention_mask, scaling=None,
         return None
     q = query.float().reshape(rows, kv_heads, heads // kv_heads, dim)
     scale = dim ** -0.5 if scaling is None else scaling
+    key, value = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (key, value))
     with torch.autocast("cpu", enabled=False):
-        scores = kernel.qk(q, key.float(), keep, scale)
-        out = kernel.pv(scores.softmax(-1), value.float(), keep)
+        scores = kernel.qk(q, key, keep, scale)
+        out = kernel.pv(scores.softmax(-1), value, keep)
     return out.view(rows, 1, heads, dim)
 
 
