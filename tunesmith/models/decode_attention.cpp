@@ -69,6 +69,19 @@ void check(const torch::Tensor& t, const char* name, int64_t dims) {
               name, ": a CPU fp32 tensor of ", dims, " dimensions, its last one contiguous");
 }
 
+// The keep mask of (rows, positions) and its strides: both passes read it the same way.
+struct Keep {
+  const bool* data;
+  int64_t row_step, position_step;
+};
+
+Keep keep_of(const torch::Tensor& keep, int64_t rows, int64_t positions) {
+  TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.dim() == 2 && keep.size(0) == rows &&
+                  keep.size(1) == positions,
+              "keep: (rows, positions) bool");
+  return {keep.data_ptr<bool>(), keep.stride(0), keep.stride(1)};
+}
+
 }  // namespace
 
 torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double scale) {
@@ -77,21 +90,19 @@ torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double sc
   q = q.contiguous();
   const int64_t R = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), L = k.size(2);
   TORCH_CHECK(k.size(0) == R && k.size(1) == H && k.size(3) == D, "k does not match q");
-  TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.dim() == 2 && keep.size(0) == R && keep.size(1) == L,
-              "keep: (rows, positions) bool");
+  const Keep m = keep_of(keep, R, L);
   auto out = torch::empty({R, H, G, L}, q.options());
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const bool* mp = keep.data_ptr<bool>();
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2), m0 = keep.stride(0), m1 = keep.stride(1);
+  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
   const float s = static_cast<float>(scale);
   at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r = t / H, h = t % H;
       const float* qt = qp + t * G * D;
       const float* kt = kp + r * k0 + h * k1;
-      const bool* mt = mp + r * m0;
+      const bool* mt = m.data + r * m.row_step;
+      const int64_t m1 = m.position_step;
       float* ot = op + t * G * L;
       switch (G) {
         case 1: qk_task<1>(qt, kt, mt, ot, L, D, k2, m1, s); break;
@@ -112,24 +123,21 @@ torch::Tensor pv(torch::Tensor p, torch::Tensor v, torch::Tensor keep) {
   p = p.contiguous();
   const int64_t R = p.size(0), H = p.size(1), G = p.size(2), L = p.size(3), D = v.size(3);
   TORCH_CHECK(v.size(0) == R && v.size(1) == H && v.size(2) == L, "v does not match p");
-  TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.dim() == 2 && keep.size(0) == R && keep.size(1) == L,
-              "keep: (rows, positions) bool");
+  const Keep m = keep_of(keep, R, L);
   auto out = torch::empty({R, H, G, D}, p.options());
-  const float* pp = p.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const bool* mp = keep.data_ptr<bool>();
+  const float *pp = p.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2), m0 = keep.stride(0), m1 = keep.stride(1);
+  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
   at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(G * D);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r = t / H, h = t % H;
       const float* pt = pp + t * G * L;
       const float* vt = vp + r * v0 + h * v1;
-      const bool* mt = mp + r * m0;
+      const bool* mt = m.data + r * m.row_step;
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t l = 0; l < L; ++l) {
-        if (!mt[l * m1]) continue;  // a masked position's weight is 0: its value is not read
+        if (!mt[l * m.position_step]) continue;  // a masked position's weight is 0: its value is not read
         const float* vl = vt + l * v2;
         for (int64_t g = 0; g < G; ++g) {
           const float w = pt[g * L + l];
