@@ -122,6 +122,17 @@ def test_sparql_structural_match_different(a, b):
     assert not structurally_equal(a, b)
 
 
+def test_sparql_match_by_cached_digest_is_rdflib_isomorphism():
+    """structurally_equal compares cached graph digests; it must say what rdflib.compare.isomorphic says."""
+    from rdflib.compare import isomorphic
+
+    from tunesmith.eval.sparql import _algebra, _to_graph
+
+    for a, b in SPARQL_EQUIVALENT + SPARQL_DIFFERENT:
+        for x, y in ((a, b), (b, a), (a, a)):
+            assert structurally_equal(x, y) == isomorphic(_to_graph(_algebra(x)), _to_graph(_algebra(y)))
+
+
 # DBLP-QuAD's references in the dialect of its endpoint: aggregates projected without parentheses, xsd: undeclared
 DIALECT_MAX = (f"SELECT DISTINCT MAX(xsd:integer(?answer)) AS ?answer WHERE {{ ?x <{DBLP}authoredBy> "
                f"<https://dblp.org/pid/16/782> . ?x <{DBLP}yearOfPublication> ?answer }}")
