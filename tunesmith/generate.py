@@ -518,9 +518,9 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     layers, and small batches keep transformers' own prefill, unless `force` (rows joining a running batch, whose
     cache must be computed here to be merged into the batch's).
 
-    `continuations` (one (token ids, scored) per row; empty ids for none): after a group's prompt forward, its rows'
-    continuations go through one more forward that continues from the group's cache (the prompt's last token, then
-    the continuation), and the cross-entropy of their scored tokens is summed as the training loss sums it
+    `continuations` (one (token ids, scored) per row; empty ids for none): once the prompts of a few groups are in
+    their caches (about 2 × PREFILL_TOKENS continuation tokens), their rows' continuations go through forwards that
+    continue from those caches (the prompt's last token, then the continuation; `_score_continuations`), and the cross-entropy of their scored tokens is summed as the training loss sums it
     (`TrainedTokenLoss`: logits at the scored positions only). This is how eval measures the loss of the reference
     answers: before, every prompt went through the model twice, once to answer and once for the reference's loss
     (for the ~600-token few-shot and RAG prompts of the DBLP-QuAD eval that second pass was a quarter of the eval's
@@ -557,6 +557,7 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         start = end
     scores = list(none)
     layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    waiting: list[tuple[int, int, int, list[tuple[torch.Tensor, torch.Tensor]]]] = []  # groups' rows to be scored
     for start, end in groups:
         cut = width - max(*lengths[start:end], 2)  # the group's own width; the last prompt token is left to `generate`
         ids, mask = input_ids[start:end, cut:-1], attention[start:end, cut:-1]
@@ -566,15 +567,19 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
         group_cache = getattr(out, _kv())
         if any(type(lay) is not DynamicLayer for lay in group_cache.layers):
             return None, none  # the forward's own cache has special layers after all
-        prompt_cache = [(lay.keys, lay.values) for lay in group_cache.layers]  # before a continuation is appended
+        prompt_cache = [(lay.keys, lay.values) for lay in group_cache.layers]  # never appended to: answers come from it
         if scoring and any(continuations[i][0] for i in range(start, end)):
-            scores[start:end] = _score_continuations(head, group_cache, input_ids[start:end, cut:],
-                                                     attention[start:end, cut:], continuations[start:end])
+            waiting.append((start, end, cut, prompt_cache))
+            if sum(1 + len(continuations[i][0]) for s, e, _, _ in waiting for i in range(s, e)) >= 2 * PREFILL_TOKENS:
+                _score_continuations(head, waiting, input_ids, attention, continuations, scores)
+                waiting = []
         for layer, (keys, values) in enumerate(prompt_cache):
             if layer == len(layers):
                 layers.append([])
             pad = (0, 0, cut, 0)  # (head dim, sequence): zeros before the group's columns
             layers[layer].append((torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)))
+    if waiting:
+        _score_continuations(head, waiting, input_ids, attention, continuations, scores)
     if not own:
         return None, scores
     for layer, parts in enumerate(layers):
@@ -583,40 +588,46 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
     return cache, scores
 
 
-def _score_continuations(head, cache, input_ids: torch.Tensor, attention: torch.Tensor,
-                         continuations: list[tuple[list[int], list[bool]]]) -> list[tuple[float, int] | None]:
-    """(summed cross-entropy of the scored tokens, their number) of each row's continuation, None for a row without
-    one. `cache` holds the rows' left-padded prompts but their last tokens (`input_ids`, `attention`: the prompts,
-    last token included).
+def _score_continuations(head, groups: list[tuple[int, int, int, list[tuple[torch.Tensor, torch.Tensor]]]],
+                         input_ids: torch.Tensor, attention: torch.Tensor,
+                         continuations: list[tuple[list[int], list[bool]]], scores: list[tuple[float, int] | None]) -> None:
+    """Sets scores[r] to (summed cross-entropy of the scored tokens, their number) of the continuation of each row r
+    of `groups` that has one. `groups`: consecutive prefill groups (start row, end row, first column, the group's
+    prompt cache: every prompt token but the last, from that column); `input_ids`, `attention`: the batch's
+    left-padded prompts, last token included.
 
-    Rows go through in chunks of similar continuation length, longest first, each at most PREFILL_TOKENS tokens of
-    continuation (or one row), each from a copy of its rows' part of the cache. One forward for a whole prefill group
-    padded every row to the group's longest continuation: for the DBLP-QuAD eval's references (20-198 tokens, 64 on
-    average) most of that forward's tokens were padding, and scoring took more time than answering the short-prompt
-    variants (SmolLM2-135M, 2 threads, bf16: 100 references of the tuned variant 12 s, its answers 22 s)."""
+    The groups' rows go through in chunks of similar continuation length, longest first, each at most PREFILL_TOKENS
+    tokens of continuation (or one row), each from a cache gathered from its rows' groups, as wide as the widest of
+    them. Why chunks over several groups: one forward per group padded every row to the group's longest continuation
+    (for the DBLP-QuAD eval's references, 20-198 tokens, 64 on average, most of such a forward was padding); chunks
+    of one group's rows each left the long-prompt variants, whose groups hold 2 rows, with forwards of about 200
+    tokens, whose matmuls run well below those of the prefill's 1,024 (scoring cost 1.5 times a prompt token's time
+    per token). Groups come longest prompt first, so the groups scored together have nearly the same width (scoring
+    across the whole batch made every chunk as wide as its longest prompt: slower)."""
     from transformers import DynamicCache
 
-    rows = len(continuations)
-    order = sorted((r for r in range(rows) if continuations[r][0]), key=lambda r: -len(continuations[r][0]))
+    order = sorted((r for s, e, _, _ in groups for r in range(s, e) if continuations[r][0]),
+                   key=lambda r: -len(continuations[r][0]))
     chunks: list[list[int]] = []
     for r in order:  # longest first: a chunk's first row sets its width
         if chunks and (len(chunks[-1]) + 1) * (1 + len(continuations[chunks[-1][0]][0])) <= PREFILL_TOKENS:
             chunks[-1].append(r)
         else:
             chunks.append([r])
-    scores: list[tuple[float, int] | None] = [None] * rows
+    group_of = {r: g for g in groups for r in range(g[0], g[1])}
     for chunk in chunks:
-        if len(chunk) == rows:  # every row in one forward: the cache as it is, rows in its order
-            chunk, part = list(range(rows)), cache
-        else:
-            index = torch.tensor(chunk, device=input_ids.device)
-            part = DynamicCache()
-            for layer, held in enumerate(cache.layers):
-                part.update(held.keys.index_select(0, index), held.values.index_select(0, index), layer)
-        for r, score in zip(chunk, _score_rows(head, part, input_ids[chunk], attention[chunk],
+        cut = min(group_of[r][2] for r in chunk)
+        cache = DynamicCache()
+        for layer in range(len(groups[0][3])):
+            parts = [[], []]
+            for r in chunk:
+                start, _, first, held = group_of[r]
+                for part, tensor in zip(parts, held[layer]):  # the row's keys / values, zeros before its group's columns
+                    part.append(torch.nn.functional.pad(tensor[r - start : r - start + 1], (0, 0, first - cut, 0)))
+            cache.update(torch.cat(parts[0]), torch.cat(parts[1]), layer)
+        for r, score in zip(chunk, _score_rows(head, cache, input_ids[chunk, cut:], attention[chunk, cut:],
                                                 [continuations[r] for r in chunk])):
             scores[r] = score
-    return scores
 
 
 def _score_rows(head, cache, input_ids: torch.Tensor, attention: torch.Tensor,

@@ -18,9 +18,11 @@ def _prefill_and_step(model, amp: bool):
     return first.logits.float(), step.logits.float()
 
 
-def test_prefill_is_unchanged_and_a_step_is_nearer_fp32(tiny_model_dir):
-    """The switch leaves every multi-token forward as SDPA computes it (bit for bit), changes a decoding step under
-    autocast only, and nothing without it."""
+def test_the_switch_changes_only_forwards_under_autocast(tiny_model_dir, monkeypatch):
+    """The switch changes a decoding step under autocast (fp32 attention), and a prompt's forward only where the
+    kernel is built (its prefill); without autocast everything is SDPA as it is, bit for bit."""
+    from tunesmith.models import attention
+
     torch.manual_seed(0)
     exact = load_model(tiny_model_dir, device="cpu").eval()
     _, exact_step = _prefill_and_step(exact, amp=False)
@@ -29,10 +31,14 @@ def test_prefill_is_unchanged_and_a_step_is_nearer_fp32(tiny_model_dir):
     assert use_cpu_decode_attention(switched) and switched.config._attn_implementation == NAME
     default_prefill, default_step = _prefill_and_step(default, amp=True)
     switched_prefill, switched_step = _prefill_and_step(switched, amp=True)
-    assert torch.equal(default_prefill, switched_prefill)
+    assert torch.equal(default_prefill, switched_prefill) == (attention.decode_kernel() is None)
+    assert (default_prefill - switched_prefill).abs().max() < 0.1  # bf16 rounding of the logits, no more
     assert not torch.equal(default_step, switched_step)  # the step did take the fp32 path
     _, plain_step = _prefill_and_step(switched, amp=False)  # without autocast: SDPA as it is
     assert torch.equal(plain_step, exact_step)
+    monkeypatch.setattr(attention, "kernel_prefill", lambda *a, **k: None)  # a prompt the kernel declines: SDPA
+    declined_prefill, _ = _prefill_and_step(switched, amp=True)
+    assert torch.equal(default_prefill, declined_prefill)
 
 
 def test_a_step_s_attention_is_nearer_exact_than_bf16_sdpa():
@@ -101,6 +107,54 @@ def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask)
         ours = kernel_step(kernel, None, query, keys, values, given, scaling=0.2)
     assert ours.shape == expected.shape and ours.dtype == torch.float32
     assert (ours - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 1, 32), (8, 8, 16), (6, 2, 24), (10, 2, 64),
+                                                        (8, 2, 128)])
+@pytest.mark.parametrize("mask", ["left padding", "one row's mask for all", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the values as v_proj gives them under autocast
+def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_heads, dim, mask, dtype):
+    """A prompt's attention (causal, rows left-padded by different amounts, padding rows attending everything as
+    transformers' SDPA mask makes them) against fp32 SDPA over the same inputs rounded to bf16, which is what
+    autocast hands SDPA; queries as transformers passes them (a transposed view)."""
+    from types import SimpleNamespace
+
+    from tunesmith.models.attention import kernel_prefill
+
+    kernel = _kernel_or_skip()
+    torch.manual_seed(heads * dim)
+    rows, length = 4, 45  # not a multiple of the kernel's 16 positions or 32 keys
+    query = torch.randn(rows, length, heads, dim).transpose(1, 2)
+    keys, values = torch.randn(rows, kv_heads, length, dim), torch.randn(rows, kv_heads, length, dim).to(dtype)
+    keep = torch.ones(rows, 1, length, length, dtype=torch.bool).tril()
+    for r in range(rows):
+        keep[r, ..., : 11 * r] = False
+    keep |= (~keep).all(-1, keepdim=True)  # a padding query attends every position (transformers' SDPA mask)
+    given = {"left padding": keep, "one row's mask for all": keep[2:3], "none": None}[mask]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(t.to(torch.bfloat16).float() for t in (query, keys.repeat_interleave(heads // kv_heads, 1),
+                                                  values.repeat_interleave(heads // kv_heads, 1))),
+        attn_mask=given, is_causal=given is None, scale=0.2).transpose(1, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = kernel_prefill(kernel, SimpleNamespace(is_causal=True), query, keys, values, given, scaling=0.2)
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    assert (ours - expected).abs().max() < 1e-5
+
+
+def test_prompts_the_prefill_kernel_does_not_compute_are_left_to_sdpa():
+    """Queries after a cache (measured no faster there), additive masks and soft-capping: declined."""
+    from types import SimpleNamespace
+
+    from tunesmith.models.attention import kernel_prefill
+
+    kernel = _kernel_or_skip()
+    module = SimpleNamespace(is_causal=True)
+    query, key, value = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    assert kernel_prefill(kernel, module, query, torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), None) is None
+    assert kernel_prefill(kernel, module, query, key, value, torch.zeros(1, 1, 5, 5)) is None
+    assert kernel_prefill(kernel, module, query, key, value, None, softcap=30.0) is None
+    assert kernel_prefill(kernel, SimpleNamespace(is_causal=False), query, key, value, None) is None
+    assert kernel_prefill(kernel, module, query, key, value, None) is not None
 
 
 def test_steps_the_kernel_does_not_compute_are_left_to_sdpa():

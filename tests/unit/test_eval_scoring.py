@@ -60,6 +60,30 @@ def test_references_scored_in_the_prefill_give_reference_loss_and_change_no_answ
                                     precision=precision, show_progress=False)
 
 
+@pytest.mark.parametrize("budget", [1, 15, 40, 10**6])  # a row a chunk; chunks over several prefill groups; one
+def test_each_row_s_continuation_score_is_its_own(budget, tiny_model, tiny_tokenizer, monkeypatch):
+    """Rows scored in chunks gathered across prefill groups (sorted by continuation length, not prompt length) each
+    get the loss of their own reference: a row paired with another row's cache or tokens would not."""
+    from tunesmith import generate
+    from tunesmith.eval.scoring import answers_and_reference_loss
+
+    monkeypatch.setattr(generate, "PREFILL_TOKENS", budget)
+    conversations = CONVERSATIONS * 2
+    references = REFERENCES + ["SELECT ?y", "", "x " * 30, "ASK { }", "jumps"]
+    scored: list[tuple[float, int]] = []
+    rows = generate.generate_rows
+    monkeypatch.setattr(generate, "generate_rows", lambda *a, **k: [
+        scored.append((r.continuation_loss, r.continuation_scored)) or r for r in rows(*a, **k)])
+    answers_and_reference_loss(tiny_model, tiny_tokenizer, conversations, references, max_new_tokens=2, batch_size=10,
+                               precision="fp32")
+    for (loss, count), conversation, reference in zip(scored, conversations, references):
+        alone = reference_loss(tiny_model, tiny_tokenizer, chats=[conversation + [{"role": "assistant",
+                                                                                  "content": reference}]],
+                               precision="fp32")
+        assert count == alone.n_tokens
+        assert loss / count == pytest.approx(alone.loss, rel=1e-4)
+
+
 @pytest.mark.parametrize("references", [REFERENCES, REFERENCES[:-1] + ["SELECT"]])  # a row without one; every row
 # with one (the batch's cache could then be continued as it is, in one forward: it must not be)
 @pytest.mark.parametrize("budget", [40, 10**6])

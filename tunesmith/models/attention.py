@@ -1,4 +1,4 @@
-"""Attention for generating on a CPU under bf16 autocast: each new token's attention in fp32.
+"""Attention for generating on a CPU under bf16 autocast: each new token's attention in fp32, a prompt's in our kernel.
 
 At a decoding step (one query per row) PyTorch's CPU flash-attention kernel is 4.5x slower in bf16 than in fp32:
 25 rows × 9 query heads (3 KV heads) over 700 cached positions took 11.8 ms in bf16 and 2.6 ms in fp32 (torch 2.13,
@@ -15,6 +15,13 @@ row's kept keys and values once for all the query heads that share them: 1.7 aga
 500 positions, 2.8 against 6.9 at 100 rows × 700 with a third of them padding (SmolLM2-135M's shapes, 2 threads,
 Zen 4), and the tuned + RAG answers of the DBLP-QuAD eval came 11% faster (docs/benchmarks.md). The same numbers up
 to fp32 rounding (tests/unit/test_decode_attention.py). TUNESMITH_DECODE_KERNEL=0 turns it off.
+
+A prompt's attention under autocast (the prefill's forwards, several queries a row, no cache before them) goes
+through the same kernel's `prefill` where it is built: SDPA's CPU kernel attended such prompts at about 50 GFLOP/s in
+bf16 (2 rows × 450 positions: 8.5-10 ms a layer on 2 Zen 4 threads, against 3.7-4.2 for the kernel), a seventh of the
+DBLP-QuAD eval. Its inputs are rounded to bf16 as autocast rounds them for SDPA, its sums are fp32 (SDPA's too, except
+that SDPA rounds the softmax weights to bf16 before weighting the values). Queries after a cache (the eval's
+references) stay with SDPA: the kernel was no faster there.
 
 Only for models whose KV cache is made of plain layers, which `generate_rows` keeps in place (ReservedLayer): over
 transformers' DynamicCache, re-concatenated at every token, the fp32 step was slower end to end than bf16 SDPA
@@ -117,12 +124,45 @@ def kernel_step(kernel, module, query, key, value, attention_mask, scaling=None,
     return out.view(rows, 1, heads, dim)
 
 
+def kernel_prefill(kernel, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """(rows, length, heads, head dim) fp32 attention output of a prompt's queries (several per row) through
+    `kernel`, or None where it is not one the kernel computes (as `kernel_step`). Its inputs are rounded to bf16 as
+    autocast rounds them for SDPA; the sums are fp32, as SDPA's."""
+    rows, heads, length, dim = query.shape
+    kv_heads, positions = key.shape[1], key.shape[2]
+    if heads % kv_heads or dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias")):
+        return None
+    if positions != length:  # queries after a cache (eval's references): measured no faster than SDPA, left to it
+        return None
+    if attention_mask is None:  # no padding: causal
+        if not getattr(module, "is_causal", True):
+            return None
+        keep = torch.ones((1, length, positions), dtype=torch.bool).tril(positions - length)
+    elif attention_mask.dtype == torch.bool and attention_mask.dim() == 4 and attention_mask.shape[1] == 1 \
+            and attention_mask.shape[2:] == (length, positions) and attention_mask.shape[0] in (1, rows):
+        keep = attention_mask[:, 0].contiguous()
+    else:
+        return None
+    scale = dim ** -0.5 if scaling is None else scaling
+    if key.dtype != value.dtype or key.dtype not in (torch.float32, torch.bfloat16):
+        key, value = key.float(), value.float()
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
+    with torch.autocast("cpu", enabled=False):
+        return kernel.prefill(query.float() if query.stride(-1) == 1 else query.float().contiguous(), key, value,
+                              keep, scale)
+
+
 def cpu_decode_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.shape[2] != 1 or query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kernel = decode_kernel()
+    if query.shape[2] != 1:  # a prompt: the kernel's prefill, else SDPA under autocast as before
+        if kernel is not None and (out := kernel_prefill(kernel, module, query, key, value, attention_mask,
+                                                         **kwargs)) is not None:
+            return out, None
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kernel is not None and (out := kernel_step(kernel, module, query, key, value, attention_mask, **kwargs)) \
             is not None:
         return out, None
