@@ -113,7 +113,8 @@ def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask)
                                                         (8, 2, 128)])
 @pytest.mark.parametrize("mask", ["left padding", "one row's mask for all", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the values as v_proj gives them under autocast
-def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_heads, dim, mask, dtype):
+@pytest.mark.parametrize("past", [0, 23])  # a prompt; queries after a cache (eval's references)
+def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_heads, dim, mask, dtype, past):
     """A prompt's attention (causal, rows left-padded by different amounts, padding rows attending everything as
     transformers' SDPA mask makes them) against fp32 SDPA over the same inputs rounded to bf16, which is what
     autocast hands SDPA; queries as transformers passes them (a transposed view)."""
@@ -124,9 +125,10 @@ def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_h
     kernel = _kernel_or_skip()
     torch.manual_seed(heads * dim)
     rows, length = 4, 45  # not a multiple of the kernel's 16 positions or 32 keys
+    positions = past + length
     query = torch.randn(rows, length, heads, dim).transpose(1, 2)
-    keys, values = torch.randn(rows, kv_heads, length, dim), torch.randn(rows, kv_heads, length, dim).to(dtype)
-    keep = torch.ones(rows, 1, length, length, dtype=torch.bool).tril()
+    keys, values = torch.randn(rows, kv_heads, positions, dim), torch.randn(rows, kv_heads, positions, dim).to(dtype)
+    keep = torch.ones(rows, 1, length, positions, dtype=torch.bool).tril(past)
     for r in range(rows):
         keep[r, ..., : 11 * r] = False
     keep |= (~keep).all(-1, keepdim=True)  # a padding query attends every position (transformers' SDPA mask)
@@ -134,7 +136,8 @@ def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_h
     expected = torch.nn.functional.scaled_dot_product_attention(
         *(t.to(torch.bfloat16).float() for t in (query, keys.repeat_interleave(heads // kv_heads, 1),
                                                   values.repeat_interleave(heads // kv_heads, 1))),
-        attn_mask=given, is_causal=given is None, scale=0.2).transpose(1, 2)
+        attn_mask=torch.ones(length, positions, dtype=torch.bool).tril(past) if given is None else given,
+        scale=0.2).transpose(1, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = kernel_prefill(kernel, SimpleNamespace(is_causal=True), query, keys, values, given, scaling=0.2)
     assert ours.shape == expected.shape and ours.dtype == torch.float32
@@ -142,7 +145,7 @@ def test_the_prefill_kernel_computes_sdpa_s_attention_on_bf16_inputs(heads, kv_h
 
 
 def test_prompts_the_prefill_kernel_does_not_compute_are_left_to_sdpa():
-    """Queries after a cache (measured no faster there), additive masks and soft-capping: declined."""
+    """Additive masks, soft-capping, a model that is not causal: declined."""
     from types import SimpleNamespace
 
     from tunesmith.models.attention import kernel_prefill
@@ -150,7 +153,6 @@ def test_prompts_the_prefill_kernel_does_not_compute_are_left_to_sdpa():
     kernel = _kernel_or_skip()
     module = SimpleNamespace(is_causal=True)
     query, key, value = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
-    assert kernel_prefill(kernel, module, query, torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), None) is None
     assert kernel_prefill(kernel, module, query, key, value, torch.zeros(1, 1, 5, 5)) is None
     assert kernel_prefill(kernel, module, query, key, value, None, softcap=30.0) is None
     assert kernel_prefill(kernel, SimpleNamespace(is_causal=False), query, key, value, None) is None

@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 #ifdef __AVX512F__
@@ -164,7 +166,7 @@ torch::Tensor pv(torch::Tensor p, torch::Tensor v, torch::Tensor keep) {
 // over the span of keys the mask keeps for them (left padding and the causal future are skipped), then softmax in
 // fp32 and the weighted sum of the values, each value vector read once for the 4 queries.
 //
-// prefill: q (B, Hq, L, D) fp32, k and v (B, Hkv, S, D) fp32 or bf16, keep (B or 1, L, S) bool; returns
+// prefill: q (B, Hq, L, D) fp32, k and v (B, Hkv, S, D), each fp32 or bf16, keep (B or 1, L, S) bool; returns
 // out (B, L, Hq, D) fp32 = softmax over kept s of scale * <q, k_s>, weighting v_s; 0 for a query that keeps no key.
 // q, k and v are rounded to bf16 first, as autocast rounds them for SDPA; the sums are fp32.
 
@@ -312,26 +314,41 @@ void prefill_tile(const float* const* q, const bool* const* keep, const Span* sp
 
 namespace {
 
-inline float bf16_rounded(float x) { return static_cast<float>(c10::BFloat16(x)); }  // as autocast rounds for SDPA
+inline float bf16_rounded(float x) {  // to the nearest bf16, ties to even, as autocast rounds for SDPA (finite x)
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
 
-// The keys of each (row, KV head), transposed to (D, S), and its values, (S, D), rounded to bf16 and held in fp32.
+// The keys of each (row, KV head) transposed to (D, S), or its values as (S, D), rounded to bf16 and held in fp32,
+// written one contiguous output row at a time (transposed, the reads stride over a head's keys, which stay in cache).
 template <typename T>
-void pack(const torch::Tensor& k, const torch::Tensor& v, float* kt, float* vb) {
-  const int64_t B = k.size(0), H = k.size(1), S = k.size(2), D = k.size(3);
-  const T *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+void pack(const torch::Tensor& x, float* to, bool transposed) {
+  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3), x2 = x.stride(2);
+  const T* xp = x.data_ptr<T>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / H, h = t % H;
-      const T* kh = kp + b * k.stride(0) + h * k.stride(1);
-      const T* vh = vp + b * v.stride(0) + h * v.stride(1);
-      float *kth = kt + t * D * S, *vt = vb + t * S * D;
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t d = 0; d < D; ++d) {
-          kth[d * S + s] = bf16_rounded(static_cast<float>(kh[s * k.stride(2) + d]));
-          vt[s * D + d] = bf16_rounded(static_cast<float>(vh[s * v.stride(2) + d]));
-        }
+      const T* head = xp + (t / H) * x.stride(0) + (t % H) * x.stride(1);
+      float* packed = to + t * S * D;
+      if (transposed) {
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t s = 0; s < S; ++s) packed[d * S + s] = bf16_rounded(static_cast<float>(head[s * x2 + d]));
+      } else {
+        for (int64_t s = 0; s < S; ++s)
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) packed[s * D + d] = bf16_rounded(static_cast<float>(head[s * x2 + d]));
+      }
     }
   });
+}
+
+void pack_any(const torch::Tensor& x, torch::Tensor& to, bool transposed) {
+  if (x.scalar_type() == torch::kFloat32)
+    pack<float>(x, to.data_ptr<float>(), transposed);
+  else
+    pack<c10::BFloat16>(x, to.data_ptr<float>(), transposed);
 }
 
 }  // namespace
@@ -339,19 +356,18 @@ void pack(const torch::Tensor& k, const torch::Tensor& v, float* kt, float* vb) 
 torch::Tensor prefill(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor keep, double scale) {
   TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kFloat32 && q.dim() == 4 && q.stride(-1) == 1,
               "q: a CPU fp32 tensor (B, Hq, L, D), its last dimension contiguous");
-  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes() && k.scalar_type() == v.scalar_type() && k.stride(-1) == 1 &&
-                  v.stride(-1) == 1 && (k.scalar_type() == torch::kFloat32 || k.scalar_type() == torch::kBFloat16),
-              "k, v: (B, Hkv, S, D) of one dtype, fp32 or bf16, their last dimension contiguous");
+  for (auto* t : {&k, &v})
+    TORCH_CHECK(t->dim() == 4 && t->sizes() == k.sizes() && t->stride(-1) == 1 &&
+                    (t->scalar_type() == torch::kFloat32 || t->scalar_type() == torch::kBFloat16),
+                "k, v: (B, Hkv, S, D), fp32 or bf16, their last dimension contiguous");
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0 && k.size(0) == B && k.size(3) == D, "k does not match q");
   TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.dim() == 3 && (keep.size(0) == B || keep.size(0) == 1) &&
                   keep.size(1) == L && keep.size(2) == S && keep.stride(2) == 1,
               "keep: (B or 1, L, S) bool, its last dimension contiguous");
   auto kt = torch::empty({B, Hkv, D, S}, q.options()), vb = torch::empty({B, Hkv, S, D}, q.options());
-  if (k.scalar_type() == torch::kFloat32)
-    pack<float>(k, v, kt.data_ptr<float>(), vb.data_ptr<float>());
-  else
-    pack<c10::BFloat16>(k, v, kt.data_ptr<float>(), vb.data_ptr<float>());
+  pack_any(k, kt, true);
+  pack_any(v, vb, false);
   const int64_t G = Hq / Hkv, blocks = (L + kBlock - 1) / kBlock;
   const int64_t keep_row = keep.size(0) == 1 ? 0 : keep.stride(0), keep_step = keep.stride(1);
   const int64_t q0 = q.stride(0), q1 = q.stride(1), q2 = q.stride(2);
