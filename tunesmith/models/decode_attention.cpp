@@ -199,6 +199,33 @@ inline __mmask16 kept(const bool* keep, int64_t n) {  // the keep bytes of up to
 }
 #endif
 
+inline float bf16_rounded(float x) {  // to the nearest bf16, ties to even, as autocast rounds for SDPA (finite x)
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
+
+// Two values already rounded to bf16, as one dword of a bf16 pair (the first in the low half), as the dot-product
+// instruction reads them.
+inline uint32_t bf16_pair(float first, float second) {
+  uint32_t a, b;
+  std::memcpy(&a, &first, 4);
+  std::memcpy(&b, &second, 4);
+  return (a >> 16) | (b & 0xFFFF0000u);
+}
+
+// Whether the keys go to the scores as bf16 pairs (CPUs with AVX512-BF16, head dims the vector path takes).
+bool paired_keys(int64_t D) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
+  return D % 16 == 0 && D <= 128;
+#else
+  (void)D;
+  return false;
+#endif
+}
+
 constexpr int kTile = 4;       // query vectors scored together
 constexpr int64_t kBlock = 16;  // query positions per task
 
@@ -235,6 +262,21 @@ void prefill_tile(const float* const* q, const bool* const* keep, const Span* sp
       const __mmask16 m0 = lanes(hi - s0), m1 = lanes(hi - s0 - 16);
       __m512 acc[kTile][2];
       for (int t = 0; t < kTile; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+#ifdef __AVX512BF16__
+      // keys in bf16 pairs (`paired`): each instruction takes 2 dimensions of 16 keys; the products of bf16 values
+      // are exact and summed in fp32, as the fp32 loop below sums them (in another order)
+      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(kt);
+      for (int64_t d = 0; d < D / 2; ++d) {
+        const uint32_t* row = pairs + d * S + s0;
+        const __m512bh k0 = (__m512bh)_mm512_maskz_loadu_epi32(m0, row);
+        const __m512bh k1 = (__m512bh)_mm512_maskz_loadu_epi32(m1, row + 16);
+        for (int t = 0; t < n; ++t) {
+          const __m512bh qd = (__m512bh)_mm512_set1_epi32(static_cast<int>(bf16_pair(q[t][2 * d], q[t][2 * d + 1])));
+          acc[t][0] = _mm512_dpbf16_ps(acc[t][0], qd, k0);
+          acc[t][1] = _mm512_dpbf16_ps(acc[t][1], qd, k1);
+        }
+      }
+#else
       for (int64_t d = 0; d < D; ++d) {
         const float* row = kt + d * S + s0;
         const __m512 k0 = _mm512_maskz_loadu_ps(m0, row), k1 = _mm512_maskz_loadu_ps(m1, row + 16);
@@ -244,6 +286,7 @@ void prefill_tile(const float* const* q, const bool* const* keep, const Span* sp
           acc[t][1] = _mm512_fmadd_ps(qd, k1, acc[t][1]);
         }
       }
+#endif
       for (int t = 0; t < n; ++t) {
         _mm512_mask_storeu_ps(sc[t] + (s0 - lo), m0, _mm512_mul_ps(acc[t][0], vscale));
         _mm512_mask_storeu_ps(sc[t] + (s0 - lo) + 16, m1, _mm512_mul_ps(acc[t][1], vscale));
@@ -314,14 +357,6 @@ void prefill_tile(const float* const* q, const bool* const* keep, const Span* sp
 
 namespace {
 
-inline float bf16_rounded(float x) {  // to the nearest bf16, ties to even, as autocast rounds for SDPA (finite x)
-  uint32_t bits;
-  std::memcpy(&bits, &x, 4);
-  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&x, &bits, 4);
-  return x;
-}
-
 // The keys of each (row, KV head) transposed to (D, S), or its values as (S, D), rounded to bf16 and held in fp32,
 // written one contiguous output row at a time (transposed, the reads stride over a head's keys, which stay in cache).
 template <typename T>
@@ -332,7 +367,13 @@ void pack(const torch::Tensor& x, float* to, bool transposed) {
     for (int64_t t = begin; t < end; ++t) {
       const T* head = xp + (t / H) * x.stride(0) + (t % H) * x.stride(1);
       float* packed = to + t * S * D;
-      if (transposed) {
+      if (transposed && paired_keys(D)) {  // (D / 2, S) dwords, each a bf16 pair of dimensions 2d and 2d + 1
+        uint32_t* dwords = reinterpret_cast<uint32_t*>(packed);
+        for (int64_t d = 0; d < D / 2; ++d)
+          for (int64_t s = 0; s < S; ++s)
+            dwords[d * S + s] = bf16_pair(bf16_rounded(static_cast<float>(head[s * x2 + 2 * d])),
+                                          bf16_rounded(static_cast<float>(head[s * x2 + 2 * d + 1])));
+      } else if (transposed) {
         for (int64_t d = 0; d < D; ++d)
           for (int64_t s = 0; s < S; ++s) packed[d * S + s] = bf16_rounded(static_cast<float>(head[s * x2 + d]));
       } else {
