@@ -520,8 +520,9 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
 
     `continuations` (one (token ids, scored) per row; empty ids for none): once the prompts of a few groups are in
     their caches (about 2 × PREFILL_TOKENS continuation tokens), their rows' continuations go through forwards that
-    continue from those caches (the prompt's last token, then the continuation; `_score_continuations`), and the cross-entropy of their scored tokens is summed as the training loss sums it
-    (`TrainedTokenLoss`: logits at the scored positions only). This is how eval measures the loss of the reference
+    continue from those caches (the prompt's last token, then the continuation; `_score_continuations`), and the
+    cross-entropy of their scored tokens is summed as the training loss sums it (`TrainedTokenLoss`: logits at the
+    scored positions only). This is how eval measures the loss of the reference
     answers: before, every prompt went through the model twice, once to answer and once for the reference's loss
     (for the ~600-token few-shot and RAG prompts of the DBLP-QuAD eval that second pass was a quarter of the eval's
     time). The prompt's forward, and so the cache the answer is generated from, is exactly what it is without a
@@ -590,7 +591,8 @@ def _prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, extra: dic
 
 def _score_continuations(head, groups: list[tuple[int, int, int, list[tuple[torch.Tensor, torch.Tensor]]]],
                          input_ids: torch.Tensor, attention: torch.Tensor,
-                         continuations: list[tuple[list[int], list[bool]]], scores: list[tuple[float, int] | None]) -> None:
+                         continuations: list[tuple[list[int], list[bool]]],
+                         scores: list[tuple[float, int] | None]) -> None:
     """Sets scores[r] to (summed cross-entropy of the scored tokens, their number) of the continuation of each row r
     of `groups` that has one. `groups`: consecutive prefill groups (start row, end row, first column, the group's
     prompt cache: every prompt token but the last, from that column); `input_ids`, `attention`: the batch's
@@ -622,7 +624,7 @@ def _score_continuations(head, groups: list[tuple[int, int, int, list[tuple[torc
             parts = [[], []]
             for r in chunk:
                 start, _, first, held = group_of[r]
-                for part, tensor in zip(parts, held[layer]):  # the row's keys / values, zeros before its group's columns
+                for part, tensor in zip(parts, held[layer]):  # the row's keys, values; zeros before its group's
                     part.append(torch.nn.functional.pad(tensor[r - start : r - start + 1], (0, 0, first - cut, 0)))
             cache.update(torch.cat(parts[0]), torch.cat(parts[1]), layer)
         for r, score in zip(chunk, _score_rows(head, cache, input_ids[chunk, cut:], attention[chunk, cut:],

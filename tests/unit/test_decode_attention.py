@@ -156,6 +156,7 @@ def test_prompts_the_prefill_kernel_does_not_compute_are_left_to_sdpa():
     assert kernel_prefill(kernel, module, query, key, value, torch.zeros(1, 1, 5, 5)) is None
     assert kernel_prefill(kernel, module, query, key, value, None, softcap=30.0) is None
     assert kernel_prefill(kernel, SimpleNamespace(is_causal=False), query, key, value, None) is None
+    assert kernel_prefill(kernel, module, query, key, value, None, is_causal=False) is None
     assert kernel_prefill(kernel, module, query, key, value, None) is not None
 
 

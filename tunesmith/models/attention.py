@@ -16,13 +16,12 @@ row's kept keys and values once for all the query heads that share them: 1.7 aga
 Zen 4), and the tuned + RAG answers of the DBLP-QuAD eval came 11% faster (docs/benchmarks.md). The same numbers up
 to fp32 rounding (tests/unit/test_decode_attention.py). TUNESMITH_DECODE_KERNEL=0 turns it off.
 
-A prompt's attention under autocast (the prefill's forwards, several queries a row, no cache before them) goes
-through the same kernel's `prefill` where it is built: SDPA's CPU kernel attended such prompts at about 50 GFLOP/s in
-bf16 (2 rows × 450 positions: 8.5-10 ms a layer on 2 Zen 4 threads, against 3.7-4.2 for the kernel), a seventh of the
-DBLP-QuAD eval. Its inputs are rounded to bf16 as autocast rounds them for SDPA, its sums are fp32 (SDPA's too, except
-that SDPA rounds the softmax weights to bf16 before weighting the values). Queries after a cache (the eval's
-references, scored from their prompts' caches) take it too: about even with SDPA there (the RAG variant's 100
-references, 3 interleaved runs: 13.3-14.6 s against 14.0-16.1).
+A prompt's attention under autocast (the prefill's forwards: several queries a row) goes through the same kernel's
+`prefill` where it is built: SDPA's CPU kernel attended such prompts at about 50 GFLOP/s in bf16 (2 rows × 450
+positions: 8-10 ms a layer on 2 Zen 4 threads, against 2.7 for the kernel; `bench/prefill_attention.py`), a seventh
+of the DBLP-QuAD eval. Its inputs are rounded to bf16 as autocast rounds them for SDPA, its sums are fp32 (SDPA's too,
+except that SDPA rounds the softmax weights to bf16 before weighting the values). Queries after a cache (the eval's
+references, scored from their prompts' caches) take it too: 1.4-1.9x SDPA per layer there.
 
 Only for models whose KV cache is made of plain layers, which `generate_rows` keeps in place (ReservedLayer): over
 transformers' DynamicCache, re-concatenated at every token, the fp32 step was slower end to end than bf16 SDPA
@@ -133,8 +132,8 @@ def kernel_prefill(kernel, module, query, key, value, attention_mask, scaling=No
     kv_heads, positions = key.shape[1], key.shape[2]
     if heads % kv_heads or dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias")):
         return None
-    if attention_mask is None:  # no padding: causal
-        if not getattr(module, "is_causal", True):
+    if attention_mask is None:  # no padding: causal (as SDPA reads it: the call's is_causal, else the module's)
+        if not (kwargs.get("is_causal") if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True)):
             return None
         keep = torch.ones((1, length, positions), dtype=torch.bool).tril(positions - length)
     elif attention_mask.dtype == torch.bool and attention_mask.dim() == 4 and attention_mask.shape[1] == 1 \
