@@ -46,8 +46,10 @@ def near_duplicates(queries: list[str], corpus: list[str], threshold: float,
     """query index → (index of its most similar corpus text, exact Jaccard), for queries with one ≥ threshold."""
     from datasketch import MinHash, MinHashLSH
 
+    first = MinHash(num_perm=num_perm, seed=1)  # its permutations serve every signature: drawing them is half the cost
+
     def minhash(items: set[str]) -> MinHash:
-        m = MinHash(num_perm=num_perm, seed=1)
+        m = MinHash(num_perm=num_perm, seed=1, permutations=first.permutations, scheme=first.scheme)
         m.update_batch([s.encode("utf-8") for s in items])
         return m
 
