@@ -86,19 +86,34 @@ Keep keep_of(const torch::Tensor& keep, int64_t rows, int64_t positions) {
   return {keep.data_ptr<bool>(), keep.stride(0), keep.stride(1)};
 }
 
+// What both passes set up alike: x (rows, KV heads, query heads per KV head, ·) made contiguous, y (rows, KV heads,
+// positions, ·) read by its strides, and the keep mask of (rows, positions).
+struct Pass {
+  torch::Tensor x;
+  int64_t R, H, G, L;
+  Keep m;
+  int64_t y0, y1, y2;
+};
+
+Pass pass_of(const torch::Tensor& x, const char* x_name, const torch::Tensor& y, const char* y_name,
+             const torch::Tensor& keep) {
+  check(x, x_name, 4);
+  check(y, y_name, 4);
+  const int64_t R = x.size(0), H = x.size(1), L = y.size(2);
+  TORCH_CHECK(y.size(0) == R && y.size(1) == H, y_name, " does not match ", x_name);
+  return {x.contiguous(), R, H, x.size(2), L, keep_of(keep, R, L), y.stride(0), y.stride(1), y.stride(2)};
+}
+
 }  // namespace
 
 torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double scale) {
-  check(q, "q", 4);
-  check(k, "k", 4);
-  q = q.contiguous();
-  const int64_t R = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), L = k.size(2);
-  TORCH_CHECK(k.size(0) == R && k.size(1) == H && k.size(3) == D, "k does not match q");
-  const Keep m = keep_of(keep, R, L);
+  const Pass a = pass_of(q, "q", k, "k", keep);
+  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, D = q.size(3), k0 = a.y0, k1 = a.y1, k2 = a.y2;
+  TORCH_CHECK(k.size(3) == D, "k does not match q");
+  const Keep m = a.m;
   auto out = torch::empty({R, H, G, L}, q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>();
+  const float *qp = a.x.data_ptr<float>(), *kp = k.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
   const float s = static_cast<float>(scale);
   at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -122,16 +137,13 @@ torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double sc
 }
 
 torch::Tensor pv(torch::Tensor p, torch::Tensor v, torch::Tensor keep) {
-  check(p, "p", 4);
-  check(v, "v", 4);
-  p = p.contiguous();
-  const int64_t R = p.size(0), H = p.size(1), G = p.size(2), L = p.size(3), D = v.size(3);
-  TORCH_CHECK(v.size(0) == R && v.size(1) == H && v.size(2) == L, "v does not match p");
-  const Keep m = keep_of(keep, R, L);
+  const Pass a = pass_of(p, "p", v, "v", keep);
+  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, D = v.size(3), v0 = a.y0, v1 = a.y1, v2 = a.y2;
+  TORCH_CHECK(p.size(3) == L, "v does not match p");
+  const Keep m = a.m;
   auto out = torch::empty({R, H, G, D}, p.options());
-  const float *pp = p.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *pp = a.x.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
   at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(G * D);
     for (int64_t t = begin; t < end; ++t) {
