@@ -374,7 +374,7 @@ CACHE_ROOM = 256  # positions a KV cache layer reserves beyond what it holds; se
 
 
 @lru_cache(maxsize=None)
-def _reserved_layer_class():
+def _reserved_layer_class(narrow: bool = False):
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):
@@ -384,10 +384,16 @@ def _reserved_layer_class():
         2 threads). Cropping, row selection (rows leaving the batch) and reordering keep DynamicLayer's code; the
         next update sees that the views no longer point into the buffer and reserves a new one.
 
-        Keys and values are held in one dtype, the wider of the two: under bf16 autocast the values (a Linear's
-        output) are bf16 and the keys fp32 (RoPE promoted them), and a decoding step's fp32 attention
+        Keys and values are held in one dtype. The wider of the two by default: under bf16 autocast the values (a
+        Linear's output) are bf16 and the keys fp32 (RoPE promoted them), and a decoding step's fp32 attention
         (tunesmith.models.attention) converted the whole value cache at every token: at 25 rows × 1,000 positions
-        that was 0.26 s a step, 0.21 s with the values held in fp32 (the same numbers; 2 threads)."""
+        that was 0.26 s a step, 0.21 s with the values held in fp32 (the same numbers; 2 threads). The narrower
+        where `narrow` (class NARROW): for models whose steps attend through tunesmith's CPU kernel, which reads a
+        bf16 cache as it is. A step's attention reads the whole cache and is bound by memory, so half the bytes
+        is about half its time; the values are the same (v_proj's bf16 output), the keys are rounded to bf16 as
+        SDPA under autocast rounds them (and as the kernel's prefill does)."""
+
+        NARROW = narrow
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
             if not self.is_initialized:
@@ -398,6 +404,8 @@ def _reserved_layer_class():
                     or held and self.keys.data_ptr() != buffers[0].data_ptr():
                 size = held + new + CACHE_ROOM
                 dtype = torch.promote_types(key_states.dtype, value_states.dtype)
+                if self.NARROW:
+                    dtype = min(key_states.dtype, value_states.dtype, key=lambda t: t.itemsize)
                 buffers = tuple(states.new_empty((*states.shape[:-2], size, states.shape[-1]), dtype=dtype)
                                 for states in (key_states, value_states))
                 if held:
@@ -432,7 +440,7 @@ def _reserved_layer_class():
 
 
 @lru_cache(maxsize=None)
-def _reserved_cache_class():
+def _reserved_cache_class(narrow: bool = False):
     from transformers import DynamicCache
     from transformers.cache_utils import Cache
 
@@ -440,17 +448,19 @@ def _reserved_cache_class():
         """A DynamicCache of ReservedLayers (built with Cache's own `layer_class_to_replicate`)."""
 
         def __init__(self):
-            Cache.__init__(self, layer_class_to_replicate=_reserved_layer_class())
+            Cache.__init__(self, layer_class_to_replicate=_reserved_layer_class(narrow))
 
     return ReservedCache
 
 
 def _new_cache(model):
     """An empty cache of ReservedLayers for a model whose own cache would be plain DynamicLayers; else None
-    (sliding-window and other special layers: `generate` builds the model's own cache)."""
-    from tunesmith.models.attention import has_plain_cache_layers
+    (sliding-window and other special layers: `generate` builds the model's own cache). Held in bf16 under autocast
+    where the model's steps attend through tunesmith's CPU kernel (ReservedLayer)."""
+    from tunesmith.models.attention import has_plain_cache_layers, steps_read_bf16_cache
 
-    return _reserved_cache_class()() if has_plain_cache_layers(getattr(model, "config", None)) else None
+    config = getattr(model, "config", None)
+    return _reserved_cache_class(steps_read_bf16_cache(config))() if has_plain_cache_layers(config) else None
 
 
 PREFILL_TOKENS = 1024  # prompt tokens per prefill forward (rows × their width); see `_prefill`
@@ -459,8 +469,12 @@ BATCH_CACHE_BYTES_CPU = 3 << 30  # the most KV cache a batch may fill on a CPU (
 
 def kv_bytes_per_position(model) -> int | None:
     """Bytes of KV cache one row takes per position (keys and values of every layer, held in fp32 as ReservedLayer
-    holds them under autocast), from the model's config; None where the config does not say."""
+    holds them under autocast, or in bf16 for the kernel's steps), from the model's config; None where the config
+    does not say."""
+    from tunesmith.models.attention import steps_read_bf16_cache
+
     config = getattr(model, "config", None)
+    held = 2 if steps_read_bf16_cache(config) else 4
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
         layers = config.num_hidden_layers
@@ -468,7 +482,7 @@ def kv_bytes_per_position(model) -> int | None:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     except AttributeError:
         return None
-    return int(layers) * 2 * int(heads) * int(head_dim) * 4
+    return int(layers) * 2 * int(heads) * int(head_dim) * held
 
 
 def default_cache_bytes(model) -> int:

@@ -84,24 +84,27 @@ def _kernel_or_skip():
                                                         (8, 2, 128)])  # 1-5 query heads per KV head; head dims on and
 # off the vectorised path (a multiple of 16)
 @pytest.mark.parametrize("mask", ["left padding", "one row's mask for all", "none"])
-def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask):
+@pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])  # a cache held in bf16 is read as it is
+def test_the_decode_kernel_computes_sdpa_s_attention(heads, kv_heads, dim, mask, cache):
     """The compiled step against fp32 SDPA over the same cache: keys and values as `ReservedLayer` holds them (views
-    into a longer buffer), rows left-padded by different amounts."""
+    into a longer buffer), rows left-padded by different amounts; a bf16 cache against fp32 SDPA over its values
+    widened to fp32 (exactly: the kernel widens each as it loads it)."""
     from tunesmith.models.attention import kernel_step
 
     kernel = _kernel_or_skip()
     torch.manual_seed(heads * dim)
     rows, length = 5, 41
     query = torch.randn(rows, heads, 1, dim)
-    keys, values = (torch.randn(rows, kv_heads, length + 9, dim)[..., :length, :] for _ in range(2))
+    keys, values = (torch.randn(rows, kv_heads, length + 9, dim).to(cache)[..., :length, :] for _ in range(2))
     if mask == "none":  # and a value cache whose head dimension is not the contiguous one
-        values = torch.randn(rows, kv_heads, dim, length).transpose(-1, -2)
+        values = torch.randn(rows, kv_heads, dim, length).to(cache).transpose(-1, -2)
+    keys, values = (t.float() if cache is torch.float32 else t for t in (keys, values))
     keep = torch.ones(rows, 1, 1, length, dtype=torch.bool)
     for r in range(rows):
         keep[r, ..., : 7 * r] = False
     given = {"left padding": keep, "one row's mask for all": keep[3:4], "none": None}[mask]
     expected = torch.nn.functional.scaled_dot_product_attention(
-        query, keys.repeat_interleave(heads // kv_heads, 1), values.repeat_interleave(heads // kv_heads, 1),
+        query, keys.float().repeat_interleave(heads // kv_heads, 1), values.float().repeat_interleave(heads // kv_heads, 1),
         attn_mask=given, scale=0.2).transpose(1, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = kernel_step(kernel, None, query, keys, values, given, scaling=0.2)

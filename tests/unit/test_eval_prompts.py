@@ -104,6 +104,21 @@ def test_vector_index_is_cached_by_content(tmp_path):
     assert again.search(["beta"], 1)[0][0][0] == 1
 
 
+def test_query_vectors_are_cached_by_content(tmp_path, monkeypatch):
+    """A search embeds its queries once per content (few-shot and RAG search the same test questions, and so does
+    every later run); a damaged cache file is embedded again."""
+    index = VectorIndex.build(["alpha text", "beta text"], tmp_path)
+    first = index.search(["beta", "alpha"], 1)
+    calls, real = [], retrieval.embed
+    monkeypatch.setattr(retrieval, "embed", lambda texts, **kw: calls.append(texts) or real(texts, **kw))
+    assert VectorIndex.build(["alpha text", "beta text"], tmp_path).search(["beta", "alpha"], 1) == first
+    assert calls == []
+    assert index.search(["gamma"], 1) and calls == [["gamma"]]
+    for file in (tmp_path / "queries").glob("*.npy"):
+        file.write_bytes(b"not an array")
+    assert index.search(["beta", "alpha"], 1) == first and len(calls) == 2
+
+
 def test_building_a_large_index_says_so_and_a_cached_one_is_silent(tmp_path, monkeypatch, capsys):
     from tunesmith.eval import retrieval
 

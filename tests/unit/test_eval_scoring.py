@@ -172,6 +172,22 @@ def test_kl_is_zero_for_the_same_model_and_positive_after_a_change(tiny_model_di
     assert mean_kl(base, other, tiny_tokenizer, chats=CHATS, texts=["the quick brown fox"], precision="fp32") > 1e-4
 
 
+def test_the_kl_pass_scores_the_other_model_as_reference_loss_does(tiny_model_dir, tiny_tokenizer):
+    """The loss `kl_and_loss` takes from the KL's log-probabilities is the other model's `reference_loss` of the same
+    chats (the forgetting panel uses it for a tuned model's answers instead of scoring them again)."""
+    from tunesmith.eval.scoring import kl_and_loss
+    from tunesmith.models.loading import load_model
+
+    base, other = load_model(tiny_model_dir, device="cpu"), load_model(tiny_model_dir, device="cpu")
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    kl, loss = kl_and_loss(base, other, tiny_tokenizer, chats=CHATS, precision="fp32")
+    expected = reference_loss(other, tiny_tokenizer, chats=CHATS, precision="fp32")
+    assert kl == pytest.approx(mean_kl(base, other, tiny_tokenizer, chats=CHATS, precision="fp32"))
+    assert loss.n_tokens == expected.n_tokens and loss.loss == pytest.approx(expected.loss, rel=1e-5)
+    assert abs(loss.loss - reference_loss(base, tiny_tokenizer, chats=CHATS, precision="fp32").loss) > 1e-3  # other's
+
+
 def test_shipped_general_tasks_load():
     tasks = load_general_tasks(n=5)
     assert len(tasks) == 5 and tasks[0].prompt[0]["role"] == "user" and tasks[0].answer

@@ -341,6 +341,48 @@ def test_reserved_cache_layer_holds_what_a_dynamic_layer_holds(monkeypatch):
         same()
 
 
+def test_a_narrow_reserved_layer_holds_bf16_keys_and_the_same_values(monkeypatch):
+    """Held narrow (for the kernel's steps): the values as they came (bf16), the keys rounded to bf16 as a cast
+    rounds them, through reserving again, rows leaving and cropping; an fp32 model's cache stays fp32."""
+    from transformers.cache_utils import DynamicLayer
+
+    import tunesmith.generate as generate
+
+    monkeypatch.setattr(generate, "CACHE_ROOM", 3)
+    ours, theirs = generate._reserved_layer_class(True)(), DynamicLayer()
+    torch.manual_seed(0)
+    for n in [5, 1, 1, 4, 1]:
+        k, v = torch.randn(4, 2, n, 8), torch.randn(4, 2, n, 8).bfloat16()
+        ours.update(k, v), theirs.update(k, v)
+        assert ours.keys.dtype == ours.values.dtype == torch.bfloat16
+        assert torch.equal(ours.keys, theirs.keys.bfloat16()) and torch.equal(ours.values, theirs.values)
+    for change in (lambda lay: lay.batch_select_indices(torch.tensor([0, 2, 3])), lambda lay: lay.crop(-2)):
+        change(ours), change(theirs)
+        assert torch.equal(ours.keys, theirs.keys.bfloat16()) and torch.equal(ours.values, theirs.values)
+    fp32 = generate._reserved_layer_class(True)()
+    fp32.update(torch.randn(2, 2, 3, 8), torch.randn(2, 2, 3, 8))
+    assert fp32.keys.dtype == fp32.values.dtype == torch.float32
+
+
+def test_the_cache_is_held_in_bf16_only_for_the_kernel_s_steps(tiny_model_dir):
+    """A model prepared for bf16 inference on a CPU where the kernel is built gets a narrow cache; SDPA's steps (an
+    fp32 model, or no kernel) keep the wide one, which their fp32 step reads without converting it."""
+    from tunesmith.generate import _new_cache
+    from tunesmith.models.attention import decode_kernel
+    from tunesmith.models.loading import load_model
+    from tunesmith.models.precision import cpu_has_bf16, prepare_for_inference
+
+    assert not _new_cache(prepare_for_inference(load_model(tiny_model_dir, device="cpu"), "fp32")).layer_class_to_replicate.NARROW
+    if not cpu_has_bf16():
+        return
+    bf16 = prepare_for_inference(load_model(tiny_model_dir, device="cpu"), "bf16")
+    assert _new_cache(bf16).layer_class_to_replicate.NARROW == (decode_kernel() is not None)
+    from tunesmith.generate import kv_bytes_per_position  # a batch's cap counts the bytes the cache holds
+
+    fp32 = prepare_for_inference(load_model(tiny_model_dir, device="cpu"), "fp32")
+    assert kv_bytes_per_position(bf16) * (2 if decode_kernel() is not None else 1) == kv_bytes_per_position(fp32)
+
+
 @pytest.mark.parametrize("keep", [[1, 3], [0, 2, 3], [3, 1]])  # rows leaving (moved up in place); any order
 def test_rows_leaving_the_batch_stay_in_the_reserved_buffer(keep):
     """Selecting rows moves the kept ones to the front of the same buffer, and the next token is written in place:

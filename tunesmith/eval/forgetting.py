@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.eval.metrics import corpus_chrf
 from tunesmith.files import atomic_write_json, read_json, read_jsonl
-from tunesmith.eval.scoring import answers_and_reference_loss, mean_kl, reference_loss
+from tunesmith.eval.scoring import answers_and_reference_loss, kl_and_loss, reference_loss
 from tunesmith.records import Message, TunesmithError
 
 SHIPPED_GENERAL_DATA = Path(__file__).resolve().parent / "data" / "seed_tasks.jsonl"
@@ -71,10 +71,15 @@ def measure_general(model, tokenizer, tasks: list[GeneralTask], base_model=None,
     start = time.perf_counter()
     chats = [t.prompt + [{"role": "assistant", "content": t.answer}] for t in tasks]
     text = reference_loss(model, tokenizer, texts=[t.as_text for t in tasks], precision=precision)
-    answers, answer, _ = answers_and_reference_loss(model, tokenizer, [t.prompt for t in tasks], [t.answer for t in tasks],
+    # the answers' loss: where there is a KL to measure, from its pass over the answered chats; else it rides in
+    # the forwards that prefill the prompts for generation
+    answers, answer, _ = answers_and_reference_loss(model, tokenizer, [t.prompt for t in tasks],
+                                                 None if base_model is not None else [t.answer for t in tasks],
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                  precision=precision)
-    kl = mean_kl(base_model, model, tokenizer, chats=chats, precision=precision) if base_model is not None else None
+    kl = None
+    if base_model is not None:
+        kl, answer = kl_and_loss(base_model, model, tokenizer, chats=chats, precision=precision)
     return GeneralScores(text.perplexity, answer.perplexity, corpus_chrf(answers, [t.answer for t in tasks]), kl,
                          answers, time.perf_counter() - start)
 

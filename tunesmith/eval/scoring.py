@@ -102,10 +102,19 @@ def mean_kl(reference_model, other_model, tokenizer, chats: list[list[Message]] 
     Scored positions are those the loss would train (the answer of a chat, every token of a text), i.e. where
     the models' next-token distributions matter for what they say.
     """
+    return kl_and_loss(reference_model, other_model, tokenizer, chats, texts, batch_size, max_seq_len, precision)[0]
+
+
+def kl_and_loss(reference_model, other_model, tokenizer, chats: list[list[Message]] | None = None,
+                texts: list[str] | None = None, batch_size: int = 4, max_seq_len: int = 1024,
+                precision: str = "auto") -> tuple[float, LossResult]:
+    """(`mean_kl`, `reference_loss` of `other_model`) from one pass: the loss is the cross-entropy of the scored
+    tokens under the log-probabilities the KL already has, so a tuned model's forgetting panel does not run the
+    model over the same chats a second time to score them (tests/unit/test_eval_scoring.py)."""
     tokenized = tokenize_references(tokenizer, chats, texts, max_seq_len)
     device = next(reference_model.parameters()).device
     mode = resolve_precision(precision, device)
-    total, count = 0.0, 0
+    total, loss, count = 0.0, 0.0, 0
     with torch.inference_mode(), autocast(mode, device):
         for batch in iter_batches(tokenized, batch_size=rows_per_batch(tokenized, batch_size), row_len=max_seq_len, pack=False,
                                   pad_id=tokenizer.pad_token_id):
@@ -113,5 +122,6 @@ def mean_kl(reference_model, other_model, tokenizer, chats: list[list[Message]] 
             # the training loss's own logits at the scored positions: any method's model (virtual tokens included)
             log_p = [F.log_softmax(TrainedTokenLoss(m).logits(batch), dim=-1) for m in (reference_model, other_model)]
             total += float(F.kl_div(log_p[1], log_p[0], log_target=True, reduction="sum"))
+            loss += float(F.nll_loss(log_p[1], batch.targets[batch.targets != IGNORE_INDEX], reduction="sum"))
             count += batch.n_trained
-    return total / max(count, 1)
+    return total / max(count, 1), LossResult(loss / count if count else float("nan"), count)  # as dataset_loss

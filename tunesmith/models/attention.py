@@ -117,7 +117,8 @@ def kernel_step(kernel, module, query, key, value, attention_mask, scaling=None,
         return None
     q = query.float().reshape(rows, kv_heads, heads // kv_heads, dim)
     scale = dim ** -0.5 if scaling is None else scaling
-    key, value = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (key, value))
+    key, value = (t if t.dtype in (torch.float32, torch.bfloat16) else t.float() for t in (key, value))
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))  # a bf16 cache read as it is
     with torch.autocast("cpu", enabled=False):
         scores = kernel.qk(q, key, keep, scale)
         out = kernel.pv(scores.softmax(-1), value, keep)
@@ -185,6 +186,12 @@ def has_plain_cache_layers(config) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     return config is not None and all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+def steps_read_bf16_cache(config) -> bool:
+    """Whether a model with this config attends its decoding steps through the compiled kernel, which reads keys
+    and values held in bf16 as they are (`generate`'s cache then holds them so)."""
+    return getattr(config, "_attn_implementation", None) == NAME and decode_kernel() is not None
 
 
 def use_cpu_decode_attention(model: torch.nn.Module) -> bool:

@@ -10,7 +10,9 @@
 //
 // qk: scores[r, h, g, l] = scale * <q[r, h, g, :], k[r, h, l, :]>, -inf where keep[r, l] is false.
 // pv: out[r, h, g, :] = sum over kept l of p[r, h, g, l] * v[r, h, l, :].
-// The softmax between them is PyTorch's. Everything is fp32; the keys' and values' last dimension is contiguous.
+// The softmax between them is PyTorch's. Queries, scores and sums are fp32; the keys and values are fp32 or bf16 (a
+// cache held in bf16, half the bytes a step reads: the step is bound by memory), each bf16 value widened exactly to
+// fp32 as it is loaded. Their last dimension is contiguous.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -28,8 +30,17 @@ namespace {
 
 constexpr float kMasked = -std::numeric_limits<float>::infinity();
 
-template <int G>
-void qk_task(const float* q, const float* k, const bool* keep, float* out, int64_t L, int64_t D, int64_t k_step,
+#ifdef __AVX512F__
+// 16 keys' or values' elements as fp32 (bf16 widened exactly: its bits are the high half of the fp32's).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+#endif
+
+template <int G, typename T>
+void qk_task(const float* q, const T* k, const bool* keep, float* out, int64_t L, int64_t D, int64_t k_step,
              int64_t keep_step, float scale) {
 #ifdef __AVX512F__
   if (D % 16 == 0 && D <= 256) {  // the queries stay in registers; each key is loaded once for the G queries
@@ -42,11 +53,11 @@ void qk_task(const float* q, const float* k, const bool* keep, float* out, int64
         for (int g = 0; g < G; ++g) out[g * L + l] = kMasked;
         continue;
       }
-      const float* kl = k + l * k_step;
+      const T* kl = k + l * k_step;
       __m512 acc[G];
       for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
       for (int64_t c = 0; c < chunks; ++c) {
-        const __m512 kc = _mm512_loadu_ps(kl + 16 * c);
+        const __m512 kc = load16(kl + 16 * c);
         for (int g = 0; g < G; ++g) acc[g] = _mm512_fmadd_ps(qv[g][c], kc, acc[g]);
       }
       for (int g = 0; g < G; ++g) out[g * L + l] = _mm512_reduce_add_ps(acc[g]) * scale;
@@ -59,18 +70,19 @@ void qk_task(const float* q, const float* k, const bool* keep, float* out, int64
       for (int g = 0; g < G; ++g) out[g * L + l] = kMasked;
       continue;
     }
-    const float* kl = k + l * k_step;
+    const T* kl = k + l * k_step;
     for (int g = 0; g < G; ++g) {
       float acc = 0.f;
-      for (int64_t d = 0; d < D; ++d) acc += q[g * D + d] * kl[d];
+      for (int64_t d = 0; d < D; ++d) acc += q[g * D + d] * static_cast<float>(kl[d]);
       out[g * L + l] = acc * scale;
     }
   }
 }
 
-void check(const torch::Tensor& t, const char* name, int64_t dims) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == dims && t.stride(-1) == 1,
-              name, ": a CPU fp32 tensor of ", dims, " dimensions, its last one contiguous");
+void check(const torch::Tensor& t, const char* name, int64_t dims, bool bf16_too = false) {
+  const bool dtype = t.scalar_type() == torch::kFloat32 || (bf16_too && t.scalar_type() == torch::kBFloat16);
+  TORCH_CHECK(t.device().is_cpu() && dtype && t.dim() == dims && t.stride(-1) == 1, name, ": a CPU ",
+              bf16_too ? "fp32 or bf16" : "fp32", " tensor of ", dims, " dimensions, its last one contiguous");
 }
 
 // The keep mask of (rows, positions) and its strides: both passes read it the same way.
@@ -98,28 +110,22 @@ struct Pass {
 Pass pass_of(const torch::Tensor& x, const char* x_name, const torch::Tensor& y, const char* y_name,
              const torch::Tensor& keep) {
   check(x, x_name, 4);
-  check(y, y_name, 4);
+  check(y, y_name, 4, true);
   const int64_t R = x.size(0), H = x.size(1), L = y.size(2);
   TORCH_CHECK(y.size(0) == R && y.size(1) == H, y_name, " does not match ", x_name);
   return {x.contiguous(), R, H, x.size(2), L, keep_of(keep, R, L), y.stride(0), y.stride(1), y.stride(2)};
 }
 
-}  // namespace
-
-torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double scale) {
-  const Pass a = pass_of(q, "q", k, "k", keep);
-  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, D = q.size(3), k0 = a.y0, k1 = a.y1, k2 = a.y2;
-  TORCH_CHECK(k.size(3) == D, "k does not match q");
+template <typename T>
+void qk_all(const Pass& a, const T* kp, float* op, int64_t D, float s) {
+  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, k0 = a.y0, k1 = a.y1, k2 = a.y2;
   const Keep m = a.m;
-  auto out = torch::empty({R, H, G, L}, q.options());
-  const float *qp = a.x.data_ptr<float>(), *kp = k.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float s = static_cast<float>(scale);
+  const float* qp = a.x.data_ptr<float>();
   at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r = t / H, h = t % H;
       const float* qt = qp + t * G * D;
-      const float* kt = kp + r * k0 + h * k1;
+      const T* kt = kp + r * k0 + h * k1;
       const bool* mt = m.data + r * m.row_step;
       const int64_t m1 = m.position_step;
       float* ot = op + t * G * L;
@@ -133,38 +139,75 @@ torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double sc
       }
     }
   });
+}
+
+// One (row, KV head) task of pv: acc (G × D) = the weighted sum of its kept values.
+template <typename T>
+void pv_task(const float* pt, const T* vt, const bool* mt, int64_t m1, float* acc, int64_t G, int64_t L, int64_t D,
+             int64_t v2) {
+  std::fill(acc, acc + G * D, 0.f);
+  for (int64_t l = 0; l < L; ++l) {
+    if (!mt[l * m1]) continue;  // a masked position's weight is 0: its value is not read
+    const T* vl = vt + l * v2;
+#ifdef __AVX512F__
+    if (D % 16 == 0) {  // each value loaded (and widened) once for the G queries
+      for (int64_t c = 0; c < D; c += 16) {
+        const __m512 vc = load16(vl + c);
+        for (int64_t g = 0; g < G; ++g) {
+          float* a = acc + g * D + c;
+          _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(pt[g * L + l]), vc, _mm512_loadu_ps(a)));
+        }
+      }
+      continue;
+    }
+#endif
+    for (int64_t g = 0; g < G; ++g) {
+      const float w = pt[g * L + l];
+      float* a = acc + g * D;
+      for (int64_t d = 0; d < D; ++d) a[d] += w * static_cast<float>(vl[d]);
+    }
+  }
+}
+
+template <typename T>
+void pv_all(const Pass& a, const T* vp, float* op, int64_t D) {
+  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, v0 = a.y0, v1 = a.y1, v2 = a.y2;
+  const Keep m = a.m;
+  const float* pp = a.x.data_ptr<float>();
+  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(G * D);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / H, h = t % H;
+      pv_task(pp + t * G * L, vp + r * v0 + h * v1, m.data + r * m.row_step, m.position_step, acc.data(), G, L, D, v2);
+      std::copy(acc.begin(), acc.end(), op + t * G * D);
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double scale) {
+  const Pass a = pass_of(q, "q", k, "k", keep);
+  const int64_t D = q.size(3);
+  TORCH_CHECK(k.size(3) == D, "k does not match q");
+  auto out = torch::empty({a.R, a.H, a.G, a.L}, q.options());
+  const float s = static_cast<float>(scale);
+  if (k.scalar_type() == torch::kBFloat16)
+    qk_all(a, k.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), D, s);
+  else
+    qk_all(a, k.data_ptr<float>(), out.data_ptr<float>(), D, s);
   return out;
 }
 
 torch::Tensor pv(torch::Tensor p, torch::Tensor v, torch::Tensor keep) {
   const Pass a = pass_of(p, "p", v, "v", keep);
-  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, D = v.size(3), v0 = a.y0, v1 = a.y1, v2 = a.y2;
-  TORCH_CHECK(p.size(3) == L, "v does not match p");
-  const Keep m = a.m;
-  auto out = torch::empty({R, H, G, D}, p.options());
-  const float *pp = a.x.data_ptr<float>(), *vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(G * D);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / H, h = t % H;
-      const float* pt = pp + t * G * L;
-      const float* vt = vp + r * v0 + h * v1;
-      const bool* mt = m.data + r * m.row_step;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t l = 0; l < L; ++l) {
-        if (!mt[l * m.position_step]) continue;  // a masked position's weight is 0: its value is not read
-        const float* vl = vt + l * v2;
-        for (int64_t g = 0; g < G; ++g) {
-          const float w = pt[g * L + l];
-          float* a = acc.data() + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) a[d] += w * vl[d];
-        }
-      }
-      std::copy(acc.begin(), acc.end(), op + t * G * D);
-    }
-  });
+  const int64_t D = v.size(3);
+  TORCH_CHECK(p.size(3) == a.L, "v does not match p");
+  auto out = torch::empty({a.R, a.H, a.G, D}, p.options());
+  if (v.scalar_type() == torch::kBFloat16)
+    pv_all(a, v.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), D);
+  else
+    pv_all(a, v.data_ptr<float>(), out.data_ptr<float>(), D);
   return out;
 }
 
