@@ -197,3 +197,22 @@ def test_leakage_finds_exact_near_duplicate_and_shared_targets():
     assert [d["test"] for d in report.shared_targets] == [2]
     assert report.leaked_items == {0, 1, 2} and not report.clean
     assert check_leakage(items(train), items(test[3:])).clean
+
+
+def test_a_leakage_report_is_cached_by_everything_it_depends_on(tmp_path, monkeypatch):
+    from tunesmith.data import dedup
+
+    train = [Item("What are the papers written by the person Ada Lovelace in the year 1843?", "Q1"), Item("bread", "Q2")]
+    test = [Item("What are the papers written by the person Ada Lovelace in the year 1843 ?!", "x"), Item("bread", "y")]
+    first = check_leakage(train, test, 0.7, cache_dir=tmp_path)
+    assert first.to_dict() == check_leakage(train, test, 0.7).to_dict()
+    monkeypatch.setattr(dedup, "_check_leakage", lambda *a: pytest.fail("checked again"))
+    assert check_leakage(train, test, 0.7, cache_dir=tmp_path).to_dict() == first.to_dict()
+    computed = []
+    monkeypatch.setattr(dedup, "_check_leakage", lambda *a: computed.append(a) or dedup.LeakageReport(0, 0))
+    check_leakage(train, test, 0.9, cache_dir=tmp_path)  # another threshold
+    check_leakage(train, test[:1], 0.7, cache_dir=tmp_path)  # other items
+    for file in (tmp_path / "leakage").glob("*.json"):
+        file.write_text("{")  # a damaged report: checked again
+    check_leakage(train, test, 0.7, cache_dir=tmp_path)
+    assert len(computed) == 3

@@ -121,7 +121,8 @@ class EvalContext:
         tests = load_split(cfg.data.test, cfg, cfg.data.n)
         pool = load_split(cfg.data.train, cfg, cfg.data.limit)
         found = check_leakage([Item(question_of(ex), reference_of(ex)) for ex in pool],
-                              [Item(question_of(ex), reference_of(ex)) for ex in tests], cfg.leakage.near_duplicate_jaccard)
+                              [Item(question_of(ex), reference_of(ex)) for ex in tests], cfg.leakage.near_duplicate_jaccard,
+                              cache_dir=cfg.retrieval.cache_dir)
         if not found.clean:
             console.print(f"[bold yellow]leakage:[/] {len(found.leaked_items)} of {len(tests)} test items overlap the "
                           "training data (see the top of the report)")

@@ -141,10 +141,54 @@ void qk_all(const Pass& a, const T* kp, float* op, int64_t D, float s) {
   });
 }
 
+#ifdef __AVX512F__
+// pv_task for G query heads and head dim 16 × C, the G × C sums held in registers (through memory, the loads and
+// stores of the sums made pv half as fast as qk over the same bytes: 1.8 against 1.1 ms a layer at 100 rows × 700
+// positions, bf16 cache, 2 threads).
+template <int G, int C, typename T>
+void pv_registers(const float* pt, const T* vt, const bool* mt, int64_t m1, float* acc, int64_t L, int64_t v2) {
+  __m512 sum[G][C];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) sum[g][c] = _mm512_setzero_ps();
+  for (int64_t l = 0; l < L; ++l) {
+    if (!mt[l * m1]) continue;
+    const T* vl = vt + l * v2;
+    __m512 w[G];
+    for (int g = 0; g < G; ++g) w[g] = _mm512_set1_ps(pt[g * L + l]);
+    for (int c = 0; c < C; ++c) {
+      const __m512 vc = load16(vl + 16 * c);
+      for (int g = 0; g < G; ++g) sum[g][c] = _mm512_fmadd_ps(w[g], vc, sum[g][c]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + g * 16 * C + 16 * c, sum[g][c]);
+}
+
+template <int G, typename T>
+bool pv_registers_of(const float* pt, const T* vt, const bool* mt, int64_t m1, float* acc, int64_t L, int64_t D,
+                     int64_t v2) {
+  switch (D) {
+    case 32: pv_registers<G, 2>(pt, vt, mt, m1, acc, L, v2); return true;
+    case 64: pv_registers<G, 4>(pt, vt, mt, m1, acc, L, v2); return true;
+    case 128: pv_registers<G, 8>(pt, vt, mt, m1, acc, L, v2); return true;
+    default: return false;
+  }
+}
+#endif
+
 // One (row, KV head) task of pv: acc (G × D) = the weighted sum of its kept values.
 template <typename T>
 void pv_task(const float* pt, const T* vt, const bool* mt, int64_t m1, float* acc, int64_t G, int64_t L, int64_t D,
              int64_t v2) {
+#ifdef __AVX512F__
+  switch (G) {  // the shapes of common models: sums in registers
+    case 1: if (pv_registers_of<1>(pt, vt, mt, m1, acc, L, D, v2)) return; break;
+    case 2: if (pv_registers_of<2>(pt, vt, mt, m1, acc, L, D, v2)) return; break;
+    case 3: if (pv_registers_of<3>(pt, vt, mt, m1, acc, L, D, v2)) return; break;
+    case 4: if (pv_registers_of<4>(pt, vt, mt, m1, acc, L, D, v2)) return; break;
+    default: break;
+  }
+#endif
   std::fill(acc, acc + G * D, 0.f);
   for (int64_t l = 0; l < L; ++l) {
     if (!mt[l * m1]) continue;  // a masked position's weight is 0: its value is not read
