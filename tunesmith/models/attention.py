@@ -120,8 +120,7 @@ def kernel_step(kernel, module, query, key, value, attention_mask, scaling=None,
     key, value = (t if t.dtype in (torch.float32, torch.bfloat16) else t.float() for t in (key, value))
     key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))  # a bf16 cache read as it is
     with torch.autocast("cpu", enabled=False):
-        scores = kernel.qk(q, key, keep, scale)
-        out = kernel.pv(scores.softmax(-1), value, keep)
+        out = kernel.step(q, key, value, keep, scale)
     return out.view(rows, 1, heads, dim)
 
 

@@ -8,11 +8,13 @@
 // query heads that share them (GQA), and skips the masked positions: SmolLM2-135M's shapes, 60 rows × 500
 // positions, 1.7 ms a layer against SDPA's 3.0 (2 threads, Zen 4); docs/benchmarks.md.
 //
-// qk: scores[r, h, g, l] = scale * <q[r, h, g, :], k[r, h, l, :]>, -inf where keep[r, l] is false.
+// A step (`step`, at the end) does three stages per task, the scores staying in cache between them:
+// qk: scores[r, h, g, l] = scale * <q[r, h, g, :], k[r, h, l, :]>, -inf where keep[r, l] is false;
+// softmax over l (the kept positions);
 // pv: out[r, h, g, :] = sum over kept l of p[r, h, g, l] * v[r, h, l, :].
-// The softmax between them is PyTorch's. Queries, scores and sums are fp32; the keys and values are fp32 or bf16 (a
-// cache held in bf16, half the bytes a step reads: the step is bound by memory), each bf16 value widened exactly to
-// fp32 as it is loaded. Their last dimension is contiguous.
+// Queries, scores and sums are fp32; the keys and values are fp32 or bf16 (a cache held in bf16, half the bytes a
+// step reads: the step is bound by memory), each bf16 value widened exactly to fp32 as it is loaded. Their last
+// dimension is contiguous.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -98,47 +100,18 @@ Keep keep_of(const torch::Tensor& keep, int64_t rows, int64_t positions) {
   return {keep.data_ptr<bool>(), keep.stride(0), keep.stride(1)};
 }
 
-// What both passes set up alike: x (rows, KV heads, query heads per KV head, ·) made contiguous, y (rows, KV heads,
-// positions, ·) read by its strides, and the keep mask of (rows, positions).
-struct Pass {
-  torch::Tensor x;
-  int64_t R, H, G, L;
-  Keep m;
-  int64_t y0, y1, y2;
-};
-
-Pass pass_of(const torch::Tensor& x, const char* x_name, const torch::Tensor& y, const char* y_name,
-             const torch::Tensor& keep) {
-  check(x, x_name, 4);
-  check(y, y_name, 4, true);
-  const int64_t R = x.size(0), H = x.size(1), L = y.size(2);
-  TORCH_CHECK(y.size(0) == R && y.size(1) == H, y_name, " does not match ", x_name);
-  return {x.contiguous(), R, H, x.size(2), L, keep_of(keep, R, L), y.stride(0), y.stride(1), y.stride(2)};
-}
-
+// One (row, KV head) task of qk: the G × L scores of its G queries (-inf where masked).
 template <typename T>
-void qk_all(const Pass& a, const T* kp, float* op, int64_t D, float s) {
-  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, k0 = a.y0, k1 = a.y1, k2 = a.y2;
-  const Keep m = a.m;
-  const float* qp = a.x.data_ptr<float>();
-  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / H, h = t % H;
-      const float* qt = qp + t * G * D;
-      const T* kt = kp + r * k0 + h * k1;
-      const bool* mt = m.data + r * m.row_step;
-      const int64_t m1 = m.position_step;
-      float* ot = op + t * G * L;
-      switch (G) {
-        case 1: qk_task<1>(qt, kt, mt, ot, L, D, k2, m1, s); break;
-        case 2: qk_task<2>(qt, kt, mt, ot, L, D, k2, m1, s); break;
-        case 3: qk_task<3>(qt, kt, mt, ot, L, D, k2, m1, s); break;
-        case 4: qk_task<4>(qt, kt, mt, ot, L, D, k2, m1, s); break;
-        default:
-          for (int64_t g = 0; g < G; ++g) qk_task<1>(qt + g * D, kt, mt, ot + g * L, L, D, k2, m1, s);
-      }
-    }
-  });
+void qk_of(const float* qt, const T* kt, const bool* mt, float* ot, int64_t G, int64_t L, int64_t D, int64_t k2,
+           int64_t m1, float s) {
+  switch (G) {
+    case 1: qk_task<1>(qt, kt, mt, ot, L, D, k2, m1, s); break;
+    case 2: qk_task<2>(qt, kt, mt, ot, L, D, k2, m1, s); break;
+    case 3: qk_task<3>(qt, kt, mt, ot, L, D, k2, m1, s); break;
+    case 4: qk_task<4>(qt, kt, mt, ot, L, D, k2, m1, s); break;
+    default:
+      for (int64_t g = 0; g < G; ++g) qk_task<1>(qt + g * D, kt, mt, ot + g * L, L, D, k2, m1, s);
+  }
 }
 
 #ifdef __AVX512F__
@@ -213,47 +186,7 @@ void pv_task(const float* pt, const T* vt, const bool* mt, int64_t m1, float* ac
   }
 }
 
-template <typename T>
-void pv_all(const Pass& a, const T* vp, float* op, int64_t D) {
-  const int64_t R = a.R, H = a.H, G = a.G, L = a.L, v0 = a.y0, v1 = a.y1, v2 = a.y2;
-  const Keep m = a.m;
-  const float* pp = a.x.data_ptr<float>();
-  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(G * D);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / H, h = t % H;
-      pv_task(pp + t * G * L, vp + r * v0 + h * v1, m.data + r * m.row_step, m.position_step, acc.data(), G, L, D, v2);
-      std::copy(acc.begin(), acc.end(), op + t * G * D);
-    }
-  });
-}
-
 }  // namespace
-
-torch::Tensor qk(torch::Tensor q, torch::Tensor k, torch::Tensor keep, double scale) {
-  const Pass a = pass_of(q, "q", k, "k", keep);
-  const int64_t D = q.size(3);
-  TORCH_CHECK(k.size(3) == D, "k does not match q");
-  auto out = torch::empty({a.R, a.H, a.G, a.L}, q.options());
-  const float s = static_cast<float>(scale);
-  if (k.scalar_type() == torch::kBFloat16)
-    qk_all(a, k.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), D, s);
-  else
-    qk_all(a, k.data_ptr<float>(), out.data_ptr<float>(), D, s);
-  return out;
-}
-
-torch::Tensor pv(torch::Tensor p, torch::Tensor v, torch::Tensor keep) {
-  const Pass a = pass_of(p, "p", v, "v", keep);
-  const int64_t D = v.size(3);
-  TORCH_CHECK(p.size(3) == a.L, "v does not match p");
-  auto out = torch::empty({a.R, a.H, a.G, D}, p.options());
-  if (v.scalar_type() == torch::kBFloat16)
-    pv_all(a, v.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), D);
-  else
-    pv_all(a, v.data_ptr<float>(), out.data_ptr<float>(), D);
-  return out;
-}
 
 // ---- the prompt's attention (prefill; eval's reference scoring), under bf16 autocast ----
 //
@@ -552,8 +485,103 @@ torch::Tensor prefill(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::
   return out;
 }
 
+// ---- a decoding step: scores, softmax and the values' weighted sum in one pass per (row, KV head) ----
+
+namespace {
+
+// Each of the G rows of scores (L each, -inf where masked) made softmax weights in place, 0 where masked (a row
+// that keeps nothing is left as it is: its weights are never read). As PyTorch's softmax: e^(x - max) over the sum.
+void softmax_rows(float* p, int64_t G, int64_t L) {
+  for (int64_t g = 0; g < G; ++g) {
+    float* row = p + g * L;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    const __m512 masked = _mm512_set1_ps(kMasked);
+    __m512 top = masked;
+    for (int64_t l = 0; l < L; l += 16) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(masked, lanes(L - l), row + l));
+    const float m = _mm512_reduce_max_ps(top);
+    if (m == kMasked) continue;
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t l = 0; l < L; l += 16) {
+      const __mmask16 n = lanes(L - l);
+      const __m512 x = _mm512_mask_loadu_ps(masked, n, row + l);
+      const __mmask16 live = _mm512_cmp_ps_mask(x, masked, _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(x, _mm512_set1_ps(m))));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_mask_storeu_ps(row + l, n, e);
+    }
+    const __m512 scale = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    for (int64_t l = 0; l < L; l += 16) {
+      const __mmask16 n = lanes(L - l);
+      _mm512_mask_storeu_ps(row + l, n, _mm512_mul_ps(_mm512_maskz_loadu_ps(n, row + l), scale));
+    }
+#else
+    float m = kMasked;
+    for (int64_t l = 0; l < L; ++l) m = std::max(m, row[l]);
+    if (m == kMasked) continue;
+    float sum = 0.f;
+    for (int64_t l = 0; l < L; ++l) sum += (row[l] = row[l] == kMasked ? 0.f : std::exp(row[l] - m));
+    for (int64_t l = 0; l < L; ++l) row[l] /= sum;
+#endif
+  }
+}
+
+template <typename TK, typename TV>
+void step_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Keep& m, torch::Tensor& out,
+              float s) {
+  const int64_t R = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), L = k.size(2);
+  const float* qp = q.data_ptr<float>();
+  const TK* kp = k.data_ptr<TK>();
+  const TV* vp = v.data_ptr<TV>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(G * L);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / H, h = t % H;
+      const bool* mt = m.data + r * m.row_step;
+      qk_of(qp + t * G * D, kp + r * k.stride(0) + h * k.stride(1), mt, p.data(), G, L, D, k.stride(2),
+            m.position_step, s);
+      softmax_rows(p.data(), G, L);
+      pv_task(p.data(), vp + r * v.stride(0) + h * v.stride(1), mt, m.position_step, op + t * G * D, G, L, D,
+              v.stride(2));
+    }
+  });
+}
+
+template <typename TK>
+void step_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Keep& m, torch::Tensor& out,
+             float s) {
+  if (v.scalar_type() == torch::kBFloat16)
+    step_all<TK, c10::BFloat16>(q, k, v, m, out, s);
+  else
+    step_all<TK, float>(q, k, v, m, out, s);
+}
+
+}  // namespace
+
+// step: q (R, Hkv, G, D) fp32, the G query heads of each KV head; k and v (R, Hkv, L, D), fp32 or bf16, read by
+// their strides; keep (R, L) bool. Returns (R, Hkv, G, D) fp32: softmax over kept l of scale * <q, k_l>, weighting
+// v_l; 0 for a row that keeps nothing. The scores of one task stay in cache between its three stages: as three
+// PyTorch calls (scores, softmax, values) the scores went out to memory and back, and each call cost its overhead
+// at each of 30 layers of each token.
+torch::Tensor step(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor keep, double scale) {
+  check(q, "q", 4);
+  check(k, "k", 4, true);
+  check(v, "v", 4, true);
+  const int64_t R = q.size(0), H = q.size(1), L = k.size(2);
+  TORCH_CHECK(k.size(0) == R && k.size(1) == H && k.size(3) == q.size(3) && v.sizes() == k.sizes(),
+              "k and v: (rows, KV heads, positions, head dim) as q");
+  const Keep m = keep_of(keep, R, L);
+  const torch::Tensor qc = q.contiguous();
+  auto out = torch::empty(q.sizes(), q.options());
+  const float s = static_cast<float>(scale);
+  if (k.scalar_type() == torch::kBFloat16)
+    step_of<c10::BFloat16>(qc, k, v, m, out, s);
+  else
+    step_of<float>(qc, k, v, m, out, s);
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("qk", &qk, "scaled scores of each row's queries against its kept keys (-inf elsewhere)");
-  m.def("pv", &pv, "each row's weighted sum of its kept values");
+  m.def("step", &step, "a decoding step's attention: each row's queries over its kept keys and values, in fp32");
   m.def("prefill", &prefill, "a prompt's attention: each query over the keys it keeps, in fp32");
 }
