@@ -31,12 +31,18 @@ def best_ms(fn, repeats: int = 20) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
 
 
-def main() -> None:
+def kernel_or_exit():
+    """The compiled kernel, with the threads set and the seed fixed (bench/decode_attention.py shares it)."""
     use_threads(None)
     kernel = decode_kernel()
     if kernel is None:
         raise SystemExit("tunesmith's CPU attention kernel is not built here (no AVX-512 or no compiler)")
     torch.manual_seed(0)
+    return kernel
+
+
+def main() -> None:
+    kernel = kernel_or_exit()
     print(f"{'rows':>4} {'queries':>7} {'positions':>9} {'SDPA ms':>8} {'kernel ms':>9} {'ratio':>6} {'max diff':>9}")
     for rows, length, positions in SHAPES:
         query = torch.randn(rows, length, 9, 64).transpose(1, 2)  # as transformers hands it over
