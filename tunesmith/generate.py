@@ -389,9 +389,9 @@ def _reserved_layer_class(narrow: bool = False):
         (tunesmith.models.attention) converted the whole value cache at every token: at 25 rows × 1,000 positions
         that was 0.26 s a step, 0.21 s with the values held in fp32 (the same numbers; 2 threads). The narrower
         where `narrow` (class NARROW): for models whose steps attend through tunesmith's CPU kernel, which reads a
-        bf16 cache as it is. A step's attention reads the whole cache and is bound by memory, so half the bytes
-        is about half its time; the values are the same (v_proj's bf16 output), the keys are rounded to bf16 as
-        SDPA under autocast rounds them (and as the kernel's prefill does)."""
+        bf16 cache as it is. A step's attention reads the whole cache and is bound by memory: half the bytes took
+        1.15-1.96x less time a layer (bench/decode_attention.py). The values are the same (v_proj's bf16 output);
+        the keys are rounded to bf16 as SDPA under autocast rounds them (and as the kernel's prefill does)."""
 
         NARROW = narrow
 

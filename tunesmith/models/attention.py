@@ -10,7 +10,7 @@ its documented way to plug in an attention function; nothing of transformers is 
 
 Where the kernel below computes the step, `generate` holds the KV cache in bf16 (keys rounded as SDPA under autocast
 rounds them; the values are v_proj's bf16 output as they are) and the kernel widens each element to fp32 as it reads
-it: a step is bound by reading the cache, and half the bytes took 1.2-1.5x less time a layer; with the step's three
+it: a step is bound by reading the cache, and half the bytes took 1.15-1.96x less time a layer; with the step's three
 stages in one call a layer, the DBLP-QuAD eval went from 6 min 11-14 s to 5 min 14-31 s (docs/benchmarks.md).
 
 The step itself is tunesmith's own kernel (decode_attention.cpp, compiled once per machine with the C++ compiler
