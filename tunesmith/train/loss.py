@@ -8,7 +8,9 @@ the positions of the virtual tokens are dropped from its output, so position t i
 
 Logits are computed only at positions whose target is trained. With a 49k-token vocabulary the LM head is
 a fifth of SmolLM2's compute, and prompts are often half the tokens: computing it everywhere and masking
-afterwards wastes that work (and memory for a (rows, length, vocab) float tensor). Heads of classification
+afterwards wastes that work (and memory for a (rows, length, vocab) float tensor). Training goes further
+(`linear_cross_entropy`): the head and the cross-entropy run a chunk of positions at a time, gradients included,
+so a step never holds all of its logits. Heads of classification
 objectives (`HeadLoss`) are applied the same way: at the labelled positions only.
 """
 
@@ -114,7 +116,81 @@ class TrainedTokenLoss(nn.Module):
 
     def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
         trained = batch.targets != IGNORE_INDEX
-        return F.cross_entropy(self.logits(batch), batch.targets[trained], reduction="sum"), int(trained.sum())
+        hidden = final_hidden_states(self.model, batch)[trained]
+        head = causal_lm_of(self.model).get_output_embeddings()
+        if type(head) is not nn.Linear:  # a LoRA- or quantization-wrapped head: logits through its own forward
+            return F.cross_entropy(self.logits_of(hidden), batch.targets[trained], reduction="sum"), int(trained.sum())
+        return linear_cross_entropy(hidden, head.weight, head.bias, batch.targets[trained], self.softcap), \
+            int(trained.sum())
+
+
+CE_CHUNK = 128  # trained positions whose logits exist at once: 128 x 49k vocabulary = 25 MB in fp32
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                         softcap: float | None = None, chunk: int = CE_CHUNK) -> torch.Tensor:
+    """Σ cross-entropy of `targets` under logits = hidden @ weight.T (+ bias), soft-capped where the model does,
+    computed `chunk` positions at a time: the same value and gradients as the LM head followed by F.cross_entropy
+    on fp32 logits, without ever holding the (positions, vocabulary) logits, their log-probabilities and their
+    gradients at once (about 0.3 GB a step for SmolLM2 at 550 trained positions, all of it alive at the start of
+    the backward pass, where a step's memory peaks). The matmuls run in the autocast dtype where autocast is on,
+    as the head's Linear would.
+
+    Written by hand: torch has no fused linear cross-entropy, and the libraries that do (Liger Kernel, Apple's
+    cut-cross-entropy) are Triton kernels for GPUs only."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap, chunk, dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and, where anything needs it, the gradients of hidden, weight and bias chunk by
+    chunk (the softmax minus the one-hot target, through the soft cap, times the head); backward scales them by the
+    incoming gradient. Gradients come out in the inputs' dtypes, the weight's and bias's accumulated in fp32."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, chunk, dtype):
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            need = any(ctx.needs_input_grad[:3])  # False under no_grad and inference_mode
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need and ctx.needs_input_grad[0] else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need and ctx.needs_input_grad[1] else None
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need and ctx.needs_input_grad[2] else None
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                t = targets[start:start + chunk]
+                logits = (h @ w.T).float()
+                if bias is not None:
+                    logits += bias.float()
+                if softcap:
+                    capped = torch.tanh(logits / softcap)
+                    logits = capped * softcap
+                lse = torch.logsumexp(logits, -1)
+                total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
+                if not need:
+                    continue
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                grad[torch.arange(len(t), device=t.device), t] -= 1
+                if softcap:
+                    grad *= 1 - capped * capped
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
+                grad = grad.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start:start + chunk] = grad @ w
+                if grad_weight is not None:
+                    grad_weight += (grad.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = lambda g, dtype=None: None if g is None else (g * grad_out).to(dtype or g.dtype)  # noqa: E731
+        return (scale(grad_hidden), scale(grad_weight, ctx.dtypes[0]), scale(grad_bias, ctx.dtypes[1]),
+                None, None, None, None)
 
 
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of *ForSequence/TokenClassification
