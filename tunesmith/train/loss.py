@@ -180,7 +180,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[start:start + chunk] = grad @ w
                 if grad_weight is not None:
-                    grad_weight += (grad.T @ h).float()
+                    grad_weight.add_(grad.T @ h)  # bf16 product, fp32 sum, no fp32 copy of it in between
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
