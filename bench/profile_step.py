@@ -23,7 +23,7 @@ KINDS = [
     ("attention (SDPA)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")),
     ("dtype casts / copies", ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous")),
-    ("log-softmax / cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("log-softmax / cross-entropy", ("log_softmax", "nll_loss", "cross_entropy", "logsumexp", "aten::exp")),
     ("optimizer", ("adam", "Optimizer.step", "_foreach")),
     ("norms / activations / elementwise", ("rsqrt", "pow", "mean", "silu", "mul", "add", "neg", "cat", "cos", "sin")),
 ]

@@ -207,7 +207,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r} must look like path.to.key=value, from the top of the config (e.g. train.lr=1e-4)")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:  # a value YAML cannot read (an unclosed bracket, a control character)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {item!r}: its value is not valid YAML ({problem}); quote it to pass a string") from None
 
 
 def set_path(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:

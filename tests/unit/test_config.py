@@ -44,6 +44,10 @@ def test_overrides_from_command_line(tmp_path):
         load_config(path, ["train.nonsense=1"])
     with pytest.raises(ConfigError, match="path.to.key=value"):
         load_config(path, ["train.lr"])
+    for value in ("[1, 2", "\x1b", "{a: "):  # YAML cannot read these: a clear error naming the --set, not a traceback
+        with pytest.raises(ConfigError, match=r"--set 'output.dir=.*': its value is not valid YAML .*quote it"):
+            load_config(path, [f"output.dir={value}"])
+    assert load_config(path, ["output.dir='[1, 2'"]).output.dir == "[1, 2"
 
 
 def test_overrides_reach_into_lists_and_say_what_is_wrong(tmp_path):
