@@ -67,8 +67,29 @@ def test_under_bf16_autocast_as_the_head_would_run():
     assert abs(float(got) - float(plain(hidden, weight, None, targets, None))) > 1e-4
 
 
+def matmuls_in(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
 def test_no_gradients_are_computed_without_autograd():
-    hidden, weight, targets = torch.randn(10, 8, requires_grad=True), torch.randn(30, 8), torch.randint(0, 30, (10,))
+    """Under no_grad or inference_mode (a validation loss) only the logits' matmul runs, even for a weight that
+    requires grad (full fine-tuning), whose gradient would otherwise cost a vocabulary x hidden fp32 buffer."""
+    hidden, targets = torch.randn(10, 8, requires_grad=True), torch.randint(0, 30, (10,))
+    weight = torch.randn(30, 8, requires_grad=True)
+    assert matmuls_in(lambda: linear_cross_entropy(hidden, weight, None, targets, chunk=4)) == 3 * 3  # 3 chunks
+    with torch.no_grad():
+        assert matmuls_in(lambda: linear_cross_entropy(hidden, weight, None, targets, chunk=4)) == 3
     for context in (torch.no_grad, torch.inference_mode):
         with context():
             loss = linear_cross_entropy(hidden, weight, None, targets)

@@ -140,7 +140,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     cut-cross-entropy) are Triton kernels for GPUs only."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap, chunk, dtype)
+    # Gradients are computed in the forward only where autograd records: a custom Function's needs_input_grad says True
+    # for a weight that requires grad even under no_grad (a full fine-tune's validation loss), and grad mode is off
+    # inside its forward, so the caller's grad mode travels as an argument.
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, softcap, chunk, dtype, torch.is_grad_enabled())
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -149,10 +152,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     incoming gradient. Gradients come out in the inputs' dtypes, the weight's and bias's accumulated in fp32."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, softcap, chunk, dtype):
+    def forward(ctx, hidden, weight, bias, targets, softcap, chunk, dtype, grad_enabled):
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
-            need = any(ctx.needs_input_grad[:3])  # False under no_grad and inference_mode
+            need = grad_enabled and any(ctx.needs_input_grad[:3])
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need and ctx.needs_input_grad[0] else None
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need and ctx.needs_input_grad[1] else None
@@ -190,7 +193,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = lambda g, dtype=None: None if g is None else (g * grad_out).to(dtype or g.dtype)  # noqa: E731
         return (scale(grad_hidden), scale(grad_weight, ctx.dtypes[0]), scale(grad_bias, ctx.dtypes[1]),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of *ForSequence/TokenClassification
