@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tunesmith.data.batching import MicroBatch, iter_batches
+from tunesmith.models.packed_attention import packed_layout, uses_packed_attention
 from tunesmith.models.precision import autocast, resolve_precision
 from tunesmith.records import IGNORE_INDEX, TokenizedExample, TunesmithError
 
@@ -69,10 +70,16 @@ def final_hidden_states(model: nn.Module, batch: MicroBatch) -> torch.Tensor:
         # exactly what they saw with the mask (tests/unit/test_batching.py); padding outputs are never trained.
         rows, width = batch.input_ids.shape
         mask, positions = None, torch.arange(width, device=batch.input_ids.device).expand(rows, width)
+    elif mask is None and uses_packed_attention(backbone):
+        # Packed rows attended example by example (tunesmith/models/packed_attention.py); the layout is worked out
+        # once here for every layer.
+        layout = packed_layout(positions)
+        if layout is not None:
+            typed["packed_layout"] = layout
     return backbone(
         input_ids=batch.input_ids, position_ids=positions, **typed,
         # Packed rows carry no 2-D mask: transformers builds the block-diagonal causal mask from the position
-        # ids that restart at every example. (Per-example SDPA calls were tried and measured slower on CPU.)
+        # ids that restart at every example (SDPA's, or the packed attention's fallback, reads it).
         attention_mask=mask,
         use_cache=False,  # a cache would disable packed-sequence masking
     ).last_hidden_state

@@ -30,6 +30,7 @@ from tunesmith.data.dataset import PreparedData
 from tunesmith.files import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_text
 from tunesmith.methods.base import Method, Task, count_parameters, get_method
 from tunesmith.models.loading import load_tokenizer, pick_device, resolve_model
+from tunesmith.models.packed_attention import use_packed_attention
 from tunesmith.models.precision import autocast, resolve_precision, store_frozen_linear_weights_in
 from tunesmith.objectives.base import Objective, get_objective
 from tunesmith.records import TokenizedExample, TunesmithError
@@ -152,6 +153,8 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
         raise TunesmithError(f"{model_path.name} attends in both directions (an encoder): packed examples would see each "
                              "other; set train.pack: false")
     model.config.use_cache = False
+    if cfg.train.pack:
+        use_packed_attention(model)  # on a CPU each packed example attends within itself, not under a row's mask
     if precision == "bf16":
         store_frozen_linear_weights_in(model, torch.bfloat16)
     trainable, total = count_parameters(model)
