@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 # op name substrings → kind (first match wins)
 KINDS = [
     ("attention (SDPA)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    # tunesmith/models/packed_attention.py: the model's other matmuls are 2-D (mm, addmm), its batched ones attention
+    ("attention (packed, per example)", ("aten::bmm", "aten::baddbmm", "softmax", "aten::index_select",
+                                         "aten::index_add", "aten::scatter_add")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")),
     ("dtype casts / copies", ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous")),
     ("log-softmax / cross-entropy", ("log_softmax", "nll_loss", "cross_entropy", "logsumexp", "aten::exp")),

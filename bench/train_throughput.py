@@ -250,7 +250,7 @@ def main() -> None:
         "## Training throughput: tunesmith vs transformers Trainer (+ peft)",
         "",
         f"`.venv/bin/python bench/train_throughput.py --methods {args.methods} --repeats {args.repeats} --examples "
-        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + (f" --peak-gflops-fp32 {args.peak_gflops_fp32:g}" if dtype == "fp32" and not gpu else "") + f"` on {platform.machine()}, {where}, torch "
+        f"{args.examples} --pool {args.pool}" + (f" --layouts {args.layouts}" if args.layouts != "packed" else "") + (f" --note '{args.note}'" if args.note else "") + (f" --peak-gflops-fp32 {args.peak_gflops_fp32:g}" if dtype == "fp32" and not gpu else "") + (f" --peak-gflops {args.peak_gflops:g}" if dtype == "bf16" and not gpu and args.peak_gflops != parser.get_default("peak_gflops") else "") + f"` on {platform.machine()}, {where}, torch "
         f"{__import__('torch').__version__}, transformers {__import__('transformers').__version__}, peft "
         f"{__import__('peft').__version__}; {time.strftime('%Y-%m-%d')}.",
         "",
