@@ -51,8 +51,8 @@ def overrides(method: str, data: Path, out: Path | None = None, padded_batch: in
         ["train.pack=false", f"train.batch_size={padded_batch}"]
     lora_data = yaml.safe_load(CONFIGS["lora"].read_text())["data"]
     shared = [f"data.{key}={json.dumps(lora_data[key])}" for key in SHARED_DATA]  # JSON is YAML
-    sets = [*shared, f"data.train={data}", "data.valid=null", "data.limit=null", "train.epochs=1", f"train.lr={LR[method]}",
-            *layout, "train.grad_accum=1", f"data.max_seq_len={ROW_LEN}"]
+    sets = [*shared, f"data.train={data}", "data.valid=null", "data.limit=null", "train.epochs=1",
+            f"train.lr={LR[method]}", *layout, "train.grad_accum=1", f"data.max_seq_len={ROW_LEN}"]
     return sets + ([f"output.dir={out}"] if out else [])
 
 

@@ -5,10 +5,10 @@ CPU flash-attention kernel computes every block of it, the masked ones included,
 SmolLM2-135M's shapes (2 rows of 512 tokens, 8 examples of 110-140 tokens, 9 query heads sharing 3 KV heads)
 9-11 ms forward and 21-27 ms backward a layer under bf16 autocast on 2 Zen 4 threads, a quarter of a LoRA step
 (docs/benchmarks.md, "Training throughput"). Its causal kernel on the examples cut out and padded to one length
-was no faster backward (26 ms), and one SDPA call per example was slower end to end (many small calls, copies). Here the examples are cut out of the rows,
-grouped by length (each group padded to its longest, so a short example does not pay for a long one), and
-attended with plain batched matmuls and a causal mask over the group's length: the queries of the KV heads' shared
-query heads in one matmul each, scores and softmax in fp32. Autograd differentiates those ops, so the gradients are
+was no faster backward (26 ms), and one SDPA call per example was slower end to end (many small calls, copies).
+Here the examples are cut out of the rows, grouped by length (each group padded to its longest, so a short example
+does not pay for a long one), and attended with plain batched matmuls and a causal mask over the group's length:
+the query heads that share a KV head in one matmul each, scores and softmax in fp32. Autograd differentiates those ops, so the gradients are
 torch's own; no gradient is written by hand here. The same shapes: 6 ms forward and 12-13 ms backward a layer; a
 LoRA run on 192 DBLP-QuAD rows 78.6 → 62.5-65.2 s, the same loss and peak RSS. Written by hand because nothing
 maintained does this on a CPU: FlashAttention's varlen kernels are CUDA-only, and flex attention needs
