@@ -12,7 +12,8 @@ import pytest
 
 from tunesmith.records import TunesmithError
 from tunesmith.threads import (
-    ENV, HeavyProcess, _start_time, available_cores, onnx_session_options, register_process, resolve_threads,
+    ENV, KERNEL_CACHES, HeavyProcess, _start_time, available_cores, bound_kernel_caches, onnx_session_options,
+    register_process, resolve_threads,
     sharing_warning,
 )
 
@@ -133,3 +134,47 @@ def test_the_warning_is_printed_by_a_heavy_command(tmp_path):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert not (tmp_path / "tunesmith" / f"{holder.pid}.json").exists()  # removed at exit
+
+
+KERNEL_CACHE_PROBE = """
+import ctypes, sys
+if sys.argv[1] == "bounded":
+    from tunesmith.threads import use_threads
+    use_threads(1)
+import torch
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+in_use = lambda: libc.mallinfo2().uordblks + libc.mallinfo2().hblkhd
+torch.set_num_threads(1)
+w = torch.randn(2048, 256, dtype=torch.bfloat16)
+torch.randn(8, 256, dtype=torch.bfloat16) @ w.T
+before = in_use()
+for rows in range(9, 159):  # 150 shapes, as packed rows of varying width and a loss's last chunk bring
+    torch.randn(rows, 256, dtype=torch.bfloat16) @ w.T
+print((in_use() - before) / 2**20)
+"""
+
+
+def test_kernel_caches_do_not_grow_with_every_new_matmul_shape(tmp_path):
+    """oneDNN's and ideep's kernel caches keep 1,024 shapes by default, each with its own buffers: a training run's
+    memory grew a few MB a step. After use_threads (every heavy command) they are capped, unless the user set them."""
+    if not hasattr(__import__("ctypes").CDLL("libc.so.6"), "mallinfo2"):
+        pytest.skip("glibc < 2.33: no mallinfo2 to count the heap")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    grown = {how: float(subprocess.run([sys.executable, "-c", KERNEL_CACHE_PROBE, how], capture_output=True, text=True,
+                                       env=env, check=True).stdout) for how in ("default", "bounded")}
+    if grown["default"] < 10:
+        pytest.skip(f"bf16 matmuls do not go through oneDNN's cache on this CPU (+{grown['default']:.1f} MB)")
+    assert grown["bounded"] < grown["default"] / 4, grown
+
+
+def test_a_users_kernel_cache_setting_is_kept(no_thread_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
+    bound_kernel_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+    assert os.environ["LRU_CACHE_CAPACITY"] == KERNEL_CACHES["LRU_CACHE_CAPACITY"]

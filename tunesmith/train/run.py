@@ -38,7 +38,7 @@ from tunesmith.train.checkpoint import (
     latest_checkpoint, list_checkpoints, load_checkpoint, read_state, remove_unfinished, save_checkpoint,
 )
 from tunesmith.train.loss import dataset_loss
-from tunesmith.threads import LAUNCHED_ENV, use_threads
+from tunesmith.threads import LAUNCHED_ENV, bound_kernel_caches, use_threads
 from tunesmith.train.tracking import MetricsLog
 
 console = Console(stderr=True)
@@ -124,6 +124,7 @@ def setup(cfg: RunConfig, resume: bool) -> Run:
     from accelerate.utils import InitProcessGroupKwargs, set_seed
     from transformers import get_scheduler
 
+    bound_kernel_caches()  # before the first matmul, for callers that train in-process (the CLI has done it already)
     device = pick_device(cfg.model.device)
     precision = resolve_precision(cfg.train.precision, device, "train.precision")
     # several processes (tunesmith/train/launch.py, or the user's own torchrun): gloo on CPU, NCCL on CUDA
