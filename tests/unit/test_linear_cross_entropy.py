@@ -143,3 +143,18 @@ def test_a_wrapped_head_goes_through_its_own_forward(tiny_model, make_examples):
         want = F.cross_entropy(2 * F.linear(hidden, head.weight).float(), batch.targets[trained], reduction="sum")
         got, _ = TrainedTokenLoss(tiny_model)(batch)
     torch.testing.assert_close(got, want)
+
+
+def test_gradients_are_scaled_in_place_once_and_a_second_backward_is_a_clear_error():
+    """backward scales the gradients computed in the forward in place (no copy of a vocabulary x hidden buffer at
+    the memory peak); a second backward through the same graph would scale them twice, so it is refused."""
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    targets = torch.randint(0, 30, (10,))
+    loss = linear_cross_entropy(hidden, weight, None, targets, chunk=4)
+    (0.5 * loss).backward(retain_graph=True)
+    want = torch.autograd.grad(0.5 * plain(hidden, weight, None, targets, None), [hidden, weight])
+    torch.testing.assert_close(hidden.grad, want[0])
+    torch.testing.assert_close(weight.grad, want[1])
+    with pytest.raises(RuntimeError, match="compute the loss again"):
+        loss.backward()

@@ -191,14 +191,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_hidden[start:start + chunk] = grad @ w
                 if grad_weight is not None:
                     grad_weight.add_(grad.T @ h)  # bf16 product, fp32 sum, no fp32 copy of it in between
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        # Results of this function, not its inputs or outputs, so they may sit on ctx rather than in save_for_backward:
+        # backward scales them in place and lets them go. A scaled copy beside the kept gradient would add a full
+        # fine-tune's fp32 head gradient (113 MB for SmolLM2) at the start of the backward pass, where memory peaks.
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = lambda g, dtype=None: None if g is None else (g * grad_out).to(dtype or g.dtype)  # noqa: E731
+        grads = getattr(ctx, "grads", None)
+        if grads is None:
+            raise RuntimeError("linear_cross_entropy's gradients were used by an earlier backward pass through this "
+                               "graph (retain_graph=True); compute the loss again for another backward pass")
+        del ctx.grads
+        grad_hidden, grad_weight, grad_bias = grads
+        scale = lambda g, dtype=None: None if g is None else g.mul_(grad_out).to(dtype or g.dtype)  # noqa: E731
         return (scale(grad_hidden), scale(grad_weight, ctx.dtypes[0]), scale(grad_bias, ctx.dtypes[1]),
                 None, None, None, None, None)
 
