@@ -6,6 +6,10 @@ On a CUDA device the ops' GPU time is grouped too, beside the wall time of a ste
 above its GPU time is bound by the host (kernel launches, synchronisations, collation), not by the GPU.
 
     .venv/bin/python bench/profile_step.py [--method lora|full] [--steps 3] [--warmup 2] [--rows 2] [--attn eager]
+                                           [--shapes]
+
+--shapes also splits the 2-D matmuls by role (the LM head, low-rank adapter matrices, the other projections) with the
+FLOP rate each reached (2·m·k·n per call over its op time, under the profiler), to see how far they are from the peak.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="packed rows per step (default: the throughput bench's)")
     parser.add_argument("--attn", choices=["sdpa", "eager"], default=None,
                         help="attention implementation to compare (default: what tunesmith loads, SDPA)")
+    parser.add_argument("--shapes", action="store_true", help="split the matmuls by role, with their GFLOP/s")
     args = parser.parse_args()
 
     import time
@@ -82,7 +87,8 @@ def main() -> None:
     sync()
     wall = (time.perf_counter() - started) / args.steps
     first = args.warmup + args.steps
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                 record_shapes=args.shapes) as prof:
         for step in range(first, first + args.steps):
             optimizer_step(run, step)
         sync()
@@ -97,7 +103,28 @@ def main() -> None:
           f"per step; wall time {wall:.3f} s per step")
     for kind, us in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:36s} {100 * us / whole:5.1f}%")
+    if args.shapes:
+        vocab = causal_lm_vocab(run)
+        roles: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # role → [µs, FLOPs]
+        for event in prof.key_averages(group_by_input_shape=True):
+            shapes = event.input_shapes
+            if event.key != "aten::mm" or len(shapes) < 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+                continue
+            (m, k), n = shapes[0], shapes[1][1]
+            role = ("LM head and loss" if vocab in (m, k, n) else
+                    "low-rank (adapter A/B)" if min(m, k, n) <= 64 else "projections (q k v o, MLP)")
+            roles[role][0] += getattr(event, field)
+            roles[role][1] += 2 * m * k * n * event.count
+        print("2-D matmuls by role (share of all op time; FLOP rate under the profiler):")
+        for role, (us, flops) in sorted(roles.items(), key=lambda kv: -kv[1][0]):
+            print(f"  {role:36s} {100 * us / whole:5.1f}%  {flops / us / 1e3:7.1f} GFLOP/s")
     print(prof.key_averages().table(sort_by=field, row_limit=15))
+
+
+def causal_lm_vocab(run) -> int:
+    from tunesmith.train.loss import causal_lm_of
+
+    return causal_lm_of(run.model).config.vocab_size
 
 
 if __name__ == "__main__":
