@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--detectors", default="rules+tagger,rules+rampart+tagger")
     parser.add_argument("--judges", default="0", help="anonymize.tagger_judge values (a tagger trained with "
                         "--other-entities drops the other models' names it reads as organisations and places; 0: off)")
+    parser.add_argument("--union-with", default=None, metavar="TAGGER",
+                        help="a second tagger (another training run): also score the union of the spans of both "
+                             "detectors, the one with --tagger and the same one with this tagger (an ensemble of two runs)")
     args = parser.parse_args()
     synthetic = read_labelled(args.data / "valid.jsonl")
     real = read_labelled(args.data / "valid_real.jsonl")
@@ -57,10 +60,18 @@ def main() -> None:
                 for judge in (float(j) for j in args.judges.split(",")):
                     detector = PiiDetector(config_for(combo, tagger_path=args.tagger, tagger_threshold=threshold,
                                                       tagger_veto=veto, tagger_judge=judge))
-                    synth = score(synthetic, [detector.find(e.text) for e in synthetic])["ANY"]
-                    wiki = score(real, [detector.find(e.text) for e in real])["PERSON"]
+                    synth_found = [detector.find(e.text) for e in synthetic]
+                    real_found = [detector.find(e.text) for e in real]
+                    synth, wiki = score(synthetic, synth_found)["ANY"], score(real, real_found)["PERSON"]
                     print(f"| {combo} | {threshold} | {veto} | {judge} | {_cell(synth)} | {_cell(wiki)} |",
                           flush=True)
+                    if args.union_with and "tagger" in combo:
+                        other = PiiDetector(config_for(combo, tagger_path=args.union_with, tagger_threshold=threshold,
+                                                       tagger_veto=veto, tagger_judge=judge))
+                        synth = score(synthetic, [a + other.find(e.text) for a, e in zip(synth_found, synthetic)])["ANY"]
+                        wiki = score(real, [a + other.find(e.text) for a, e in zip(real_found, real)])["PERSON"]
+                        print(f"| {combo}, union with {args.union_with} | {threshold} | {veto} | {judge} | "
+                              f"{_cell(synth)} | {_cell(wiki)} |", flush=True)
 
 
 if __name__ == "__main__":
