@@ -39,6 +39,12 @@ class TemplateConfig(Strict):
     prompt: str
     completion: str
     system: str | None = None
+    variants: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="data.train's rows are rendered once more per entry, with each named field read from another "
+                    "column (e.g. [{question: paraphrased_question}]: every question also in its paraphrase); a row "
+                    "whose column is missing, empty or gives the same prompt is not repeated. Validation and "
+                    "evaluation rows are rendered once, as written")
 
 
 class DataConfig(Strict):

@@ -39,6 +39,29 @@ def test_text_rows_and_field_template(tmp_path):
     assert examples[0].meta["query_type"] == "BOOLEAN"
 
 
+def test_template_variants_render_training_rows_again_and_only_those(tmp_path):
+    """data.template.variants: each data.train row once more per variant (the field read from another column), after
+    its first rendering; a missing, empty or identical column adds nothing; data.limit counts rows; the same file
+    read as validation (another path) is rendered once."""
+    rows = [{"q": "Who wrote X?", "para": "Name the author of X.", "a": "A1"},
+            {"q": "When was Y?", "para": "", "a": "A2"},          # empty: no variant
+            {"q": "Where is Z?", "a": "A3"},                       # missing column: no variant
+            {"q": "Same?", "para": "Same?", "a": "A4"},            # the same prompt: no variant
+            {"q": "Last?", "para": "And the last one?", "a": "A5"}]
+    train = write(tmp_path / "train.jsonl", rows)
+    cfg = DataConfig(train=str(train), format="template",
+                     template=TemplateConfig(prompt="{q}", completion="{a}", variants=[{"q": "para"}]))
+    examples, issues = load_examples(train, cfg)
+    assert not issues
+    assert [(e.messages[0]["content"], e.messages[1]["content"]) for e in examples] == [
+        ("Who wrote X?", "A1"), ("Name the author of X.", "A1"), ("When was Y?", "A2"), ("Where is Z?", "A3"),
+        ("Same?", "A4"), ("Last?", "A5"), ("And the last one?", "A5")]
+    assert examples[1].source == examples[0].source  # a variant points at its row
+    assert len(load_examples(train, cfg.model_copy(update={"limit": 1}))[0]) == 2
+    valid = write(tmp_path / "valid.jsonl", rows)
+    assert [e.messages[0]["content"] for e in load_examples(valid, cfg)[0]] == [r["q"] for r in rows]
+
+
 def test_unicode_escapes_decoded_only_when_asked(tmp_path):
     """DBLP-QuAD writes some names as literal `\\u00ED` text; data.decode_unicode_escapes turns it into `í` in
     every field (prompt, completion, meta), so training and evaluation see the same text a user would type."""

@@ -240,7 +240,10 @@ def parse_messages(row: dict[str, Any], where: SourceRef) -> list[Message] | Dat
 
 
 def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], list[DataIssue]]:
-    """Read every row of `path` into Examples; problems are returned, not raised, so all are reported at once."""
+    """Read every row of `path` into Examples; problems are returned, not raised, so all are reported at once.
+    Rows of data.train (and only those) also give their `data.template.variants` renderings."""
+    training = bool(cfg.template and cfg.template.variants) and _same_file(path, cfg.train)
+    n_rows = 0  # rows that gave an example: what data.limit counts
     examples: list[Example] = []
     issues: list[DataIssue] = []
     shape = None if cfg.format == "auto" else cfg.format
@@ -248,7 +251,7 @@ def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], lis
         if isinstance(row, DataIssue):
             issues.append(row)
             continue
-        if cfg.limit is not None and len(examples) >= cfg.limit:
+        if cfg.limit is not None and n_rows >= cfg.limit:
             break
         row_shape = shape or detect_shape(row)
         if row_shape is None:
@@ -259,10 +262,33 @@ def load_examples(path: str | Path, cfg: DataConfig) -> tuple[list[Example], lis
         if cfg.decode_unicode_escapes:
             row = decode_unicode_escapes(row)
         result = row_to_example(row, where, shape, cfg)
-        if isinstance(result, Example) and cfg.iri_prefixes:
-            result = compact_example(result, cfg.iri_prefixes)
-        (issues if isinstance(result, DataIssue) else examples).append(result)
+        n_rows += isinstance(result, Example)
+        results = [result] + (template_variants(row, where, result, cfg) if training and shape == "template" else [])
+        for result in results:
+            if isinstance(result, Example) and cfg.iri_prefixes:
+                result = compact_example(result, cfg.iri_prefixes)
+            (issues if isinstance(result, DataIssue) else examples).append(result)
     return examples, issues
+
+
+def template_variants(row: dict[str, Any], where: SourceRef, first: Example | DataIssue, cfg: DataConfig) -> list[Example]:
+    """The row rendered again once per `data.template.variants` entry ({field: column}: the field read from the
+    column), where every column is a non-empty string and the prompt it gives differs from the first rendering."""
+    assert cfg.template is not None
+    if not isinstance(first, Example):
+        return []
+    out = []
+    for variant in cfg.template.variants:
+        if not all(isinstance(row.get(column), str) and row[column].strip() for column in variant.values()):
+            continue
+        other = row_to_example({**row, **{field: row[column] for field, column in variant.items()}}, where, "template", cfg)
+        if isinstance(other, Example) and other.messages != first.messages:
+            out.append(other)
+    return out
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def compact_example(example: Example, prefixes: dict[str, str]) -> Example:
