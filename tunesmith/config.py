@@ -46,6 +46,17 @@ class TemplateConfig(Strict):
                     "whose column is missing, empty or gives the same prompt is not repeated. Validation and "
                     "evaluation rows are rendered once, as written")
 
+    @model_validator(mode="after")
+    def _variants_name_template_fields(self) -> TemplateConfig:
+        import string
+
+        used = {f for text in (self.prompt, self.completion, self.system or "") for _, f, _, _ in string.Formatter().parse(text) if f}
+        unknown = sorted({f for variant in self.variants for f in variant} - used)
+        if unknown:  # a typo would otherwise train on nothing new, silently
+            raise ValueError(f"variants name field(s) {', '.join(unknown)} that the template does not use "
+                             f"(it uses {', '.join(sorted(used)) or 'none'})")
+        return self
+
 
 class DataConfig(Strict):
     train: str = Field(..., description="Training file: .jsonl, .json, .csv or .parquet")

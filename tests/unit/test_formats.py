@@ -60,6 +60,8 @@ def test_template_variants_render_training_rows_again_and_only_those(tmp_path):
     assert len(load_examples(train, cfg.model_copy(update={"limit": 1}))[0]) == 2
     valid = write(tmp_path / "valid.jsonl", rows)
     assert [e.messages[0]["content"] for e in load_examples(valid, cfg)[0]] == [r["q"] for r in rows]
+    with pytest.raises(ValueError, match="variants name field.s. qq that the template does not use"):
+        TemplateConfig(prompt="{q}", completion="{a}", variants=[{"qq": "para"}])
 
 
 def test_unicode_escapes_decoded_only_when_asked(tmp_path):
