@@ -8,6 +8,7 @@ every field can be overridden from the command line as `section.key=value` (the 
 from __future__ import annotations
 
 import copy
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
@@ -48,8 +49,6 @@ class TemplateConfig(Strict):
 
     @model_validator(mode="after")
     def _variants_name_template_fields(self) -> TemplateConfig:
-        import string
-
         used = {f for text in (self.prompt, self.completion, self.system or "") for _, f, _, _ in string.Formatter().parse(text) if f}
         unknown = sorted({f for variant in self.variants for f in variant} - used)
         if unknown:  # a typo would otherwise train on nothing new, silently
